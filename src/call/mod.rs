@@ -1,0 +1,5 @@
+//! One call's state and media logic: frames, re-framing, the playout buffer, call records. No IO here.
+
+pub mod frame;
+
+pub use frame::{CallId, FRAME_MS, FRAME_SAMPLES, Frame};

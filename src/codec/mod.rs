@@ -1,0 +1,3 @@
+//! Audio codecs as pure functions over sample buffers. Nothing here allocates per frame.
+
+pub mod g711;

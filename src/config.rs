@@ -1,0 +1,1 @@
+//! Configuration: embedded defaults, the TOML file, command-line overrides, and validation.

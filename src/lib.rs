@@ -1,0 +1,14 @@
+//! fairvox: a real-time audio media server for multi-tenant voice AI.
+//!
+//! Carriers send SIP calls in; each call's audio is re-framed into 20 ms µ-law frames that carry their tenant and
+//! are streamed to the tenant's agent over a WebSocket speaking the Twilio Media Streams protocol, and the agent's
+//! audio is paced back to the caller. See `docs/architecture.md` for the path of a frame and the module map.
+
+pub mod call;
+pub mod codec;
+pub mod config;
+pub mod proto;
+pub mod server;
+pub mod stream;
+pub mod tenant;
+pub mod transport;

@@ -1,0 +1,1 @@
+//! Wiring: builds the routing snapshot, starts the SIP, RTP and HTTP drivers, and drains on shutdown.

@@ -1,0 +1,1 @@
+//! Provider-stream clients: the WebSocket to each tenant agent, and the built-in echo app.
