@@ -1,0 +1,235 @@
+//! The server under test as a child process: config file, start pinned to a core, health wait, `/proc` samples,
+//! and a SIGTERM/SIGKILL stop. Also pins and measures the generator itself.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// How the tenant's app handles the call.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Stream,
+    Echo,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Stream => "stream",
+            Mode::Echo => "echo",
+        }
+    }
+}
+
+pub struct ServerSpec<'a> {
+    pub mode: Mode,
+    pub agent: Option<SocketAddr>,
+    pub max_calls: usize,
+    pub sip: SocketAddr,
+    pub http: SocketAddr,
+    pub rtp_lo: u16,
+    pub rtp_hi: u16,
+    pub dir: &'a Path,
+    pub log: &'a Path,
+    pub core: Option<usize>,
+    pub rust_log: &'a str,
+}
+
+pub struct Server {
+    child: Child,
+    pub pid: u32,
+}
+
+/// One `/proc` look at a process.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ProcSample {
+    /// utime + stime, seconds.
+    pub cpu_s: f64,
+    pub rss_kib: u64,
+    pub threads: u64,
+    pub fds: u64,
+}
+
+pub fn write_config(spec: &ServerSpec) -> std::io::Result<PathBuf> {
+    let app = match (spec.mode, spec.agent) {
+        (Mode::Stream, Some(agent)) => {
+            format!("kind = \"stream\"\nstream_url = \"ws://{agent}/stream\"\n")
+        }
+        _ => "kind = \"echo\"\n".to_owned(),
+    };
+    let toml = format!(
+        "# Written by benches/load.rs\n[rtp]\ninactivity_timeout_secs = 30\n\n[limits]\nmax_calls = {}\n\n\
+         [[tenants]]\nid = \"load\"\n\n[[tenants.apps]]\nname = \"agent\"\n{app}codecs = [\"PCMU\"]\n\n\
+         [[tenants.numbers]]\nnumber = \"+15550100\"\napp = \"agent\"\n",
+        spec.max_calls
+    );
+    let path = spec.dir.join("fairvox.toml");
+    std::fs::write(&path, toml)?;
+    Ok(path)
+}
+
+impl Server {
+    pub fn start(bin: &str, spec: &ServerSpec) -> std::io::Result<Server> {
+        let config = write_config(spec)?;
+        let data = spec.dir.join("data");
+        std::fs::create_dir_all(&data)?;
+        let log = std::fs::File::create(spec.log)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--sip-listen")
+            .arg(spec.sip.to_string())
+            .arg("--http-listen")
+            .arg(spec.http.to_string())
+            .arg("--rtp-ports")
+            .arg(format!("{}-{}", spec.rtp_lo, spec.rtp_hi))
+            .arg("--data-dir")
+            .arg(&data)
+            .env("RUST_LOG", spec.rust_log)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(core) = spec.core {
+            // SAFETY: the closure runs in the forked child before exec and only calls sched_setaffinity, which is
+            // async-signal-safe; it touches no memory shared with the parent.
+            unsafe {
+                cmd.pre_exec(move || pin_to_core_raw(core));
+            }
+        }
+        let child = cmd.spawn()?;
+        let pid = child.id();
+        Ok(Server { child, pid })
+    }
+
+    /// Polls `GET /healthz` until 200, the child exits, or `timeout` passes.
+    pub fn wait_healthy(&mut self, http: SocketAddr, timeout: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("server exited during start-up: {status}"));
+            }
+            if healthz(http).unwrap_or(false) {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                return Err(format!("GET /healthz on {http} not 200 within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            _ => None,
+        }
+    }
+
+    pub fn sample(&self) -> Option<ProcSample> {
+        proc_sample(self.pid)
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`. Returns how it ended.
+    pub fn stop(mut self, grace: Duration) -> String {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return format!("had already exited: {status}");
+        }
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet (try_wait said it is running).
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+        }
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return format!("SIGTERM: exited after {:.2} s, {status}", started.elapsed().as_secs_f64());
+            }
+            if started.elapsed() > grace {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return format!("did not exit within {grace:?} of SIGTERM: killed");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn healthz(http: SocketAddr) -> std::io::Result<bool> {
+    let mut s = TcpStream::connect_timeout(&http, Duration::from_millis(200))?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    write!(s, "GET /healthz HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)?;
+    Ok(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
+}
+
+/// Reads `/proc/PID/stat` (utime, stime) and `/proc/PID/status` (VmRSS, Threads), and counts `/proc/PID/fd`.
+pub fn proc_sample(pid: u32) -> Option<ProcSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
+    Some(ProcSample {
+        cpu_s: (utime + stime) as f64 / hz,
+        rss_kib: field("VmRSS:").unwrap_or(0),
+        threads: field("Threads:").unwrap_or(0),
+        fds,
+    })
+}
+
+/// Pins the calling thread (and the threads it later spawns) to one core.
+pub fn pin_self(core: usize) -> std::io::Result<()> {
+    pin_to_core_raw(core)
+}
+
+fn pin_to_core_raw(core: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data, zeroed is its empty set; CPU_SET writes inside it; sched_setaffinity(0, ..)
+    // acts on the calling thread only.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Raises the soft open-files limit to the hard one (each call costs the generator a UDP socket and a TCP socket).
+pub fn raise_nofile() -> u64 {
+    // SAFETY: getrlimit/setrlimit with a valid, initialised rlimit struct.
+    unsafe {
+        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return 0;
+        }
+        rl.rlim_cur = rl.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        rl.rlim_cur
+    }
+}
+
+/// Picks a loopback port free for both TCP and UDP (SIP listens on both) by binding port 0 and letting it go.
+pub fn free_port() -> std::io::Result<u16> {
+    for _ in 0..50 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other("no loopback port free for both TCP and UDP"))
+}
