@@ -46,11 +46,16 @@ usage: cargo bench --bench load -- [options]
   --late-ms MS         a frame slower than this counts as late (default 50)
   --talk-back on|off   stream mode: the agent returns every frame it gets, exercising the paced path back to the
                        caller and measuring the round trip (default on)
-  --rtp-base PORT      first port of the server's RTP range (default 20000; the range is max(4N,1000) ports)
+  --rtp-base PORT      first port of the server's RTP range (default 12000; the range is max(4N,1000) ports, kept
+                       below the kernel's ephemeral range that the generator's own sockets use)
   --server-log LEVEL   RUST_LOG for the server (default warn)
   --server-core C      core the server is pinned to (default 0)
   --gen-core C         core this generator is pinned to (default 1)
   --no-pin             pin nothing
+  --nice N             nice value for the server and the generator, e.g. -10 to win the pinned cores from other
+                       people's builds on a shared machine (default 0: no change)
+  --quiet-wait S       before each step wait up to S seconds for the two cores to fall below 25% busy from
+                       others' work; the step runs anyway after that, its background load recorded (default 30)
   --keep-going         run the higher steps of a mode even after a step failed
   --server-bin PATH    benchmark this binary instead of the one cargo built
   --out PATH           JSON report (default <target>/bench/load.json)";
@@ -70,6 +75,8 @@ struct Args {
     server_core: usize,
     gen_core: usize,
     pin: bool,
+    nice: i32,
+    quiet_wait: f64,
     keep_going: bool,
     server_bin: String,
     out: PathBuf,
@@ -89,11 +96,13 @@ impl Args {
             setup_timeout: 10.0,
             late_ms: 50,
             talk_back: true,
-            rtp_base: 20000,
+            rtp_base: 12000,
             server_log: "warn".to_owned(),
             server_core: 0,
             gen_core: 1,
             pin: true,
+            nice: 0,
+            quiet_wait: 30.0,
             keep_going: false,
             server_bin: env!("CARGO_BIN_EXE_fairvox").to_owned(),
             out: target.join("bench").join("load.json"),
@@ -134,6 +143,8 @@ impl Args {
                 "--server-bin" => a.server_bin = value(&flag)?,
                 "--out" => a.out = PathBuf::from(value(&flag)?),
                 "--no-pin" => a.pin = false,
+                "--nice" => a.nice = num(&flag, value(&flag)?)?,
+                "--quiet-wait" => a.quiet_wait = num(&flag, value(&flag)?)?,
                 "--keep-going" => a.keep_going = true,
                 "--talk-back" => {
                     a.talk_back = match value(&flag)?.as_str() {
@@ -179,6 +190,12 @@ struct StepResult {
     back: Option<PathSummary>,
     server: ServerFigures,
     generator: GeneratorFigures,
+    /// Every core's load over the window, whoever used it (other engineers' jobs included).
+    cores: Vec<server::CoreLoad>,
+    /// The same over one second before the first call, with the server idle: other people's load.
+    background: Vec<server::CoreLoad>,
+    /// How long the step waited for the cores to go quiet first.
+    quiet_wait_s: f64,
     sip: SipCounters,
     agent: Option<AgentCounters>,
     teardown: Teardown,
@@ -266,6 +283,11 @@ fn main() {
         }
     } else if args.pin {
         eprintln!("load: {nproc} core(s): server and generator share them, figures are not isolated");
+    }
+    if args.nice != 0
+        && let Err(e) = server::renice_self(args.nice)
+    {
+        eprintln!("load: could not set nice {} for the generator: {e}", args.nice);
     }
     let nofile = server::raise_nofile();
     let max_calls = args.calls.iter().copied().max().unwrap_or(0);
@@ -375,6 +397,8 @@ async fn run_step(
     pin: bool,
     out_dir: &std::path::Path,
 ) -> StepResult {
+    let cores: Vec<usize> = if pin { vec![args.server_core, args.gen_core] } else { vec![0, 1] };
+    let waited = wait_quiet(&cores, Duration::from_secs_f64(args.quiet_wait)).await;
     let shared = Arc::new(Shared::new(n, args.late_ms * 1_000_000));
     let mut r = StepResult {
         mode,
@@ -388,6 +412,9 @@ async fn run_step(
         back: None,
         server: ServerFigures::default(),
         generator: GeneratorFigures::default(),
+        cores: Vec::new(),
+        background: Vec::new(),
+        quiet_wait_s: waited.as_secs_f64(),
         sip: SipCounters::default(),
         agent: None,
         teardown: Teardown::default(),
@@ -431,6 +458,7 @@ async fn run_step(
         dir: dir.path(),
         log: &log,
         core: pin.then_some(args.server_core),
+        nice: args.nice,
         rust_log: &args.server_log,
     };
     let mut srv = match Server::start(&args.server_bin, &spec) {
@@ -446,7 +474,10 @@ async fn run_step(
             return fail(r, e);
         }
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // One idle second: the cores' load now is everybody else's (the machine is shared).
+    let idle_ticks = server::core_ticks();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    r.background = server::core_load(&idle_ticks, &server::core_ticks());
     r.server.idle = srv.sample();
 
     // The caller side.
@@ -537,13 +568,14 @@ async fn run_step(
         }
     }
     if r.status == "ok" {
-        let (s0, g0) = (srv.sample(), server::proc_sample(std::process::id()));
+        let (s0, g0, c0) = (srv.sample(), server::proc_sample(std::process::id()), server::core_ticks());
         let t0 = shared.now_ns();
         shared.window.open(t0);
         tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
         let t1 = shared.now_ns();
         shared.window.close(t1);
-        let (s1, g1) = (srv.sample(), server::proc_sample(std::process::id()));
+        let (s1, g1, c1) = (srv.sample(), server::proc_sample(std::process::id()), server::core_ticks());
+        r.cores = server::core_load(&c0, &c1);
         let secs = (t1 - t0) as f64 / 1e9;
         r.measured_s = secs;
         let est = r.established.max(1) as f64;
@@ -640,6 +672,27 @@ async fn run_step(
     r
 }
 
+/// Waits (at most `limit`) until every core in `cores` is below 25% busy over a second; returns the time waited.
+async fn wait_quiet(cores: &[usize], limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut said = false;
+    while started.elapsed() < limit {
+        let before = server::core_ticks();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let load = server::core_load(&before, &server::core_ticks());
+        let busy: Vec<f64> = cores.iter().filter_map(|&c| load.get(c).map(|l| l.busy_pct)).collect();
+        if busy.iter().all(|&b| b < 25.0) {
+            return started.elapsed();
+        }
+        if !said {
+            println!("  waiting up to {limit:?} for cores {cores:?} to go quiet (busy now {busy:.0?} %)");
+            said = true;
+        }
+    }
+    println!("  cores still busy after {limit:?}: running anyway, see the background figures");
+    started.elapsed()
+}
+
 fn fail(mut r: StepResult, why: String) -> StepResult {
     println!("  STOP: {why}");
     r.status = why;
@@ -704,6 +757,21 @@ fn print_step(r: &StepResult) {
         fmt_opt(g.pacing_lateness_us.max, 0),
         g.send_errors,
         g.skipped
+    );
+    let load = |c: &[server::CoreLoad]| -> String {
+        c.iter()
+            .map(|c| {
+                format!("core {} {:.1}% (softirq {:.1}%, steal {:.1}%)", c.core, c.busy_pct, c.softirq_pct, c.steal_pct)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("  cores busy before the calls (others' load): {}", load(&r.background));
+    println!(
+        "  cores busy over the window (anyone's work): {} | server {}% + generator {}% of a core",
+        load(&r.cores),
+        fmt_opt(r.server.cpu_pct, 1),
+        fmt_opt(r.generator.cpu_pct, 1)
     );
     println!("  sip: {:?}", r.sip);
     if let Some(a) = &r.agent {

@@ -38,6 +38,7 @@ pub struct ServerSpec<'a> {
     pub dir: &'a Path,
     pub log: &'a Path,
     pub core: Option<usize>,
+    pub nice: i32,
     pub rust_log: &'a str,
 }
 
@@ -96,11 +97,20 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        if let Some(core) = spec.core {
-            // SAFETY: the closure runs in the forked child before exec and only calls sched_setaffinity, which is
-            // async-signal-safe; it touches no memory shared with the parent.
+        let (core, nice) = (spec.core, spec.nice);
+        if core.is_some() || nice != 0 {
+            // SAFETY: the closure runs in the forked child before exec and only makes the sched_setaffinity and
+            // setpriority system calls, which are async-signal-safe; it touches no memory shared with the parent.
             unsafe {
-                cmd.pre_exec(move || pin_to_core_raw(core));
+                cmd.pre_exec(move || {
+                    if let Some(core) = core {
+                        pin_to_core_raw(core)?;
+                    }
+                    if nice != 0 {
+                        renice_self(nice)?;
+                    }
+                    Ok(())
+                });
             }
         }
         let child = cmd.spawn()?;
@@ -193,6 +203,13 @@ pub fn proc_sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// Sets the calling thread's nice value (threads it spawns later inherit it).
+pub fn renice_self(nice: i32) -> std::io::Result<()> {
+    // SAFETY: setpriority on the calling thread (who = 0) with a plain integer.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
 /// Pins the calling thread (and the threads it later spawns) to one core.
 pub fn pin_self(core: usize) -> std::io::Result<()> {
     pin_to_core_raw(core)
@@ -232,4 +249,68 @@ pub fn free_port() -> std::io::Result<u16> {
         }
     }
     Err(std::io::Error::other("no loopback port free for both TCP and UDP"))
+}
+
+/// One core's cumulative times from `/proc/stat`, in ticks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CoreTicks {
+    total: u64,
+    idle: u64,
+    softirq: u64,
+    steal: u64,
+}
+
+/// How busy a core was between two samples.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct CoreLoad {
+    pub core: usize,
+    /// Everything but idle and iowait, % of the interval.
+    pub busy_pct: f64,
+    /// Of which softirq (loopback packet processing lands here, often charged to no process).
+    pub softirq_pct: f64,
+    /// Of which stolen by the hypervisor.
+    pub steal_pct: f64,
+}
+
+/// Per-core cumulative times (`cpuN` lines of `/proc/stat`), indexed by core.
+pub fn core_ticks() -> Vec<CoreTicks> {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return Vec::new() };
+    let mut out = Vec::new();
+    for line in stat.lines() {
+        let Some(rest) = line.strip_prefix("cpu") else { continue };
+        if !rest.starts_with(|c: char| c.is_ascii_digit()) {
+            continue; // the all-cores line
+        }
+        let mut f = rest.split_whitespace();
+        let Some(Ok(core)) = f.next().map(str::parse::<usize>) else { continue };
+        let v: Vec<u64> = f.filter_map(|x| x.parse().ok()).collect();
+        if v.len() < 7 {
+            continue;
+        }
+        // user nice system idle iowait irq softirq steal ...; guest time is already inside user.
+        let total: u64 = v.iter().take(8).sum();
+        if out.len() <= core {
+            out.resize(core + 1, CoreTicks::default());
+        }
+        out[core] = CoreTicks { total, idle: v[3] + v[4], softirq: v[6], steal: v.get(7).copied().unwrap_or(0) };
+    }
+    out
+}
+
+pub fn core_load(before: &[CoreTicks], after: &[CoreTicks]) -> Vec<CoreLoad> {
+    before
+        .iter()
+        .zip(after)
+        .enumerate()
+        .map(|(core, (b, a))| {
+            let total = a.total.saturating_sub(b.total).max(1) as f64;
+            let idle = a.idle.saturating_sub(b.idle) as f64;
+            CoreLoad {
+                core,
+                busy_pct: 100.0 * (total - idle) / total,
+                softirq_pct: 100.0 * a.softirq.saturating_sub(b.softirq) as f64 / total,
+                steal_pct: 100.0 * a.steal.saturating_sub(b.steal) as f64 / total,
+            }
+        })
+        .collect()
 }
