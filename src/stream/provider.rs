@@ -947,6 +947,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stop_is_bounded_when_the_agent_never_answers_the_close() {
+        let (url, agent) = agent(|mut ws| async move {
+            expect_connected_and_start(&mut ws).await;
+            assert_eq!(next_json(&mut ws).await["event"], "stop");
+            // Stops reading: our close frame is never answered.
+            tokio::time::sleep(CLOSE_TIMEOUT + Duration::from_secs(1)).await;
+        })
+        .await;
+        let mut h = connect(&url, None, Duration::from_secs(2))
+            .await
+            .unwrap()
+            .spawn(start(), 4);
+        let t0 = Instant::now();
+        h.tx.send(ToAgent::Stop).await.unwrap();
+        assert_eq!(
+            recv(&mut h.rx).await,
+            FromAgent::Closed(CloseReason::Stopped)
+        );
+        let elapsed = t0.elapsed();
+        assert!(
+            elapsed >= CLOSE_TIMEOUT - Duration::from_millis(100),
+            "{elapsed:?}"
+        );
+        assert!(
+            elapsed < CLOSE_TIMEOUT + Duration::from_secs(1),
+            "{elapsed:?}"
+        );
+        tokio::time::timeout(TEST_TIMEOUT, agent)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
     async fn slow_consumer_drops_audio_but_keeps_marks_and_clear_in_order() {
         let (url, agent) = agent(|mut ws| async move {
             expect_connected_and_start(&mut ws).await;
