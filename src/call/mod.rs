@@ -2,5 +2,6 @@
 
 pub mod frame;
 pub mod playout;
+pub mod reframe;
 
 pub use frame::{CallId, FRAME_MS, FRAME_SAMPLES, Frame};
