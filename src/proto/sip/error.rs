@@ -116,12 +116,13 @@ pub struct ErrorContext {
     pub cseq: Option<String>,
 }
 
-/// A message that could not be parsed, with what could be salvaged from it.
+/// A message that could not be parsed, with what could be salvaged from it (`None` only for
+/// [`ParseErrorKind::Empty`]). The context is boxed to keep `Result<_, ParseError>` small.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("SIP parse error: {kind}")]
 pub struct ParseError {
     pub kind: ParseErrorKind,
-    pub context: Option<ErrorContext>,
+    pub context: Option<Box<ErrorContext>>,
 }
 
 impl ParseError {

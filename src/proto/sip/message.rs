@@ -334,9 +334,6 @@ fn check_version(v: &str) -> Result<(), ParseErrorKind> {
 /// Content-Length bytes; without Content-Length (allowed only on UDP) it is the rest of the datagram; a
 /// Content-Length larger than the bytes present is an error; bytes after the body are ignored (RFC 3261
 /// §18.3, RFC 4475 dblreq).
-// `ParseError` is large because it carries the salvaged `ErrorContext`; the API keeps it unboxed and the
-// error path is the rare one.
-#[allow(clippy::result_large_err)]
 pub fn parse_message(buf: &[u8], limits: &Limits) -> Result<Message, ParseError> {
     let skip = buf
         .iter()
@@ -351,7 +348,7 @@ pub fn parse_message(buf: &[u8], limits: &Limits) -> Result<Message, ParseError>
     }
     parse_inner(data, limits).map_err(|kind| ParseError {
         kind,
-        context: Some(salvage(data, limits.max_message_bytes)),
+        context: Some(Box::new(salvage(data, limits.max_message_bytes))),
     })
 }
 
@@ -479,7 +476,6 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 /// Errors (the connection should be closed after answering, if [`super::error_response`] gives an answer):
 /// no Content-Length ([`ParseErrorKind::MissingHeader`]`("Content-Length")`), a malformed or repeated one, or a
 /// head or head+body over `max_message_bytes` ([`ParseErrorKind::TooLarge`]).
-#[allow(clippy::result_large_err)] // see parse_message
 pub fn frame_stream(buf: &[u8], limits: &Limits) -> Result<Framed, ParseError> {
     let skip = buf
         .iter()
@@ -490,7 +486,7 @@ pub fn frame_stream(buf: &[u8], limits: &Limits) -> Result<Framed, ParseError> {
     }
     let fail = |kind| ParseError {
         kind,
-        context: Some(salvage(buf, limits.max_message_bytes)),
+        context: Some(Box::new(salvage(buf, limits.max_message_bytes))),
     };
     let scan = buf
         .get(..limits.max_message_bytes.min(buf.len()))

@@ -13,7 +13,6 @@ fn fixture(dir: &str, name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-#[allow(clippy::result_large_err)]
 fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
     parse_message(bytes, &Limits::default())
 }
