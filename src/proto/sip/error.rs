@@ -211,6 +211,11 @@ pub fn error_response(err: &ParseError) -> Option<Vec<u8>> {
         ctx.call_id.as_deref()?,
         ctx.cseq.as_deref()?,
     );
+    if [from, to, call_id, cseq].iter().any(|v| v.is_empty())
+        || ctx.via.iter().any(String::is_empty)
+    {
+        return None;
+    }
     let mut out = String::with_capacity(256);
     out.push_str("SIP/2.0 ");
     out.push_str(&err.status().to_string());

@@ -57,6 +57,11 @@
 //! first check to fail; its Max-Forwards of 300 is also rejected, range 0-255); insuf gets no answer
 //! because no From/To/Call-ID survive to build one; a datagram whose head is not ended by an empty line
 //! (baddn) has its head end at the end of the datagram. Bare LF line ends are tolerated.
+//!
+//! Two leniencies beyond RFC 4475, for carrier interop: header values that are not UTF-8 are decoded
+//! lossily (U+FFFD) instead of failing the message (a Latin-1 display name must not fail a call), and an
+//! unquoted display name may contain non-ASCII letters (`José <sip:...>`); separators in it (baddn) are still
+//! rejected.
 
 mod check;
 mod error;

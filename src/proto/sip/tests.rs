@@ -1351,3 +1351,22 @@ mod props {
         }
     }
 }
+
+#[test]
+fn non_utf8_header_values_are_decoded_lossily() {
+    let mut msg = fixture("sip", "rfc3261-f15-bye");
+    let at = msg.windows(4).position(|w| w == b"Bob ").unwrap();
+    msg.splice(at..at + 3, b"\"Jos\xe9\"".iter().copied());
+    let m = parse(&msg).unwrap();
+    let r = req(&m);
+    assert_eq!(r.from.display_name.as_deref(), Some("Jos\u{fffd}"));
+    assert_eq!(r.from.tag(), Some("a6c85cf"));
+    assert!(check_request(r).is_ok());
+}
+
+#[test]
+fn empty_context_for_keepalive() {
+    let err = parse(b"\r\n").unwrap_err();
+    assert_eq!((err.kind.label(), err.context.is_none()), ("empty", true));
+    assert_eq!(error_response(&err), None);
+}

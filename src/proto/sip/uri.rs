@@ -314,12 +314,10 @@ impl NameAddr {
             (Some(unquote(&s[..qlen])), uri, rest)
         } else if let Some(lt) = s.find('<') {
             let dn = trim_ws(&s[..lt]);
-            if !dn.is_empty()
-                && !dn
-                    .split([' ', '\t'])
-                    .filter(|w| !w.is_empty())
-                    .all(is_token)
-            {
+            // *(token LWS); bytes >= 0x80 (UTF-8 letters) are tolerated in the words, as carriers send
+            // unquoted `José`: they are unambiguous, unlike the separators RFC 4475 baddn tests.
+            let word_ok = |w: &str| w.bytes().all(|b| is_token_byte(b) || b >= 0x80);
+            if !dn.is_empty() && !dn.split([' ', '\t']).filter(|w| !w.is_empty()).all(word_ok) {
                 return None;
             }
             let (uri, rest) = s[lt + 1..].split_once('>')?;
@@ -374,7 +372,7 @@ impl fmt::Display for NameAddr {
 
 /// True if `s` is a valid method token.
 pub(crate) fn is_method_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(is_token_byte)
+    is_token(s)
 }
 
 #[cfg(test)]
@@ -456,6 +454,8 @@ mod tests {
 
         let n = NameAddr::parse("Alice Smith<sip:alice@atlanta.example.com>").unwrap();
         assert_eq!(n.display_name.as_deref(), Some("Alice Smith"));
+        let n = NameAddr::parse("Jos\u{e9} M\u{fc}ller <sip:jose@example.com>;tag=1").unwrap();
+        assert_eq!(n.display_name.as_deref(), Some("Jos\u{e9} M\u{fc}ller"));
 
         let n = NameAddr::parse("sip:+1972@gw1.example.net;unknownparam").unwrap();
         assert!(n.uri.params.is_empty());
