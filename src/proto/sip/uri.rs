@@ -406,6 +406,23 @@ mod tests {
         assert_eq!(u.user.as_deref(), Some("+15550100;npdi"));
         assert_eq!(u.host, "Carrier.example");
 
+        // Carrier-style URIs: number portability and trunk parameters in the user part, IPv6 maddr.
+        for ok in [
+            "sip:+14155550199;npdi;rn=+14155550000@198.51.100.20;user=phone",
+            "sip:1234@host.example.com;tgrp=trunk-1;trunk-context=example.com",
+            "sip:anonymous@anonymous.invalid",
+            "sip:gw.example.com.:5060;maddr=[2001:db8::1];lr",
+        ] {
+            assert!(Uri::parse(ok).is_some(), "{ok}");
+        }
+        let u =
+            Uri::parse("sip:+14155550199;npdi;rn=+14155550000@198.51.100.20;user=phone").unwrap();
+        assert_eq!(u.user.as_deref(), Some("+14155550199;npdi;rn=+14155550000"));
+        assert_eq!(
+            u.params,
+            vec![("user".to_owned(), Some("phone".to_owned()))]
+        );
+
         let u = Uri::parse("sip:user:secret@host?Subject=hi").unwrap();
         assert_eq!(u.user.as_deref(), Some("user"));
         assert!(u.has_headers());
