@@ -9,28 +9,16 @@ use fairvox::codec::g711;
 use fairvox::proto::{dtmf, rtp, sdp};
 
 fn benches(c: &mut Criterion) {
-    let header = rtp::RtpHeader {
-        marker: false,
-        payload_type: 0,
-        seq: 4242,
-        timestamp: 123_456,
-        ssrc: 0xDEAD_BEEF,
-    };
+    let header = rtp::RtpHeader { marker: false, payload_type: 0, seq: 4242, timestamp: 123_456, ssrc: 0xDEAD_BEEF };
     let mut packet = [0u8; rtp::HEADER_LEN + 160];
     let n = rtp::write_packet(&mut packet, &header, &[0xFF; 160]).expect("packet fits");
-    c.bench_function("rtp_parse_172", |b| {
-        b.iter(|| rtp::parse(black_box(&packet[..n])))
-    });
+    c.bench_function("rtp_parse_172", |b| b.iter(|| rtp::parse(black_box(&packet[..n]))));
 
     let event = [5u8, 0x8A, 0x03, 0x20];
-    c.bench_function("dtmf_parse_event", |b| {
-        b.iter(|| dtmf::parse_event(black_box(&event)))
-    });
+    c.bench_function("dtmf_parse_event", |b| b.iter(|| dtmf::parse_event(black_box(&event))));
 
     let offer = include_bytes!("../tests/fixtures/sdp/carrier_pcmu_pcma_te.sdp");
-    c.bench_function("sdp_parse_offer_carrier", |b| {
-        b.iter(|| sdp::parse_offer(black_box(offer)))
-    });
+    c.bench_function("sdp_parse_offer_carrier", |b| b.iter(|| sdp::parse_offer(black_box(offer))));
 
     let alaw = [0xD5u8; 160];
     let mut ulaw = [0u8; 160];

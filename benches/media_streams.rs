@@ -46,10 +46,7 @@ fn allocations_per_call(n: u64, mut f: impl FnMut()) -> f64 {
 fn pipecat_media(sid: &str) -> String {
     // Python's json.dumps layout, 40 ms of µ-law.
     let payload: Vec<u8> = (0..320u32).map(|i| (i * 7) as u8).collect();
-    format!(
-        r#"{{"event": "media", "streamSid": "{sid}", "media": {{"payload": "{}"}}}}"#,
-        STANDARD.encode(payload)
-    )
+    format!(r#"{{"event": "media", "streamSid": "{sid}", "media": {{"payload": "{}"}}}}"#, STANDARD.encode(payload))
 }
 
 fn bench(c: &mut Criterion) {
@@ -68,13 +65,8 @@ fn bench(c: &mut Criterion) {
     let parse_allocs = allocations_per_call(10_000, || {
         black_box(parse_agent_message(black_box(&text)).unwrap());
     });
-    assert!(
-        parse_allocs <= 1.0,
-        "parse_agent_message made {parse_allocs} allocations per media message"
-    );
-    eprintln!(
-        "allocations per call: StreamWriter::media {write_allocs}, parse_agent_message {parse_allocs}"
-    );
+    assert!(parse_allocs <= 1.0, "parse_agent_message made {parse_allocs} allocations per media message");
+    eprintln!("allocations per call: StreamWriter::media {write_allocs}, parse_agent_message {parse_allocs}");
 
     let mut group = c.benchmark_group("media_streams");
     group.throughput(Throughput::Elements(1));
@@ -85,9 +77,7 @@ fn bench(c: &mut Criterion) {
             black_box(out.len())
         })
     });
-    group.bench_function("parse_pipecat_media_320", |b| {
-        b.iter(|| parse_agent_message(black_box(&text)))
-    });
+    group.bench_function("parse_pipecat_media_320", |b| b.iter(|| parse_agent_message(black_box(&text))));
     group.finish();
 }
 

@@ -13,9 +13,7 @@ fn bench(c: &mut Criterion) {
     let limits = Limits::default();
     let mut g = c.benchmark_group("sip_parse");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("carrier_invite_with_sdp", |b| {
-        b.iter(|| parse_message(black_box(INVITE), &limits))
-    });
+    g.bench_function("carrier_invite_with_sdp", |b| b.iter(|| parse_message(black_box(INVITE), &limits)));
     g.bench_function("bye", |b| b.iter(|| parse_message(black_box(BYE), &limits)));
     if let Ok(Message::Request(req)) = parse_message(INVITE, &limits) {
         g.bench_function("invite_200_ok_to_bytes", |b| {

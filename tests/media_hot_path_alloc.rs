@@ -68,13 +68,7 @@ fn per_packet_work_does_not_allocate() {
         ulaw[2] = g711::ulaw_to_alaw(g711::linear_to_alaw(pcm));
         reframer.push(h.timestamp, &ulaw[..payload.len()], |_, _| frames += 1);
         // Telephone events every 10 packets.
-        let ev = dtmf::parse_event(&[
-            (i / 10 % 12) as u8,
-            if i % 10 == 9 { 0x80 } else { 0 },
-            0,
-            160,
-        ])
-        .unwrap();
+        let ev = dtmf::parse_event(&[(i / 10 % 12) as u8, if i % 10 == 9 { 0x80 } else { 0 }, 0, 160]).unwrap();
         stats.on_packet_untimed(h.seq, h.ssrc);
         if detector.on_packet(i / 10 * 1600, &ev).is_some() {
             digits += 1;
@@ -88,14 +82,7 @@ fn per_packet_work_does_not_allocate() {
                 packet_count: i,
                 octet_count: i * 240,
             };
-            let n = rtcp::write_report(
-                &mut rtcp_buf,
-                0xABCD,
-                Some(&si),
-                Some(&block),
-                "fairvox@198.51.100.7",
-            )
-            .unwrap();
+            let n = rtcp::write_report(&mut rtcp_buf, 0xABCD, Some(&si), Some(&block), "fairvox@198.51.100.7").unwrap();
             rtcp::parse_compound(&rtcp_buf[..n], |s| {
                 if let rtcp::RtcpSummary::SenderReport { ntp_timestamp, .. } = s {
                     std::hint::black_box(rtcp::lsr_from_ntp(ntp_timestamp));
@@ -113,9 +100,5 @@ fn per_packet_work_does_not_allocate() {
     drop(v);
     assert_eq!(frames, 2_000 * 240 / 160);
     assert_eq!(digits, 200);
-    assert_eq!(
-        stats.lost(),
-        -2_000,
-        "each packet was accounted twice (audio + untimed)"
-    );
+    assert_eq!(stats.lost(), -2_000, "each packet was accounted twice (audio + untimed)");
 }

@@ -59,10 +59,7 @@ impl Playout {
         let needed = self.ring.len() + take;
         if needed > self.ring.capacity() {
             // Grow geometrically but never past the bound, so the ring's memory stays bounded by it.
-            let target = needed
-                .max(self.ring.capacity() * 2)
-                .max(MIN_RING)
-                .min(self.max_samples);
+            let target = needed.max(self.ring.capacity() * 2).max(MIN_RING).min(self.max_samples);
             self.ring.reserve_exact(target - self.ring.len());
         }
         self.ring.extend(&ulaw[..take]);
@@ -99,11 +96,7 @@ impl Playout {
     /// One 20 ms tick. Fills `frame` with the next 160 samples (a partial tail is padded with µ-law silence) and
     /// returns true, or returns false when nothing is queued (the caller sends nothing, or comfort noise). Marks
     /// whose audio has now been played in full, including marks at the head of an empty queue, go to `marks`.
-    pub fn next_frame(
-        &mut self,
-        frame: &mut [u8; FRAME_SAMPLES],
-        mut marks: impl FnMut(String),
-    ) -> bool {
+    pub fn next_frame(&mut self, frame: &mut [u8; FRAME_SAMPLES], mut marks: impl FnMut(String)) -> bool {
         let n = self.ring.len().min(FRAME_SAMPLES);
         if n > 0 {
             let (a, b) = self.ring.as_slices();
@@ -199,10 +192,7 @@ mod tests {
         assert!(fired.is_empty());
         let frame = frame.unwrap();
         assert_eq!(&frame[..100], &[1; 100][..]);
-        assert!(
-            frame[100..].iter().all(|&b| b == ULAW_SILENCE),
-            "partial tail padded with silence"
-        );
+        assert!(frame[100..].iter().all(|&b| b == ULAW_SILENCE), "partial tail padded with silence");
         assert!(p.push_mark("after".into()));
         assert_eq!(tick(&mut p), (None, vec!["after".to_string()]));
     }
@@ -253,11 +243,7 @@ mod tests {
         assert_eq!(p.push_audio(&[3; 10]), 10);
         assert_eq!(p.buffered_samples(), 1000);
         assert_eq!(p.dropped_samples(), 210);
-        assert!(
-            p.ring_capacity() <= 1000,
-            "ring never grows past the bound: {}",
-            p.ring_capacity()
-        );
+        assert!(p.ring_capacity() <= 1000, "ring never grows past the bound: {}", p.ring_capacity());
         // The excess was dropped from the end: the last queued sample is from the second push.
         let mut last = [0u8; FRAME_SAMPLES];
         for _ in 0..7 {
@@ -277,9 +263,7 @@ mod tests {
         let mut p = Playout::new(160_000, 8);
         let mut all = Vec::new();
         for chunk in 0..25u8 {
-            let data: Vec<u8> = (0..320)
-                .map(|i| chunk.wrapping_mul(31).wrapping_add(i as u8))
-                .collect();
+            let data: Vec<u8> = (0..320).map(|i| chunk.wrapping_mul(31).wrapping_add(i as u8)).collect();
             all.extend_from_slice(&data);
             p.push_audio(&data);
         }
@@ -320,12 +304,7 @@ mod tests {
             tick_into(&mut p, &mut out);
         }
         while tick_into(&mut p, &mut out) {}
-        assert!(
-            out == all,
-            "samples differ ({} vs {})",
-            out.len(),
-            all.len()
-        );
+        assert!(out == all, "samples differ ({} vs {})", out.len(), all.len());
     }
 
     #[test]

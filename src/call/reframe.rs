@@ -55,12 +55,7 @@ impl Reframer {
 
     /// Places `samples` (one per timestamp unit, starting at `rtp_ts`) and emits each completed frame through
     /// `emit(frame_ts, &frame)`, where `frame_ts` is the RTP timestamp of the frame's first sample.
-    pub fn push(
-        &mut self,
-        rtp_ts: u32,
-        samples: &[u8],
-        mut emit: impl FnMut(u32, &[u8; FRAME_SAMPLES]),
-    ) {
+    pub fn push(&mut self, rtp_ts: u32, samples: &[u8], mut emit: impl FnMut(u32, &[u8; FRAME_SAMPLES])) {
         if samples.is_empty() {
             return;
         }
@@ -156,12 +151,7 @@ impl Reframer {
     }
 
     /// Appends `count` samples: from `src` if given (then `count == src.len()`), else silence.
-    fn fill_with(
-        &mut self,
-        src: Option<&[u8]>,
-        count: usize,
-        emit: &mut impl FnMut(u32, &[u8; FRAME_SAMPLES]),
-    ) {
+    fn fill_with(&mut self, src: Option<&[u8]>, count: usize, emit: &mut impl FnMut(u32, &[u8; FRAME_SAMPLES])) {
         let mut done = 0;
         while done < count {
             let n = (FRAME_SAMPLES - self.fill).min(count - done);
@@ -198,9 +188,7 @@ mod tests {
         (0..count)
             .map(|i| {
                 let ts = start.wrapping_add((i * ptime_samples) as u32);
-                let bytes = (0..ptime_samples)
-                    .map(|j| ((i * ptime_samples + j) % 251) as u8)
-                    .collect();
+                let bytes = (0..ptime_samples).map(|j| ((i * ptime_samples + j) % 251) as u8).collect();
                 (ts, bytes)
             })
             .collect()
@@ -278,34 +266,18 @@ mod tests {
         assert_eq!((r.gaps_filled(), r.resyncs()), (0, 0));
         // A gap across the wrap is still a gap.
         let mut r = Reframer::new(1600);
-        let f = collect(
-            &mut r,
-            &[(u32::MAX - 159, vec![1; 160]), (160, vec![2; 160])],
-        );
-        assert_eq!(
-            f.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-            vec![u32::MAX - 159, 0, 160]
-        );
+        let f = collect(&mut r, &[(u32::MAX - 159, vec![1; 160]), (160, vec![2; 160])]);
+        assert_eq!(f.iter().map(|(t, _)| *t).collect::<Vec<_>>(), vec![u32::MAX - 159, 0, 160]);
         assert_eq!(r.gaps_filled(), 1);
     }
 
     #[test]
     fn big_jump_resynchronises() {
         let mut r = Reframer::new(1600);
-        let f = collect(
-            &mut r,
-            &[
-                (0, vec![1; 160]),
-                (160, vec![2; 80]),
-                (100_000, vec![3; 160]),
-            ],
-        );
+        let f = collect(&mut r, &[(0, vec![1; 160]), (160, vec![2; 80]), (100_000, vec![3; 160])]);
         let mut partial = vec![2; 80];
         partial.extend_from_slice(&[ULAW_SILENCE; 80]);
-        assert_eq!(
-            f,
-            vec![(0, vec![1; 160]), (160, partial), (100_000, vec![3; 160])]
-        );
+        assert_eq!(f, vec![(0, vec![1; 160]), (160, partial), (100_000, vec![3; 160])]);
         assert_eq!(r.resyncs(), 1);
         assert_eq!(r.gaps_filled(), 0);
         // Exactly max_gap is still filled.
@@ -355,15 +327,7 @@ mod tests {
     fn packet_inside_the_current_frame_replaces_filled_silence() {
         // 5 ms packets: 40 is lost at first and arrives after 80.
         let mut r = Reframer::new(1600);
-        let f = collect(
-            &mut r,
-            &[
-                (0, vec![1; 40]),
-                (80, vec![3; 40]),
-                (40, vec![2; 40]),
-                (120, vec![4; 40]),
-            ],
-        );
+        let f = collect(&mut r, &[(0, vec![1; 40]), (80, vec![3; 40]), (40, vec![2; 40]), (120, vec![4; 40])]);
         let mut expected = vec![1; 40];
         expected.extend_from_slice(&[2; 40]);
         expected.extend_from_slice(&[3; 40]);

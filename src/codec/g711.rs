@@ -25,11 +25,7 @@ const ULAW_MAX: u32 = 0x1FFF;
 
 /// Encode one sample to µ-law, computing the segment from the bit length of the biased magnitude.
 const fn encode_ulaw(x: i16) -> u8 {
-    let (mag, positive) = if x < 0 {
-        ((!x) as u32 >> 2, false)
-    } else {
-        (x as u32 >> 2, true)
-    };
+    let (mag, positive) = if x < 0 { ((!x) as u32 >> 2, false) } else { (x as u32 >> 2, true) };
     let mut biased = mag + ULAW_BIAS;
     if biased > ULAW_MAX {
         biased = ULAW_MAX;
@@ -49,20 +45,12 @@ const fn decode_ulaw(u: u8) -> i16 {
     let segment = ((c >> 4) & 0x07) as u32;
     let mantissa = (c & 0x0F) as i32;
     let magnitude = (((mantissa << 3) + 0x84) << segment) - 0x84;
-    if c & 0x80 != 0 {
-        -magnitude as i16
-    } else {
-        magnitude as i16
-    }
+    if c & 0x80 != 0 { -magnitude as i16 } else { magnitude as i16 }
 }
 
 /// Encode one sample to A-law, computing the segment from the bit length of the 12-bit magnitude.
 const fn encode_alaw(x: i16) -> u8 {
-    let (mag, positive) = if x < 0 {
-        ((!x) as u32 >> 4, false)
-    } else {
-        (x as u32 >> 4, true)
-    };
+    let (mag, positive) = if x < 0 { ((!x) as u32 >> 4, false) } else { (x as u32 >> 4, true) };
     // mag is 0..=2047. Segment 0 is 0..=15 in steps of 1; segment s >= 1 is [16 << (s-1), 32 << (s-1)).
     let code = if mag < 16 {
         mag
@@ -84,11 +72,7 @@ const fn decode_alaw(a: u8) -> i16 {
         0 => (mantissa << 4) + 8,
         _ => ((mantissa << 4) + 0x108) << (segment - 1),
     };
-    if c & 0x80 != 0 {
-        magnitude as i16
-    } else {
-        -magnitude as i16
-    }
+    if c & 0x80 != 0 { magnitude as i16 } else { -magnitude as i16 }
 }
 
 const fn build_ulaw_decode() -> [i16; 256] {
@@ -248,11 +232,7 @@ mod tests {
 
     fn ref_linear_to_ulaw(x: i16) -> u8 {
         let x = i32::from(x);
-        let (mag, sign) = if x < 0 {
-            ((-x - 1) >> 2, 0x00)
-        } else {
-            (x >> 2, 0x80)
-        };
+        let (mag, sign) = if x < 0 { ((-x - 1) >> 2, 0x00) } else { (x >> 2, 0x80) };
         let biased = (mag + 33).min(0x1FFF);
         let seg = ref_search(biased, &REF_ULAW_SEG_END);
         assert!(seg < 8);
@@ -272,19 +252,11 @@ mod tests {
 
     fn ref_linear_to_alaw(x: i16) -> u8 {
         let x = i32::from(x);
-        let (mag, sign) = if x < 0 {
-            ((-x - 1) >> 4, 0x00)
-        } else {
-            (x >> 4, 0x80)
-        };
+        let (mag, sign) = if x < 0 { ((-x - 1) >> 4, 0x00) } else { (x >> 4, 0x80) };
         // The 12-bit magnitude table is in steps of 2 of this 11-bit magnitude: compare on the 12-bit scale.
         let seg = ref_search(mag << 1, &REF_ALAW_SEG_END);
         assert!(seg < 8);
-        let mant = if seg == 0 {
-            mag & 0x0F
-        } else {
-            (mag >> (seg - 1)) & 0x0F
-        };
+        let mant = if seg == 0 { mag & 0x0F } else { (mag >> (seg - 1)) & 0x0F };
         ((sign | ((seg as i32) << 4) | mant) as u8) ^ 0x55
     }
 
@@ -292,11 +264,7 @@ mod tests {
         let c = a ^ 0x55;
         let seg = i32::from((c >> 4) & 7);
         let mant = i32::from(c & 0x0F);
-        let v = if seg == 0 {
-            (2 * mant + 1) * 8
-        } else {
-            (2 * mant + 33) * (1 << (seg - 1)) * 8
-        };
+        let v = if seg == 0 { (2 * mant + 1) * 8 } else { (2 * mant + 33) * (1 << (seg - 1)) * 8 };
         (if c & 0x80 != 0 { v } else { -v }) as i16
     }
 
@@ -344,11 +312,7 @@ mod tests {
     #[test]
     fn decode_then_encode_is_identity_on_codes() {
         for c in 0..=255u8 {
-            assert_eq!(
-                linear_to_ulaw(ulaw_to_linear(c)),
-                if c == 0x7F { 0xFF } else { c },
-                "ulaw {c:#04x}"
-            );
+            assert_eq!(linear_to_ulaw(ulaw_to_linear(c)), if c == 0x7F { 0xFF } else { c }, "ulaw {c:#04x}");
             assert_eq!(linear_to_alaw(alaw_to_linear(c)), c, "alaw {c:#04x}");
         }
     }
@@ -358,21 +322,13 @@ mod tests {
         for c in 0..=255u8 {
             assert_eq!(alaw_to_ulaw(c), linear_to_ulaw(alaw_to_linear(c)));
             assert_eq!(ulaw_to_alaw(c), linear_to_alaw(ulaw_to_linear(c)));
-            let (a, u) = (
-                i32::from(alaw_to_linear(c)),
-                i32::from(ulaw_to_linear(alaw_to_ulaw(c))),
-            );
+            let (a, u) = (i32::from(alaw_to_linear(c)), i32::from(ulaw_to_linear(alaw_to_ulaw(c))));
             assert!(a.signum() == u.signum() || u == 0, "sign of alaw {c:#04x}");
             // One quantisation step of the coarser law at that level is at most 1/16 of the level plus a little.
-            assert!(
-                (a - u).abs() <= a.abs() / 16 + 16,
-                "alaw {c:#04x}: {a} vs {u}"
-            );
+            assert!((a - u).abs() <= a.abs() / 16 + 16, "alaw {c:#04x}: {a} vs {u}");
         }
         // Most A-law codes survive a trip through µ-law.
-        let transparent = (0..=255u8)
-            .filter(|&a| ulaw_to_alaw(alaw_to_ulaw(a)) == a)
-            .count();
+        let transparent = (0..=255u8).filter(|&a| ulaw_to_alaw(alaw_to_ulaw(a)) == a).count();
         assert_eq!(transparent, 240);
     }
 

@@ -48,12 +48,7 @@ pub fn parse_event(payload: &[u8]) -> Result<DtmfEvent, DtmfError> {
 /// Writes an event into a 4-byte payload (for tests and for sending digits).
 pub fn write_event(ev: &DtmfEvent) -> [u8; 4] {
     let d = ev.duration.to_be_bytes();
-    [
-        ev.event,
-        (u8::from(ev.end) << 7) | (ev.volume & 0x3F),
-        d[0],
-        d[1],
-    ]
+    [ev.event, (u8::from(ev.end) << 7) | (ev.volume & 0x3F), d[0], d[1]]
 }
 
 /// The key of a DTMF event code: 0-9, 10 `*`, 11 `#`, 12-15 `A`-`D`; `None` for other events.
@@ -135,24 +130,14 @@ impl DtmfDetector {
             // The previous press lost all its end packets: report it now; this packet starts the next one,
             // which is reported at its own end (or when a newer event arrives).
             let pending = digit(cur.event);
-            *cur = Current {
-                ts: rtp_ts,
-                event: ev.event,
-                reported: false,
-                max_duration: ev.duration,
-            };
+            *cur = Current { ts: rtp_ts, event: ev.event, reported: false, max_duration: ev.duration };
             return pending;
         }
         self.start(rtp_ts, ev, key)
     }
 
     fn start(&mut self, rtp_ts: u32, ev: &DtmfEvent, key: char) -> Option<char> {
-        self.current = Some(Current {
-            ts: rtp_ts,
-            event: ev.event,
-            reported: ev.end,
-            max_duration: ev.duration,
-        });
+        self.current = Some(Current { ts: rtp_ts, event: ev.event, reported: ev.end, max_duration: ev.duration });
         ev.end.then_some(key)
     }
 }
@@ -162,12 +147,7 @@ mod tests {
     use super::*;
 
     fn ev(event: u8, end: bool, duration: u16) -> DtmfEvent {
-        DtmfEvent {
-            event,
-            end,
-            volume: 10,
-            duration,
-        }
+        DtmfEvent { event, end, volume: 10, duration }
     }
 
     /// A full RFC 4733 press: start, continuations every 50 ms, three end packets; returns what was reported.
@@ -185,25 +165,11 @@ mod tests {
     #[test]
     fn parses_payloads() {
         let e = parse_event(&[5, 0x80 | 10, 0x03, 0x20]).unwrap();
-        assert_eq!(
-            e,
-            DtmfEvent {
-                event: 5,
-                end: true,
-                volume: 10,
-                duration: 800
-            }
-        );
+        assert_eq!(e, DtmfEvent { event: 5, end: true, volume: 10, duration: 800 });
         assert_eq!(write_event(&e), [5, 0x8A, 0x03, 0x20]);
         // The reserved bit is ignored.
-        assert_eq!(
-            parse_event(&[11, 0x40 | 7, 0, 160]).unwrap(),
-            ev(11, false, 160).with_volume(7)
-        );
-        assert_eq!(
-            parse_event(&[1, 2, 3]).unwrap_err(),
-            DtmfError::Truncated(3)
-        );
+        assert_eq!(parse_event(&[11, 0x40 | 7, 0, 160]).unwrap(), ev(11, false, 160).with_volume(7));
+        assert_eq!(parse_event(&[1, 2, 3]).unwrap_err(), DtmfError::Truncated(3));
         assert_eq!(parse_event(&[]).unwrap_err().label(), "truncated");
         assert!(parse_event(&[1, 2, 3, 4, 5, 6, 7, 8]).is_ok());
     }

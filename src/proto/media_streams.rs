@@ -60,11 +60,7 @@ impl StreamWriter {
         let mut sid_field = String::with_capacity(stream_sid.len() + 16);
         sid_field.push_str("\"streamSid\":");
         push_json_str(&mut sid_field, stream_sid);
-        StreamWriter {
-            sid_field,
-            seq: 0,
-            chunk: 0,
-        }
+        StreamWriter { sid_field, seq: 0, chunk: 0 }
     }
 
     /// `sequenceNumber` of the last message written (0 before `start`).
@@ -116,9 +112,7 @@ impl StreamWriter {
         push_json_str(out, &start.from);
         out.push_str(r#","to_number":"#);
         push_json_str(out, &start.to);
-        out.push_str(
-            r#"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#,
-        );
+        out.push_str(r#"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#);
     }
 
     /// A media message carrying `payload` (µ-law, normally one 160-byte frame) at `timestamp_ms` (milliseconds of
@@ -265,14 +259,8 @@ pub enum AgentMessageError {
 
 impl AgentMessageError {
     /// Every label, in [`AgentMessageError::index`] order.
-    pub const LABELS: [&'static str; 6] = [
-        "not_json",
-        "not_object",
-        "missing_event",
-        "missing_field",
-        "bad_payload",
-        "too_large",
-    ];
+    pub const LABELS: [&'static str; 6] =
+        ["not_json", "not_object", "missing_event", "missing_field", "bad_payload", "too_large"];
 
     /// A short, stable name for metrics and logs.
     pub fn label(&self) -> &'static str {
@@ -315,24 +303,15 @@ pub fn parse_agent_message(text: &str) -> Result<AgentMessage, AgentMessageError
     };
     match &*event {
         "media" => {
-            let Loose::Object {
-                payload: Some(payload),
-                ..
-            } = media
-            else {
+            let Loose::Object { payload: Some(payload), .. } = media else {
                 return Err(AgentMessageError::MissingField("media.payload"));
             };
             let mut audio = Vec::with_capacity(payload.len() / 4 * 3 + 3);
-            LENIENT_BASE64
-                .decode_vec(payload.as_bytes(), &mut audio)
-                .map_err(|_| AgentMessageError::BadPayload)?;
+            LENIENT_BASE64.decode_vec(payload.as_bytes(), &mut audio).map_err(|_| AgentMessageError::BadPayload)?;
             Ok(AgentMessage::Media(audio))
         }
         "mark" => {
-            let Loose::Object {
-                name: Some(name), ..
-            } = mark
-            else {
+            let Loose::Object { name: Some(name), .. } = mark else {
                 return Err(AgentMessageError::MissingField("mark.name"));
             };
             if name.len() > MAX_MARK_NAME_BYTES {
@@ -347,11 +326,7 @@ pub fn parse_agent_message(text: &str) -> Result<AgentMessage, AgentMessageError
 
 /// The top level of an agent message: only `event`, `media` and `mark` are looked at.
 enum Top<'a> {
-    Object {
-        event: Loose<'a>,
-        media: Loose<'a>,
-        mark: Loose<'a>,
-    },
+    Object { event: Loose<'a>, media: Loose<'a>, mark: Loose<'a> },
     NotObject,
 }
 
@@ -550,15 +525,8 @@ mod tests {
         let mut w = StreamWriter::new(SID);
         let mut out = String::from("stale");
         w.connected(&mut out);
-        assert_eq!(
-            parse(&out),
-            json!({"event":"connected","protocol":"Call","version":"1.0.0"})
-        );
-        assert_eq!(
-            w.sequence_number(),
-            0,
-            "connected carries no sequenceNumber"
-        );
+        assert_eq!(parse(&out), json!({"event":"connected","protocol":"Call","version":"1.0.0"}));
+        assert_eq!(w.sequence_number(), 0, "connected carries no sequenceNumber");
     }
 
     #[test]
@@ -612,9 +580,7 @@ mod tests {
         w.connected(&mut out);
         w.start(&sample_start(), &mut out);
         for i in 0..3u64 {
-            let payload: Vec<u8> = (0..160)
-                .map(|b| (b as u8).wrapping_mul(i as u8 + 1))
-                .collect();
+            let payload: Vec<u8> = (0..160).map(|b| (b as u8).wrapping_mul(i as u8 + 1)).collect();
             w.media(i * 20, &payload, &mut out);
             let v = parse(&out);
             let expect_payload = STANDARD.encode(&payload);
@@ -627,9 +593,7 @@ mod tests {
                     "media": {"track": "inbound", "chunk": (i + 1).to_string(), "timestamp": (i * 20).to_string(), "payload": expect_payload}
                 })
             );
-            let back = STANDARD
-                .decode(v["media"]["payload"].as_str().unwrap())
-                .unwrap();
+            let back = STANDARD.decode(v["media"]["payload"].as_str().unwrap()).unwrap();
             assert_eq!(back, payload);
         }
         assert_eq!(w.chunks(), 3);
@@ -713,45 +677,25 @@ mod tests {
         assert_eq!(call_sid(u128::MAX), format!("CA{}", "f".repeat(32)));
         let s = stream_sid(0xDEAD_BEEF);
         assert_eq!(s.len(), 34);
-        assert!(
-            s[2..]
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        );
+        assert!(s[2..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     }
 
     #[test]
     fn parses_agent_messages() {
         let audio: Vec<u8> = (0..=255u8).collect();
         let b64 = STANDARD.encode(&audio);
-        let media =
-            format!(r#"{{"event":"media","streamSid":"{SID}","media":{{"payload":"{b64}"}}}}"#);
+        let media = format!(r#"{{"event":"media","streamSid":"{SID}","media":{{"payload":"{b64}"}}}}"#);
+        assert_eq!(parse_agent_message(&media), Ok(AgentMessage::Media(audio.clone())));
         assert_eq!(
-            parse_agent_message(&media),
-            Ok(AgentMessage::Media(audio.clone()))
-        );
-        assert_eq!(
-            parse_agent_message(
-                r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"greeting-done"}}"#
-            ),
+            parse_agent_message(r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"greeting-done"}}"#),
             Ok(AgentMessage::Mark("greeting-done".into()))
         );
-        assert_eq!(
-            parse_agent_message(r#"{"event":"clear","streamSid":"MZ1"}"#),
-            Ok(AgentMessage::Clear)
-        );
+        assert_eq!(parse_agent_message(r#"{"event":"clear","streamSid":"MZ1"}"#), Ok(AgentMessage::Clear));
         // No streamSid, fields in any order, extra fields, whitespace.
-        assert_eq!(
-            parse_agent_message(" {\"event\" : \"clear\"} \n"),
-            Ok(AgentMessage::Clear)
-        );
-        let reordered = format!(
-            r#"{{"media":{{"track":"outbound","payload":"{b64}","extra":[1,{{}}]}},"event":"media"}}"#
-        );
-        assert_eq!(
-            parse_agent_message(&reordered),
-            Ok(AgentMessage::Media(audio))
-        );
+        assert_eq!(parse_agent_message(" {\"event\" : \"clear\"} \n"), Ok(AgentMessage::Clear));
+        let reordered =
+            format!(r#"{{"media":{{"track":"outbound","payload":"{b64}","extra":[1,{{}}]}},"event":"media"}}"#);
+        assert_eq!(parse_agent_message(&reordered), Ok(AgentMessage::Media(audio)));
         // Escaped strings are decoded.
         assert_eq!(
             parse_agent_message(r#"{"event":"m\u0061rk","mark":{"name":"a\"b\\c\n"}}"#),
@@ -766,10 +710,7 @@ mod tests {
             parse_agent_message(r#"{"event":"media","media":{"payload":"/w"}}"#),
             Ok(AgentMessage::Media(vec![0xff]))
         );
-        assert_eq!(
-            parse_agent_message(r#"{"event":"media","media":{"payload":""}}"#),
-            Ok(AgentMessage::Media(vec![]))
-        );
+        assert_eq!(parse_agent_message(r#"{"event":"media","media":{"payload":""}}"#), Ok(AgentMessage::Media(vec![])));
     }
 
     #[test]
@@ -784,10 +725,7 @@ mod tests {
         let clear = format!(r#"{{"event": "clear", "streamSid": "{SID}"}}"#);
         assert_eq!(parse_agent_message(&clear), Ok(AgentMessage::Clear));
         // streamSid may be null before Pipecat saw `start`.
-        assert_eq!(
-            parse_agent_message(r#"{"event": "clear", "streamSid": null}"#),
-            Ok(AgentMessage::Clear)
-        );
+        assert_eq!(parse_agent_message(r#"{"event": "clear", "streamSid": null}"#), Ok(AgentMessage::Clear));
     }
 
     #[test]
@@ -800,11 +738,7 @@ mod tests {
             r#"{"event":"transcript","text":"hi","mark":[1,2]}"#,
             r#"{"event":""}"#,
         ] {
-            assert_eq!(
-                parse_agent_message(text),
-                Ok(AgentMessage::Ignored),
-                "{text}"
-            );
+            assert_eq!(parse_agent_message(text), Ok(AgentMessage::Ignored), "{text}");
         }
     }
 
@@ -824,31 +758,13 @@ mod tests {
             ("{\"event\":7}", MissingEvent),
             ("{\"event\":null}", MissingEvent),
             ("{\"event\":\"media\"}", MissingField("media.payload")),
-            (
-                "{\"event\":\"media\",\"media\":{}}",
-                MissingField("media.payload"),
-            ),
-            (
-                "{\"event\":\"media\",\"media\":{\"payload\":5}}",
-                MissingField("media.payload"),
-            ),
-            (
-                "{\"event\":\"media\",\"media\":\"AAAA\"}",
-                MissingField("media.payload"),
-            ),
-            (
-                "{\"event\":\"mark\",\"mark\":{}}",
-                MissingField("mark.name"),
-            ),
+            ("{\"event\":\"media\",\"media\":{}}", MissingField("media.payload")),
+            ("{\"event\":\"media\",\"media\":{\"payload\":5}}", MissingField("media.payload")),
+            ("{\"event\":\"media\",\"media\":\"AAAA\"}", MissingField("media.payload")),
+            ("{\"event\":\"mark\",\"mark\":{}}", MissingField("mark.name")),
             ("{\"event\":\"mark\"}", MissingField("mark.name")),
-            (
-                "{\"event\":\"media\",\"media\":{\"payload\":\"!!!!\"}}",
-                BadPayload,
-            ),
-            (
-                "{\"event\":\"media\",\"media\":{\"payload\":\"A\"}}",
-                BadPayload,
-            ),
+            ("{\"event\":\"media\",\"media\":{\"payload\":\"!!!!\"}}", BadPayload),
+            ("{\"event\":\"media\",\"media\":{\"payload\":\"A\"}}", BadPayload),
         ];
         for (text, err) in cases {
             assert_eq!(parse_agent_message(text).as_ref(), Err(err), "{text:?}");
@@ -859,10 +775,7 @@ mod tests {
 
     #[test]
     fn size_limits() {
-        let big = format!(
-            "{{\"event\":\"clear\",\"pad\":\"{}\"}}",
-            "x".repeat(MAX_AGENT_MESSAGE_BYTES)
-        );
+        let big = format!("{{\"event\":\"clear\",\"pad\":\"{}\"}}", "x".repeat(MAX_AGENT_MESSAGE_BYTES));
         assert_eq!(parse_agent_message(&big), Err(AgentMessageError::TooLarge));
         let name = "n".repeat(MAX_MARK_NAME_BYTES + 1);
         let msg = format!("{{\"event\":\"mark\",\"mark\":{{\"name\":\"{name}\"}}}}");
@@ -875,38 +788,18 @@ mod tests {
     #[test]
     fn labels_match_indices() {
         use AgentMessageError::*;
-        for e in [
-            NotJson,
-            NotObject,
-            MissingEvent,
-            MissingField("f"),
-            BadPayload,
-            TooLarge,
-        ] {
+        for e in [NotJson, NotObject, MissingEvent, MissingField("f"), BadPayload, TooLarge] {
             assert_eq!(AgentMessageError::LABELS[e.index()], e.label());
         }
     }
 
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
-        let deep = format!(
-            "{{\"event\":\"x\",\"a\":{}{}}}",
-            "[".repeat(10_000),
-            "]".repeat(10_000)
-        );
+        let deep = format!("{{\"event\":\"x\",\"a\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
         let r = parse_agent_message(&deep);
-        assert!(
-            matches!(
-                r,
-                Ok(AgentMessage::Ignored) | Err(AgentMessageError::NotJson)
-            ),
-            "{r:?}"
-        );
-        let deep_payload = format!(
-            "{{\"event\":\"media\",\"media\":{}{}}}",
-            "{\"payload\":".repeat(10_000),
-            "}".repeat(10_000)
-        );
+        assert!(matches!(r, Ok(AgentMessage::Ignored) | Err(AgentMessageError::NotJson)), "{r:?}");
+        let deep_payload =
+            format!("{{\"event\":\"media\",\"media\":{}{}}}", "{\"payload\":".repeat(10_000), "}".repeat(10_000));
         assert!(parse_agent_message(&deep_payload).is_err());
         let deep_obj = format!("{}{}", "{\"media\":".repeat(10_000), "}".repeat(10_000));
         assert!(parse_agent_message(&deep_obj).is_err());

@@ -91,11 +91,7 @@ pub fn write_report(
     if cname.len() > 255 {
         return Err(RtcpError::CnameTooLong(cname.len()));
     }
-    let report_len = if sender_info.is_some() {
-        SR_LEN
-    } else {
-        RR_LEN
-    } + block.map_or(0, |_| BLOCK_LEN);
+    let report_len = if sender_info.is_some() { SR_LEN } else { RR_LEN } + block.map_or(0, |_| BLOCK_LEN);
     // SDES: header, SSRC, CNAME item (type, length, text), at least one null octet, padded to 32 bits.
     let sdes_len = (4 + 4 + 2 + cname.len() + 1).div_ceil(4) * 4;
     let total = report_len + sdes_len;
@@ -178,10 +174,7 @@ pub fn parse_compound(packet: &[u8], mut f: impl FnMut(RtcpSummary)) -> Result<(
     })
 }
 
-fn for_each_packet(
-    packet: &[u8],
-    mut f: impl FnMut(RtcpSummary) -> Result<(), RtcpError>,
-) -> Result<(), RtcpError> {
+fn for_each_packet(packet: &[u8], mut f: impl FnMut(RtcpSummary) -> Result<(), RtcpError>) -> Result<(), RtcpError> {
     let mut offset = 0;
     while offset < packet.len() {
         let rest = packet.get(offset..).ok_or(RtcpError::Truncated)?;
@@ -200,27 +193,19 @@ fn for_each_packet(
                     packet_count: sr.packet_count(),
                 })?;
                 for rb in sr.report_blocks() {
-                    f(RtcpSummary::ReportBlock {
-                        reporter_ssrc: sr.ssrc(),
-                        block: block_from(&rb),
-                    })?;
+                    f(RtcpSummary::ReportBlock { reporter_ssrc: sr.ssrc(), block: block_from(&rb) })?;
                 }
             }
             201 => {
                 let rr = ReceiverReport::parse(one)?;
                 f(RtcpSummary::ReceiverReport { ssrc: rr.ssrc() })?;
                 for rb in rr.report_blocks() {
-                    f(RtcpSummary::ReportBlock {
-                        reporter_ssrc: rr.ssrc(),
-                        block: block_from(&rb),
-                    })?;
+                    f(RtcpSummary::ReportBlock { reporter_ssrc: rr.ssrc(), block: block_from(&rb) })?;
                 }
             }
             203 => {
                 let bye = Bye::parse(one)?;
-                f(RtcpSummary::Bye {
-                    ssrcs_count: bye.count() as usize,
-                })?;
+                f(RtcpSummary::Bye { ssrcs_count: bye.count() as usize })?;
             }
             _ => {
                 Unknown::parse(one)?;
@@ -258,9 +243,7 @@ const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
 /// A 64-bit NTP timestamp (32.32 fixed point since 1900) from a time since the Unix epoch, e.g.
 /// `SystemTime::now().duration_since(UNIX_EPOCH)` taken by the caller.
 pub fn ntp_from_unix(since_unix_epoch: Duration) -> u64 {
-    let secs = since_unix_epoch
-        .as_secs()
-        .wrapping_add(NTP_UNIX_OFFSET_SECS);
+    let secs = since_unix_epoch.as_secs().wrapping_add(NTP_UNIX_OFFSET_SECS);
     let frac = (u64::from(since_unix_epoch.subsec_nanos()) << 32) / 1_000_000_000;
     (secs << 32) | frac
 }
@@ -273,9 +256,7 @@ pub fn round_trip_time(block: &ReportBlock, arrival_ntp: u64) -> Option<Duration
         return None;
     }
     let a = lsr_from_ntp(arrival_ntp);
-    let rtt = a
-        .wrapping_sub(block.last_sr)
-        .wrapping_sub(block.delay_since_last_sr);
+    let rtt = a.wrapping_sub(block.last_sr).wrapping_sub(block.delay_since_last_sr);
     // A negative result wraps to a huge value: treat anything over ~18 hours as inconsistent.
     if rtt > 0x8000_0000 {
         return None;
@@ -308,14 +289,7 @@ mod tests {
     #[test]
     fn receiver_report_round_trip() {
         let mut buf = [0u8; 256];
-        let n = write_report(
-            &mut buf,
-            0x1111_2222,
-            None,
-            Some(&block()),
-            "fairvox@10.0.0.1",
-        )
-        .unwrap();
+        let n = write_report(&mut buf, 0x1111_2222, None, Some(&block()), "fairvox@10.0.0.1").unwrap();
         // RR 8 + block 24 + SDES (4 + 4 + 2 + 16 + 1 -> 28).
         assert_eq!(n, 8 + 24 + 28);
         assert_eq!(n % 4, 0);
@@ -323,10 +297,7 @@ mod tests {
             collect(&buf[..n]).unwrap(),
             vec![
                 RtcpSummary::ReceiverReport { ssrc: 0x1111_2222 },
-                RtcpSummary::ReportBlock {
-                    reporter_ssrc: 0x1111_2222,
-                    block: block()
-                },
+                RtcpSummary::ReportBlock { reporter_ssrc: 0x1111_2222, block: block() },
                 RtcpSummary::Other,
             ]
         );
@@ -385,16 +356,8 @@ mod tests {
             assert!(Sdes::parse(&buf[8..n]).is_ok(), "cname of {len}");
             assert_eq!(collect(&buf[..n]).unwrap().len(), 2);
         }
-        assert_eq!(
-            write_report(&mut buf, 1, None, None, &"c".repeat(256)).unwrap_err(),
-            RtcpError::CnameTooLong(256)
-        );
-        assert_eq!(
-            write_report(&mut buf[..20], 1, None, None, "abc")
-                .unwrap_err()
-                .label(),
-            "buffer_too_small"
-        );
+        assert_eq!(write_report(&mut buf, 1, None, None, &"c".repeat(256)).unwrap_err(), RtcpError::CnameTooLong(256));
+        assert_eq!(write_report(&mut buf[..20], 1, None, None, "abc").unwrap_err().label(), "buffer_too_small");
     }
 
     #[test]
@@ -462,10 +425,7 @@ mod tests {
         assert_eq!(ntp >> 32, 1_700_000_000 + NTP_UNIX_OFFSET_SECS);
         assert_eq!(ntp as u32, 1 << 30); // .25 s
         let mut buf = [0u8; 64];
-        let si = SenderInfo {
-            ntp_timestamp: ntp,
-            ..Default::default()
-        };
+        let si = SenderInfo { ntp_timestamp: ntp, ..Default::default() };
         let n = write_report(&mut buf, 3, Some(&si), None, "p").unwrap();
         let mut lsr = 0;
         parse_compound(&buf[..n], |s| {
@@ -476,17 +436,10 @@ mod tests {
         .unwrap();
         assert_eq!(lsr, ((ntp >> 16) & 0xFFFF_FFFF) as u32);
         // The peer held our SR for 0.5 s and we got its report 0.6 s after sending: RTT 100 ms.
-        let block = ReportBlock {
-            last_sr: lsr,
-            delay_since_last_sr: 32768,
-            ..Default::default()
-        };
+        let block = ReportBlock { last_sr: lsr, delay_since_last_sr: 32768, ..Default::default() };
         let arrival = ntp_from_unix(Duration::from_millis(1_700_000_000_850));
         let rtt = round_trip_time(&block, arrival).unwrap();
-        assert!(
-            rtt.abs_diff(Duration::from_millis(100)) < Duration::from_micros(50),
-            "{rtt:?}"
-        );
+        assert!(rtt.abs_diff(Duration::from_millis(100)) < Duration::from_micros(50), "{rtt:?}");
         assert_eq!(round_trip_time(&ReportBlock::default(), arrival), None);
         let early = ntp_from_unix(Duration::from_millis(1_700_000_000_300));
         assert_eq!(round_trip_time(&block, early), None);

@@ -58,9 +58,7 @@ impl From<RtpParseError> for RtpError {
     fn from(e: RtpParseError) -> Self {
         match e {
             RtpParseError::UnsupportedVersion(v) => RtpError::BadVersion(v),
-            RtpParseError::Truncated { expected, actual } => {
-                RtpError::Truncated { expected, actual }
-            }
+            RtpParseError::Truncated { expected, actual } => RtpError::Truncated { expected, actual },
             RtpParseError::PaddingInvalid(p) => RtpError::BadPadding(p),
         }
     }
@@ -89,9 +87,7 @@ pub fn parse(packet: &[u8]) -> Result<(RtpHeader, &[u8]), RtpError> {
     };
     let start = p.payload_offset();
     let end = start + p.payload_len();
-    let payload = packet
-        .get(start..end)
-        .ok_or(RtpError::Other("payload bounds"))?;
+    let payload = packet.get(start..end).ok_or(RtpError::Other("payload bounds"))?;
     Ok((header, payload))
 }
 
@@ -238,18 +234,9 @@ impl ReceiveStats {
 
     /// Accounts for one packet. `arrival_ts` is the arrival time in RTP timestamp units (the caller converts
     /// its `Instant`, e.g. with [`to_rtp_units`](Self::to_rtp_units)).
-    pub fn on_packet(
-        &mut self,
-        seq: u16,
-        rtp_ts: u32,
-        arrival_ts: u32,
-        ssrc: u32,
-    ) -> PacketVerdict {
+    pub fn on_packet(&mut self, seq: u16, rtp_ts: u32, arrival_ts: u32, ssrc: u32) -> PacketVerdict {
         let verdict = self.on_packet_untimed(seq, ssrc);
-        if matches!(
-            verdict,
-            PacketVerdict::New | PacketVerdict::Reordered | PacketVerdict::SourceRestart
-        ) {
+        if matches!(verdict, PacketVerdict::New | PacketVerdict::Reordered | PacketVerdict::SourceRestart) {
             self.update_jitter(rtp_ts, arrival_ts);
         }
         verdict
@@ -289,11 +276,7 @@ impl ReceiveStats {
                 self.cycles = self.cycles.wrapping_add(RTP_SEQ_MOD);
             }
             self.max_seq = seq;
-            self.seen = if u32::from(udelta) >= u128::BITS {
-                1
-            } else {
-                (self.seen << udelta) | 1
-            };
+            self.seen = if u32::from(udelta) >= u128::BITS { 1 } else { (self.seen << udelta) | 1 };
             self.received += 1;
             return PacketVerdict::New;
         }
@@ -327,8 +310,7 @@ impl ReceiveStats {
         if let Some(prev) = self.transit {
             let d = (transit.wrapping_sub(prev) as i32).unsigned_abs();
             // J += (|D| - J) / 16, in Q4.
-            let j =
-                i64::from(self.jitter_q4) + i64::from(d) - ((i64::from(self.jitter_q4) + 8) >> 4);
+            let j = i64::from(self.jitter_q4) + i64::from(d) - ((i64::from(self.jitter_q4) + 8) >> 4);
             self.jitter_q4 = j.clamp(0, i64::from(u32::MAX)) as u32;
         }
         self.transit = Some(transit);
@@ -432,9 +414,7 @@ mod tests {
 
     /// A hand-assembled packet: V=2, given flags, PT 0, seq 0x1234, ts 0xDEADBEEF, SSRC 0x11223344.
     fn fixed(first: u8, second: u8) -> Vec<u8> {
-        vec![
-            first, second, 0x12, 0x34, 0xDE, 0xAD, 0xBE, 0xEF, 0x11, 0x22, 0x33, 0x44,
-        ]
+        vec![first, second, 0x12, 0x34, 0xDE, 0xAD, 0xBE, 0xEF, 0x11, 0x22, 0x33, 0x44]
     }
 
     #[test]
@@ -444,13 +424,7 @@ mod tests {
         let (h, payload) = parse(&p).unwrap();
         assert_eq!(
             h,
-            RtpHeader {
-                marker: true,
-                payload_type: 8,
-                seq: 0x1234,
-                timestamp: 0xDEAD_BEEF,
-                ssrc: 0x1122_3344
-            }
+            RtpHeader { marker: true, payload_type: 8, seq: 0x1234, timestamp: 0xDEAD_BEEF, ssrc: 0x1122_3344 }
         );
         assert_eq!(payload.len(), 160);
         assert!(payload.iter().all(|b| *b == 0xD5));
@@ -475,21 +449,12 @@ mod tests {
         p.push(0);
         assert_eq!(parse(&p).unwrap_err(), RtpError::BadVersion(1));
         assert_eq!(parse(&p).unwrap_err().label(), "bad_version");
-        assert!(matches!(
-            parse(&[0x80, 0, 0]),
-            Err(RtpError::Truncated { .. })
-        ));
+        assert!(matches!(parse(&[0x80, 0, 0]), Err(RtpError::Truncated { .. })));
         assert!(matches!(parse(&[]), Err(RtpError::Truncated { .. })));
         // Two CSRCs announced, none present.
-        assert!(matches!(
-            parse(&fixed(0x82, 0)),
-            Err(RtpError::Truncated { .. })
-        ));
+        assert!(matches!(parse(&fixed(0x82, 0)), Err(RtpError::Truncated { .. })));
         // Extension announced, header missing; then extension length beyond the packet.
-        assert!(matches!(
-            parse(&fixed(0x90, 0)),
-            Err(RtpError::Truncated { .. })
-        ));
+        assert!(matches!(parse(&fixed(0x90, 0)), Err(RtpError::Truncated { .. })));
         let mut p = fixed(0x90, 0);
         p.extend_from_slice(&[0xBE, 0xDE, 0xFF, 0xFF]);
         assert!(matches!(parse(&p), Err(RtpError::Truncated { .. })));
@@ -508,31 +473,16 @@ mod tests {
 
     #[test]
     fn writes_a_header_that_parses_back() {
-        let h = RtpHeader {
-            marker: true,
-            payload_type: 101,
-            seq: 65535,
-            timestamp: 4_294_967_295,
-            ssrc: 7,
-        };
+        let h = RtpHeader { marker: true, payload_type: 101, seq: 65535, timestamp: 4_294_967_295, ssrc: 7 };
         let mut buf = [0u8; 12];
         assert_eq!(write_header(&mut buf, &h).unwrap(), HEADER_LEN);
         assert_eq!(buf[0], 0x80);
         assert_eq!(buf[1], 0x80 | 101);
         assert_eq!(parse(&buf).unwrap(), (h, &[][..]));
         let mut small = [0u8; 11];
-        assert_eq!(
-            write_header(&mut small, &h).unwrap_err().label(),
-            "buffer_too_small"
-        );
-        let bad = RtpHeader {
-            payload_type: 128,
-            ..h
-        };
-        assert_eq!(
-            write_header(&mut buf, &bad).unwrap_err(),
-            RtpError::BadPayloadType(128)
-        );
+        assert_eq!(write_header(&mut small, &h).unwrap_err().label(), "buffer_too_small");
+        let bad = RtpHeader { payload_type: 128, ..h };
+        assert_eq!(write_header(&mut buf, &bad).unwrap_err(), RtpError::BadPayloadType(128));
         let mut pkt = [0u8; 172];
         assert_eq!(write_packet(&mut pkt, &h, &[0xFF; 160]).unwrap(), 172);
         assert_eq!(parse(&pkt).unwrap().1, &[0xFF; 160][..]);
@@ -548,9 +498,7 @@ mod tests {
     }
 
     fn feed(stats: &mut ReceiveStats, seqs: &[u16]) -> Vec<PacketVerdict> {
-        seqs.iter()
-            .map(|&s| stats.on_packet(s, u32::from(s) * 160, u32::from(s) * 160, 42))
-            .collect()
+        seqs.iter().map(|&s| stats.on_packet(s, u32::from(s) * 160, u32::from(s) * 160, 42)).collect()
     }
 
     #[test]
@@ -593,12 +541,7 @@ mod tests {
         let mut s = ReceiveStats::new(8000);
         let v = feed(&mut s, &[0, 1, 3, 2, 3, 2, 4, 4]);
         use PacketVerdict::*;
-        assert_eq!(
-            v,
-            vec![
-                New, New, New, Reordered, Duplicate, Duplicate, New, Duplicate
-            ]
-        );
+        assert_eq!(v, vec![New, New, New, Reordered, Duplicate, Duplicate, New, Duplicate]);
         assert_eq!(s.reordered(), 1);
         assert_eq!(s.duplicates(), 3);
         assert_eq!(s.received(), 8);

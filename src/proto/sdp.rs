@@ -261,9 +261,7 @@ pub fn parse_offer(body: &[u8]) -> Result<SessionOffer, SdpError> {
         }
         match bytes[0] {
             b'o' => {
-                let parsed = Origin::parse(&src, value)
-                    .ok()
-                    .filter(|(rest, _)| rest.trim().is_empty());
+                let parsed = Origin::parse(&src, value).ok().filter(|(rest, _)| rest.trim().is_empty());
                 let (_, o) = parsed.ok_or(SdpError::BadOrigin { line: line_no })?;
                 if o.session_id.is_empty() || o.session_version.is_empty() {
                     return Err(SdpError::BadOrigin { line: line_no });
@@ -271,8 +269,7 @@ pub fn parse_offer(body: &[u8]) -> Result<SessionOffer, SdpError> {
                 origin = Some((o.session_id.to_string(), o.session_version.to_string()));
             }
             b'c' => {
-                let conn = parse_connection(&src, value)
-                    .ok_or(SdpError::BadConnection { line: line_no })?;
+                let conn = parse_connection(&src, value).ok_or(SdpError::BadConnection { line: line_no })?;
                 match media.last_mut() {
                     Some(m) => m.conn = Some(conn),
                     None => session_conn = Some(conn),
@@ -355,13 +352,7 @@ pub fn parse_offer(body: &[u8]) -> Result<SessionOffer, SdpError> {
         }
         lines.push(m.line);
     }
-    Ok(SessionOffer {
-        origin_session_id,
-        origin_session_version,
-        audio,
-        has_other_media,
-        media: lines,
-    })
+    Ok(SessionOffer { origin_session_id, origin_session_version, audio, has_other_media, media: lines })
 }
 
 fn parse_connection(src: &Bytes, value: &str) -> Option<(Conn, Option<String>)> {
@@ -389,11 +380,7 @@ fn parse_media(value: &str) -> Option<PendingMedia> {
     let port_str = port_field.split_once('/').map_or(port_field, |(p, _)| p);
     let port: u16 = port_str.parse().ok()?;
     let fmts: Vec<&str> = tokens.collect();
-    if media.is_empty()
-        || !media
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if media.is_empty() || !media.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return None;
     }
     let is_rtp = proto.to_ascii_uppercase().contains("RTP/");
@@ -406,12 +393,7 @@ fn parse_media(value: &str) -> Option<PendingMedia> {
         }
     }
     Some(PendingMedia {
-        line: MediaLine {
-            media: media.to_owned(),
-            port,
-            proto: proto.to_owned(),
-            fmts: fmts.join(" "),
-        },
+        line: MediaLine { media: media.to_owned(), port, proto: proto.to_owned(), fmts: fmts.join(" ") },
         pts,
         is_audio,
         conn: None,
@@ -430,12 +412,7 @@ fn parse_rtpmap(src: &Bytes, value: &str) -> Option<RtpMap> {
         None | Some("") => 1,
         Some(p) => p.trim().parse().ok().filter(|c| *c > 0)?,
     };
-    Some(RtpMap {
-        pt: r.payload,
-        encoding: r.encoding.trim().to_ascii_uppercase(),
-        clock_rate: r.clock_rate,
-        channels,
-    })
+    Some(RtpMap { pt: r.payload, encoding: r.encoding.trim().to_ascii_uppercase(), clock_rate: r.clock_rate, channels })
 }
 
 /// `a=ptime` value in ms; fractional values (`20.0`) are truncated, absurd ones ignored.
@@ -494,24 +471,12 @@ pub fn negotiate(offer: &SessionOffer, prefs: &[Codec]) -> Result<Negotiated, Sd
     if offer.audio.is_empty() {
         return Err(SdpError::NoAudio);
     }
-    let candidates = || {
-        offer
-            .audio
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| usable_transport(&a.proto))
-    };
+    let candidates = || offer.audio.iter().enumerate().filter(|(_, a)| usable_transport(&a.proto));
     if candidates().next().is_none() {
         return Err(SdpError::UnsupportedTransport);
     }
-    let pick = |a: &AudioOffer| {
-        prefs.iter().find_map(|&c| {
-            a.formats
-                .iter()
-                .find(|f| codec_matches(c, f))
-                .map(|f| (c, f.pt))
-        })
-    };
+    let pick =
+        |a: &AudioOffer| prefs.iter().find_map(|&c| a.formats.iter().find(|f| codec_matches(c, f)).map(|f| (c, f.pt)));
     let chosen = candidates()
         .filter(|(_, a)| a.port != 0)
         .find_map(|(i, a)| pick(a).map(|c| (i, a, c)))
@@ -519,11 +484,8 @@ pub fn negotiate(offer: &SessionOffer, prefs: &[Codec]) -> Result<Negotiated, Sd
     let Some((audio_index, a, (codec, pt))) = chosen else {
         return Err(SdpError::NoCommonCodec);
     };
-    let telephone_event_pt = a
-        .formats
-        .iter()
-        .find(|f| f.encoding == "TELEPHONE-EVENT" && f.clock_rate == 8000)
-        .map(|f| f.pt);
+    let telephone_event_pt =
+        a.formats.iter().find(|f| f.encoding == "TELEPHONE-EVENT" && f.clock_rate == 8000).map(|f| f.pt);
     let remote = if a.port == 0 {
         None
     } else {
@@ -560,10 +522,7 @@ pub fn write_answer(
     let chosen = offer.audio.get(neg.audio_index);
     let mut s = String::with_capacity(320);
     // Writing into a String cannot fail.
-    let _ = write!(
-        s,
-        "v=0\r\no=fairvox {session_id} {session_version} IN {ip_kind} {local_ip}\r\ns=fairvox\r\n"
-    );
+    let _ = write!(s, "v=0\r\no=fairvox {session_id} {session_version} IN {ip_kind} {local_ip}\r\ns=fairvox\r\n");
     let _ = write!(s, "c=IN {ip_kind} {local_ip}\r\nt=0 0\r\n");
     for (i, m) in offer.media.iter().enumerate() {
         match chosen {
@@ -574,31 +533,14 @@ pub fn write_answer(
                 if let Some(te) = neg.telephone_event_pt {
                     let _ = write!(s, " {te}");
                 }
-                let _ = write!(
-                    s,
-                    "\r\na=rtpmap:{} {}/8000\r\n",
-                    neg.pt,
-                    encoding_name(neg.codec)
-                );
+                let _ = write!(s, "\r\na=rtpmap:{} {}/8000\r\n", neg.pt, encoding_name(neg.codec));
                 if let Some(te) = neg.telephone_event_pt {
-                    let _ = write!(
-                        s,
-                        "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n"
-                    );
+                    let _ = write!(s, "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n");
                 }
-                let _ = write!(
-                    s,
-                    "a=ptime:{}\r\na={}\r\n",
-                    neg.ptime_ms,
-                    neg.answer_direction.as_str()
-                );
+                let _ = write!(s, "a=ptime:{}\r\na={}\r\n", neg.ptime_ms, neg.answer_direction.as_str());
             }
             _ => {
-                let fmts = if m.fmts.is_empty() {
-                    "0"
-                } else {
-                    m.fmts.as_str()
-                };
+                let fmts = if m.fmts.is_empty() { "0" } else { m.fmts.as_str() };
                 let _ = write!(s, "m={} 0 {} {fmts}\r\n", m.media, m.proto);
             }
         }
@@ -624,22 +566,13 @@ mod tests {
 
     /// The answer parses with an independent SDP parser and with ours.
     fn check_answer(answer: &str, offer: &SessionOffer) -> SessionOffer {
-        let ezk =
-            ezk_sdp_types::SessionDescription::parse(&bytesstr::BytesStr::from(answer.to_owned()));
-        if offer
-            .media
-            .iter()
-            .all(|m| ["audio", "video", "text", "application"].contains(&m.media.as_str()))
-        {
+        let ezk = ezk_sdp_types::SessionDescription::parse(&bytesstr::BytesStr::from(answer.to_owned()));
+        if offer.media.iter().all(|m| ["audio", "video", "text", "application"].contains(&m.media.as_str())) {
             let ezk = ezk.unwrap_or_else(|e| panic!("ezk rejects our answer: {e}\n{answer}"));
             assert_eq!(ezk.media_descriptions.len(), offer.media.len());
         }
         let ours = parse_offer(answer.as_bytes()).unwrap();
-        assert_eq!(
-            ours.media.len(),
-            offer.media.len(),
-            "same number of m= lines"
-        );
+        assert_eq!(ours.media.len(), offer.media.len(), "same number of m= lines");
         for (a, o) in ours.media.iter().zip(&offer.media) {
             assert_eq!(a.media, o.media);
             assert_eq!(a.proto, o.proto);
@@ -655,26 +588,15 @@ mod tests {
         assert_eq!(offer.media.len(), 2);
         assert_eq!(
             offer.media[1],
-            MediaLine {
-                media: "video".into(),
-                port: 51372,
-                proto: "RTP/AVP".into(),
-                fmts: "31 32".into()
-            }
+            MediaLine { media: "video".into(), port: 51372, proto: "RTP/AVP".into(), fmts: "31 32".into() }
         );
         let a = &offer.audio[0];
         assert_eq!((a.port, a.proto.as_str(), a.mline), (49170, "RTP/AVP", 0));
         let encodings: Vec<&str> = a.formats.iter().map(|f| f.encoding.as_str()).collect();
         assert_eq!(encodings, ["PCMU", "PCMA", "ILBC"]);
         assert_eq!(a.connection, None);
-        assert_eq!(
-            a.connection_host.as_deref(),
-            Some("host.atlanta.example.com")
-        );
-        assert_eq!(
-            negotiate(&offer, &both()).unwrap_err(),
-            SdpError::UnresolvedConnection
-        );
+        assert_eq!(a.connection_host.as_deref(), Some("host.atlanta.example.com"));
+        assert_eq!(negotiate(&offer, &both()).unwrap_err(), SdpError::UnresolvedConnection);
 
         // With the host name replaced by an address, as a carrier would send it.
         let body = String::from_utf8(fixture("rfc4317_2_1_offer.sdp")).unwrap();
@@ -727,32 +649,14 @@ mod tests {
         assert_eq!(
             a.formats,
             vec![
-                RtpMap {
-                    pt: 0,
-                    encoding: "PCMU".into(),
-                    clock_rate: 8000,
-                    channels: 1
-                },
-                RtpMap {
-                    pt: 8,
-                    encoding: "PCMA".into(),
-                    clock_rate: 8000,
-                    channels: 1
-                },
-                RtpMap {
-                    pt: 101,
-                    encoding: "TELEPHONE-EVENT".into(),
-                    clock_rate: 8000,
-                    channels: 1
-                },
+                RtpMap { pt: 0, encoding: "PCMU".into(), clock_rate: 8000, channels: 1 },
+                RtpMap { pt: 8, encoding: "PCMA".into(), clock_rate: 8000, channels: 1 },
+                RtpMap { pt: 101, encoding: "TELEPHONE-EVENT".into(), clock_rate: 8000, channels: 1 },
             ]
         );
         assert_eq!(a.ptime, Some(20));
         let neg = negotiate(&offer, &both()).unwrap();
-        assert_eq!(
-            (neg.codec, neg.pt, neg.telephone_event_pt, neg.ptime_ms),
-            (Codec::Pcmu, 0, Some(101), 20)
-        );
+        assert_eq!((neg.codec, neg.pt, neg.telephone_event_pt, neg.ptime_ms), (Codec::Pcmu, 0, Some(101), 20));
         assert_eq!(neg.remote, Some("203.0.113.10:16384".parse().unwrap()));
         // Our preference decides, not the offer's order.
         let neg_a = negotiate(&offer, &[Codec::Pcma, Codec::Pcmu]).unwrap();
@@ -770,20 +674,14 @@ mod tests {
         assert_eq!(round.origin_session_id, "42");
         let neg2 = negotiate(&round, &both()).unwrap();
         assert_eq!(neg2.remote, Some(SocketAddr::new(LOCAL, 30000)));
-        assert_eq!(
-            (neg2.codec, neg2.telephone_event_pt, neg2.ptime_ms),
-            (Codec::Pcmu, Some(101), 20)
-        );
+        assert_eq!((neg2.codec, neg2.telephone_event_pt, neg2.ptime_ms), (Codec::Pcmu, Some(101), 20));
     }
 
     #[test]
     fn carrier_offer_with_30ms_and_pcma_first() {
         let offer = parse_offer(&fixture("carrier_pcma_30ms.sdp")).unwrap();
         let neg = negotiate(&offer, &[Codec::Pcmu, Codec::Pcma]).unwrap();
-        assert_eq!(
-            (neg.codec, neg.pt, neg.ptime_ms, neg.telephone_event_pt),
-            (Codec::Pcmu, 0, 30, Some(96))
-        );
+        assert_eq!((neg.codec, neg.pt, neg.ptime_ms, neg.telephone_event_pt), (Codec::Pcmu, 0, 30, Some(96)));
         let neg = negotiate(&offer, &[Codec::Pcma]).unwrap();
         assert_eq!(neg.codec, Codec::Pcma);
         let answer = write_answer(&neg, &offer, LOCAL, 30000, 1, 1);
@@ -797,43 +695,24 @@ mod tests {
         let offer = parse_offer(&fixture("sipp_default.sdp")).unwrap();
         assert_eq!(
             offer.audio[0].formats,
-            vec![RtpMap {
-                pt: 0,
-                encoding: "PCMU".into(),
-                clock_rate: 8000,
-                channels: 1
-            }]
+            vec![RtpMap { pt: 0, encoding: "PCMU".into(), clock_rate: 8000, channels: 1 }]
         );
         let neg = negotiate(&offer, &both()).unwrap();
-        assert_eq!(
-            (neg.codec, neg.pt, neg.telephone_event_pt),
-            (Codec::Pcmu, 0, None)
-        );
+        assert_eq!((neg.codec, neg.pt, neg.telephone_event_pt), (Codec::Pcmu, 0, None));
         assert_eq!(neg.remote, Some("127.0.0.1:6000".parse().unwrap()));
         let answer = write_answer(&neg, &offer, LOCAL, 7000, 1, 1);
         assert!(!answer.contains("telephone-event"));
         check_answer(&answer, &offer);
         // PCMA only -> no common codec with a PCMA-less preference.
-        assert_eq!(
-            negotiate(&offer, &[Codec::Pcma]).unwrap_err(),
-            SdpError::NoCommonCodec
-        );
-        assert_eq!(
-            negotiate(&offer, &[]).unwrap_err().label(),
-            "no_common_codec"
-        );
+        assert_eq!(negotiate(&offer, &[Codec::Pcma]).unwrap_err(), SdpError::NoCommonCodec);
+        assert_eq!(negotiate(&offer, &[]).unwrap_err().label(), "no_common_codec");
     }
 
     #[test]
     fn hold_offers() {
-        let base = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
-        let neg = |extra: &str| {
-            negotiate(
-                &parse_offer(format!("{base}{extra}").as_bytes()).unwrap(),
-                &both(),
-            )
-            .unwrap()
-        };
+        let base =
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+        let neg = |extra: &str| negotiate(&parse_offer(format!("{base}{extra}").as_bytes()).unwrap(), &both()).unwrap();
         assert_eq!(neg("a=sendonly\r\n").answer_direction, Direction::RecvOnly);
         assert_eq!(neg("a=recvonly\r\n").answer_direction, Direction::SendOnly);
         assert_eq!(neg("a=inactive\r\n").answer_direction, Direction::Inactive);
@@ -891,39 +770,30 @@ mod tests {
         let offer = parse_offer(body.as_bytes()).unwrap();
         assert_eq!(offer.audio.len(), 3);
         let neg = negotiate(&offer, &both()).unwrap();
-        assert_eq!(
-            (neg.audio_index, neg.codec, neg.remote.unwrap().port()),
-            (2, Codec::Pcmu, 6000)
-        );
+        assert_eq!((neg.audio_index, neg.codec, neg.remote.unwrap().port()), (2, Codec::Pcmu, 6000));
         let answer = write_answer(&neg, &offer, LOCAL, 4000, 1, 1);
         let lines: Vec<&str> = answer.lines().filter(|l| l.starts_with("m=")).collect();
         assert_eq!(
             lines,
-            [
-                "m=audio 0 RTP/SAVP 0",
-                "m=audio 0 RTP/AVP 0",
-                "m=audio 4000 RTP/AVP 0",
-                "m=video 0 RTP/AVP 96"
-            ]
+            ["m=audio 0 RTP/SAVP 0", "m=audio 0 RTP/AVP 0", "m=audio 4000 RTP/AVP 0", "m=video 0 RTP/AVP 96"]
         );
         check_answer(&answer, &offer);
         // Only SRTP offered.
-        let body = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 5000 RTP/SAVP 0\r\n";
+        let body =
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 5000 RTP/SAVP 0\r\n";
         assert_eq!(
             negotiate(&parse_offer(body.as_bytes()).unwrap(), &both()).unwrap_err(),
             SdpError::UnsupportedTransport
         );
         // No audio at all.
         let body = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\nm=video 5000 RTP/AVP 31\r\n";
-        assert_eq!(
-            negotiate(&parse_offer(body.as_bytes()).unwrap(), &both()).unwrap_err(),
-            SdpError::NoAudio
-        );
+        assert_eq!(negotiate(&parse_offer(body.as_bytes()).unwrap(), &both()).unwrap_err(), SdpError::NoAudio);
     }
 
     #[test]
     fn media_level_connection_ipv6_and_lf_only() {
-        let body = "v=0\no=- 7 8 IN IP6 2001:db8::1\ns=-\nt=0 0\nm=audio 4000 RTP/AVP 8\nc=IN IP6 2001:db8::2\na=ptime:20.0\n";
+        let body =
+            "v=0\no=- 7 8 IN IP6 2001:db8::1\ns=-\nt=0 0\nm=audio 4000 RTP/AVP 8\nc=IN IP6 2001:db8::2\na=ptime:20.0\n";
         let offer = parse_offer(body.as_bytes()).unwrap();
         let neg = negotiate(&offer, &both()).unwrap();
         assert_eq!(neg.remote, Some("[2001:db8::2]:4000".parse().unwrap()));
@@ -947,27 +817,12 @@ mod tests {
                     a=rtpmap:0 PCMU\r\na=rtpmap:101 telephone-event/48000\r\na=ptime:abc\r\n";
         let offer = parse_offer(body.as_bytes()).unwrap();
         let f = &offer.audio[0].formats;
-        assert_eq!(
-            f[0],
-            RtpMap {
-                pt: 112,
-                encoding: "PCMU".into(),
-                clock_rate: 8000,
-                channels: 1
-            }
-        );
+        assert_eq!(f[0], RtpMap { pt: 112, encoding: "PCMU".into(), clock_rate: 8000, channels: 1 });
         assert_eq!(f[1].channels, 2);
-        assert_eq!(
-            f[2].encoding, "PCMU",
-            "a malformed rtpmap falls back to the static assignment"
-        );
+        assert_eq!(f[2].encoding, "PCMU", "a malformed rtpmap falls back to the static assignment");
         assert_eq!(offer.audio[0].ptime, None);
         let neg = negotiate(&offer, &both()).unwrap();
-        assert_eq!(
-            (neg.pt, neg.telephone_event_pt),
-            (112, None),
-            "telephone-event/48000 is not ours"
-        );
+        assert_eq!((neg.pt, neg.telephone_event_pt), (112, None), "telephone-event/48000 is not ours");
     }
 
     #[test]
@@ -980,43 +835,18 @@ mod tests {
             (b"o=- 1 1 IN IP4 1.2.3.4\r\nv=0\r\n", "not_sdp"),
             (b"v=0\r\ns=-\r\nt=0 0\r\n", "missing_origin"),
             (b"v=0\r\no=-\r\n", "bad_origin"),
-            (
-                b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nthis is not sdp\r\n",
-                "malformed_line",
-            ),
-            (
-                b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nc=IN IP9 x\r\n",
-                "bad_connection",
-            ),
-            (
-                b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nm=audio 70000 RTP/AVP 0\r\n",
-                "bad_media",
-            ),
-            (
-                b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 0 300\r\n",
-                "bad_media",
-            ),
-            (
-                b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 0 x\r\n",
-                "bad_media",
-            ),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nthis is not sdp\r\n", "malformed_line"),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nc=IN IP9 x\r\n", "bad_connection"),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nm=audio 70000 RTP/AVP 0\r\n", "bad_media"),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 0 300\r\n", "bad_media"),
+            (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 0 x\r\n", "bad_media"),
             (b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nm=audio\r\n", "bad_media"),
         ];
         for (body, label) in cases {
             let err = parse_offer(body).unwrap_err();
-            assert_eq!(
-                err.label(),
-                *label,
-                "{:?}: {err}",
-                String::from_utf8_lossy(body)
-            );
+            assert_eq!(err.label(), *label, "{:?}: {err}", String::from_utf8_lossy(body));
         }
-        assert_eq!(
-            parse_offer(&vec![b'a'; MAX_SDP_LEN + 1])
-                .unwrap_err()
-                .label(),
-            "too_large"
-        );
+        assert_eq!(parse_offer(&vec![b'a'; MAX_SDP_LEN + 1]).unwrap_err().label(), "too_large");
         // Formats of other media are not checked.
         let ok = b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
         assert_eq!(parse_offer(ok).unwrap().media[0].fmts, "webrtc-datachannel");

@@ -31,9 +31,7 @@ pub fn spawn_echo(capacity: usize) -> ProviderHandle {
                     match from_tx.try_send(FromAgent::Frame(frame.payload)) {
                         Ok(()) => {
                             stats.media_in.fetch_add(1, Relaxed);
-                            stats
-                                .media_in_bytes
-                                .fetch_add(FRAME_SAMPLES as u64, Relaxed);
+                            stats.media_in_bytes.fetch_add(FRAME_SAMPLES as u64, Relaxed);
                         }
                         Err(_) => {
                             stats.dropped_slow_consumer.fetch_add(1, Relaxed);
@@ -45,19 +43,11 @@ pub fn spawn_echo(capacity: usize) -> ProviderHandle {
             }
         }
         // Waits for room (the driver is still reading) or fails at once (it has gone).
-        if from_tx
-            .send(FromAgent::Closed(CloseReason::Stopped))
-            .await
-            .is_err()
-        {
+        if from_tx.send(FromAgent::Closed(CloseReason::Stopped)).await.is_err() {
             stats.dropped_slow_consumer.fetch_add(1, Relaxed);
         }
     });
-    ProviderHandle {
-        tx: to_tx,
-        rx: from_rx,
-        stats,
-    }
+    ProviderHandle { tx: to_tx, rx: from_rx, stats }
 }
 
 #[cfg(test)]
@@ -72,20 +62,11 @@ mod tests {
         for (i, b) in payload.iter_mut().enumerate() {
             *b = (seq as u8).wrapping_add(i as u8);
         }
-        Frame {
-            tenant: TenantId(0),
-            call: CallId(1),
-            seq,
-            ts: 0,
-            payload,
-            t_ingress: Instant::now(),
-        }
+        Frame { tenant: TenantId(0), call: CallId(1), seq, ts: 0, payload, t_ingress: Instant::now() }
     }
 
     async fn recv(rx: &mut mpsc::Receiver<FromAgent>) -> Option<FromAgent> {
-        tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("timed out")
+        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("timed out")
     }
 
     #[tokio::test]
@@ -97,32 +78,20 @@ mod tests {
         }
         h.tx.send(ToAgent::MarkPlayed("x".into())).await.unwrap();
         for seq in 0..5 {
-            assert_eq!(
-                recv(&mut h.rx).await,
-                Some(FromAgent::Frame(frame(seq).payload))
-            );
+            assert_eq!(recv(&mut h.rx).await, Some(FromAgent::Frame(frame(seq).payload)));
         }
         h.tx.send(ToAgent::Stop).await.unwrap();
-        assert_eq!(
-            recv(&mut h.rx).await,
-            Some(FromAgent::Closed(CloseReason::Stopped))
-        );
+        assert_eq!(recv(&mut h.rx).await, Some(FromAgent::Closed(CloseReason::Stopped)));
         assert_eq!(recv(&mut h.rx).await, None);
         assert_eq!(h.stats.media_out.load(Relaxed), 5);
-        assert_eq!(
-            h.stats.media_in_bytes.load(Relaxed),
-            5 * FRAME_SAMPLES as u64
-        );
+        assert_eq!(h.stats.media_in_bytes.load(Relaxed), 5 * FRAME_SAMPLES as u64);
     }
 
     #[tokio::test]
     async fn dropping_the_sender_closes() {
         let ProviderHandle { tx, mut rx, .. } = spawn_echo(2);
         drop(tx);
-        assert_eq!(
-            recv(&mut rx).await,
-            Some(FromAgent::Closed(CloseReason::Stopped))
-        );
+        assert_eq!(recv(&mut rx).await, Some(FromAgent::Closed(CloseReason::Stopped)));
     }
 
     #[tokio::test]
@@ -141,18 +110,9 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(stats.dropped_slow_consumer.load(Relaxed), 1);
-        assert_eq!(
-            recv(&mut h.rx).await,
-            Some(FromAgent::Frame(frame(0).payload))
-        );
-        assert_eq!(
-            recv(&mut h.rx).await,
-            Some(FromAgent::Frame(frame(1).payload))
-        );
+        assert_eq!(recv(&mut h.rx).await, Some(FromAgent::Frame(frame(0).payload)));
+        assert_eq!(recv(&mut h.rx).await, Some(FromAgent::Frame(frame(1).payload)));
         h.tx.send(ToAgent::Stop).await.unwrap();
-        assert_eq!(
-            recv(&mut h.rx).await,
-            Some(FromAgent::Closed(CloseReason::Stopped))
-        );
+        assert_eq!(recv(&mut h.rx).await, Some(FromAgent::Closed(CloseReason::Stopped)));
     }
 }

@@ -5,6 +5,5 @@ pub mod provider;
 
 pub use echo::spawn_echo;
 pub use provider::{
-    CloseReason, ConnectError, FromAgent, ProviderHandle, ProviderSocket, ProviderStats, ToAgent,
-    connect,
+    CloseReason, ConnectError, FromAgent, ProviderHandle, ProviderSocket, ProviderStats, ToAgent, connect,
 };

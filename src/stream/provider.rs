@@ -40,9 +40,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::call::{FRAME_MS, FRAME_SAMPLES, Frame};
-use crate::proto::media_streams::{
-    AgentMessage, AgentMessageError, StreamStart, StreamWriter, parse_agent_message,
-};
+use crate::proto::media_streams::{AgentMessage, AgentMessageError, StreamStart, StreamWriter, parse_agent_message};
 
 /// A single write (or batch of writes) to the agent taking longer than this ends the stream: the agent has
 /// stopped reading.
@@ -136,12 +134,7 @@ pub struct ProviderStats {
 impl ProviderStats {
     /// Malformed-message counts by label.
     pub fn malformed_by_label(&self) -> [(&'static str, u64); MALFORMED_KINDS] {
-        std::array::from_fn(|i| {
-            (
-                AgentMessageError::LABELS[i],
-                self.malformed_by_kind[i].load(Relaxed),
-            )
-        })
+        std::array::from_fn(|i| (AgentMessageError::LABELS[i], self.malformed_by_kind[i].load(Relaxed)))
     }
 }
 
@@ -212,27 +205,16 @@ fn ws_config() -> WebSocketConfig {
 
 /// Connects to `url` (`ws://host[:port]/path`) and completes the WebSocket handshake within `timeout`.
 /// `auth_header`, if set, is sent as the `Authorization` header, the value as given.
-pub async fn connect(
-    url: &str,
-    auth_header: Option<&str>,
-    timeout: Duration,
-) -> Result<ProviderSocket, ConnectError> {
-    let mut request = url
-        .into_client_request()
-        .map_err(|e| ConnectError::BadUrl(e.to_string()))?;
+pub async fn connect(url: &str, auth_header: Option<&str>, timeout: Duration) -> Result<ProviderSocket, ConnectError> {
+    let mut request = url.into_client_request().map_err(|e| ConnectError::BadUrl(e.to_string()))?;
     let uri = request.uri();
     match uri.scheme_str() {
         Some("ws") => {}
         Some("wss") => return Err(ConnectError::TlsUnsupported),
         _ => return Err(ConnectError::BadUrl(format!("{url:?} is not a ws:// URL"))),
     }
-    let host = uri
-        .host()
-        .ok_or_else(|| ConnectError::BadUrl(format!("{url:?} has no host")))?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    let host = uri.host().ok_or_else(|| ConnectError::BadUrl(format!("{url:?} has no host")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = uri.port_u16().unwrap_or(80);
     if let Some(auth) = auth_header {
         let mut value = HeaderValue::from_str(auth).map_err(|_| ConnectError::BadAuthHeader)?;
@@ -256,26 +238,19 @@ pub async fn connect(
             }
         }
         let tcp = tcp.ok_or_else(|| {
-            ConnectError::Refused(
-                last_err.map_or_else(|| "no address".to_owned(), |e| e.to_string()),
-            )
+            ConnectError::Refused(last_err.map_or_else(|| "no address".to_owned(), |e| e.to_string()))
         })?;
         // Frames are small and latency-bound.
         let _ = tcp.set_nodelay(true);
-        let (ws, _response) =
-            tokio_tungstenite::client_async_with_config(request, tcp, Some(ws_config()))
-                .await
-                .map_err(|e| match e {
-                    tungstenite::Error::Http(response) => {
-                        ConnectError::Handshake(format!("HTTP {}", response.status()))
-                    }
-                    other => ConnectError::Handshake(other.to_string()),
-                })?;
+        let (ws, _response) = tokio_tungstenite::client_async_with_config(request, tcp, Some(ws_config()))
+            .await
+            .map_err(|e| match e {
+                tungstenite::Error::Http(response) => ConnectError::Handshake(format!("HTTP {}", response.status())),
+                other => ConnectError::Handshake(other.to_string()),
+            })?;
         Ok(ProviderSocket { ws })
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .map_err(|_| ConnectError::Timeout)?
+    tokio::time::timeout(timeout, attempt).await.map_err(|_| ConnectError::Timeout)?
 }
 
 impl ProviderSocket {
@@ -307,11 +282,7 @@ impl ProviderSocket {
             stats: stats.clone(),
         };
         tokio::spawn(task.run().instrument(span));
-        ProviderHandle {
-            tx: to_tx,
-            rx: from_rx,
-            stats,
-        }
+        ProviderHandle { tx: to_tx, rx: from_rx, stats }
     }
 }
 
@@ -346,9 +317,7 @@ enum Flow {
 
 fn ws_error_reason(e: tungstenite::Error) -> CloseReason {
     match e {
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
-            CloseReason::AgentClosed
-        }
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => CloseReason::AgentClosed,
         other => CloseReason::Error(other.to_string()),
     }
 }
@@ -407,13 +376,11 @@ impl StreamTask {
             };
             let flow = match event {
                 Event::Delivered => Flow::Continue,
-                Event::Command(Some(cmd)) => {
-                    match tokio::time::timeout(WRITE_TIMEOUT, self.write_batch(cmd)).await {
-                        Ok(Ok(flow)) => flow,
-                        Ok(Err(e)) => Flow::End(ws_error_reason(e)),
-                        Err(_) => Flow::End(CloseReason::Error("write to agent timed out".into())),
-                    }
-                }
+                Event::Command(Some(cmd)) => match tokio::time::timeout(WRITE_TIMEOUT, self.write_batch(cmd)).await {
+                    Ok(Ok(flow)) => flow,
+                    Ok(Err(e)) => Flow::End(ws_error_reason(e)),
+                    Err(_) => Flow::End(CloseReason::Error("write to agent timed out".into())),
+                },
                 Event::Command(None) => Flow::Stop,
                 Event::Socket(Some(Ok(msg))) => self.on_message(msg).await,
                 Event::Socket(Some(Err(e))) => Flow::End(ws_error_reason(e)),
@@ -438,8 +405,7 @@ impl StreamTask {
                 }
                 ToAgent::Media(frame) => {
                     let timestamp_ms = frame.seq.saturating_mul(u64::from(FRAME_MS));
-                    self.writer
-                        .media(timestamp_ms, &frame.payload, &mut self.out);
+                    self.writer.media(timestamp_ms, &frame.payload, &mut self.out);
                     bump(&self.stats.media_out);
                 }
                 ToAgent::Dtmf(digit) => {
@@ -469,15 +435,12 @@ impl StreamTask {
     /// Turns the JSON in `out` into a tungstenite message, cutting it from the reused `bytes` buffer.
     fn take_message(&mut self) -> Message {
         self.stats.messages_out.fetch_add(1, Relaxed);
-        self.stats
-            .bytes_out
-            .fetch_add(self.out.len() as u64, Relaxed);
+        self.stats.bytes_out.fetch_add(self.out.len() as u64, Relaxed);
         // Reclaims the buffer's earlier space once the previous message's bytes have been dropped by tungstenite.
         self.bytes.reserve(self.out.len());
         self.bytes.extend_from_slice(self.out.as_bytes());
         let payload = self.bytes.split().freeze();
-        let text =
-            Utf8Bytes::try_from(payload).unwrap_or_else(|_| Utf8Bytes::from(self.out.as_str()));
+        let text = Utf8Bytes::try_from(payload).unwrap_or_else(|_| Utf8Bytes::from(self.out.as_str()));
         Message::Text(text)
     }
 
@@ -488,9 +451,7 @@ impl StreamTask {
                 match parse_agent_message(text.as_str()) {
                     Ok(AgentMessage::Media(audio)) => {
                         bump(&self.stats.media_in);
-                        self.stats
-                            .media_in_bytes
-                            .fetch_add(audio.len() as u64, Relaxed);
+                        self.stats.media_in_bytes.fetch_add(audio.len() as u64, Relaxed);
                         self.deliver_media(FromAgent::Media(audio));
                     }
                     Ok(AgentMessage::Mark(name)) => {
@@ -570,17 +531,11 @@ impl StreamTask {
 
     /// `stop`, then the closing handshake, bounded by [`CLOSE_TIMEOUT`]; errors only shorten it.
     async fn stop(&mut self) {
-        self.writer
-            .stop(&self.start.account_sid, &self.start.call_sid, &mut self.out);
+        self.writer.stop(&self.start.account_sid, &self.start.call_sid, &mut self.out);
         let stop = self.take_message();
         let handshake = async {
             self.ws.send(stop).await?;
-            self.ws
-                .close(Some(CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: Utf8Bytes::from_static(""),
-                }))
-                .await?;
+            self.ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: Utf8Bytes::from_static("") })).await?;
             // Wait for the agent's close frame (and the end of the connection); anything else it sends now is moot.
             while let Some(msg) = self.ws.next().await {
                 msg?;
@@ -611,9 +566,7 @@ impl StreamTask {
         };
         let _ = tokio::time::timeout(FINAL_DELIVERY_TIMEOUT, deliver).await;
         if sent < total {
-            self.stats
-                .dropped_slow_consumer
-                .fetch_add((total - sent) as u64, Relaxed);
+            self.stats.dropped_slow_consumer.fetch_add((total - sent) as u64, Relaxed);
         }
     }
 }
@@ -652,16 +605,11 @@ mod tests {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut auth = None;
             let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-                auth = req
-                    .headers()
-                    .get("authorization")
-                    .map(|v| v.to_str().unwrap().to_owned());
+                auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_owned());
                 assert_eq!(req.uri().path(), "/agent");
                 Ok(resp)
             };
-            let ws = tokio_tungstenite::accept_hdr_async(tcp, callback)
-                .await
-                .unwrap();
+            let ws = tokio_tungstenite::accept_hdr_async(tcp, callback).await.unwrap();
             let out = script(ws).await;
             (auth, out)
         });
@@ -702,20 +650,14 @@ mod tests {
     }
 
     async fn expect_connected_and_start(ws: &mut AgentWs) -> Value {
-        assert_eq!(
-            next_json(ws).await,
-            json!({"event":"connected","protocol":"Call","version":"1.0.0"})
-        );
+        assert_eq!(next_json(ws).await, json!({"event":"connected","protocol":"Call","version":"1.0.0"}));
         let v = next_json(ws).await;
         assert_eq!(v["event"], "start");
         v
     }
 
     async fn recv(rx: &mut mpsc::Receiver<FromAgent>) -> FromAgent {
-        tokio::time::timeout(TEST_TIMEOUT, rx.recv())
-            .await
-            .expect("timed out")
-            .expect("channel closed")
+        tokio::time::timeout(TEST_TIMEOUT, rx.recv()).await.expect("timed out").expect("channel closed")
     }
 
     async fn wait_until(what: &str, cond: impl Fn() -> bool) {
@@ -776,27 +718,17 @@ mod tests {
             assert!(matches!(ws.next().await, None | Some(Err(_))));
         })
         .await;
-        let socket = connect(&url, Some("Bearer s3cret"), Duration::from_secs(2))
-            .await
-            .unwrap();
+        let socket = connect(&url, Some("Bearer s3cret"), Duration::from_secs(2)).await.unwrap();
         let mut h = socket.spawn(start(), 8);
         for i in 0..3u64 {
-            h.tx.send(ToAgent::Media(frame(10 + i, i as u8)))
-                .await
-                .unwrap();
+            h.tx.send(ToAgent::Media(frame(10 + i, i as u8))).await.unwrap();
         }
         h.tx.send(ToAgent::Dtmf('7')).await.unwrap();
         h.tx.send(ToAgent::MarkPlayed("m1".into())).await.unwrap();
         h.tx.send(ToAgent::Stop).await.unwrap();
-        assert_eq!(
-            recv(&mut h.rx).await,
-            FromAgent::Closed(CloseReason::Stopped)
-        );
+        assert_eq!(recv(&mut h.rx).await, FromAgent::Closed(CloseReason::Stopped));
         assert!(h.rx.recv().await.is_none(), "task ended");
-        let (auth, ()) = tokio::time::timeout(TEST_TIMEOUT, agent)
-            .await
-            .unwrap()
-            .unwrap();
+        let (auth, ()) = tokio::time::timeout(TEST_TIMEOUT, agent).await.unwrap().unwrap();
         assert_eq!(auth.as_deref(), Some("Bearer s3cret"));
         assert_eq!(h.stats.messages_out.load(Relaxed), 8);
         assert_eq!(h.stats.media_out.load(Relaxed), 3);
@@ -845,29 +777,15 @@ mod tests {
             while let Some(Ok(_)) = ws.next().await {}
         })
         .await;
-        let mut h = connect(&url, None, Duration::from_secs(2))
-            .await
-            .unwrap()
-            .spawn(start(), 8);
+        let mut h = connect(&url, None, Duration::from_secs(2)).await.unwrap().spawn(start(), 8);
         assert_eq!(recv(&mut h.rx).await, FromAgent::Media(vec![0x7f; 320]));
-        assert_eq!(
-            recv(&mut h.rx).await,
-            FromAgent::Mark("greeting-done".into())
-        );
+        assert_eq!(recv(&mut h.rx).await, FromAgent::Mark("greeting-done".into()));
         assert_eq!(recv(&mut h.rx).await, FromAgent::Clear);
         let stats = h.stats.clone();
         wait_until("the ping", || stats.pings_in.load(Relaxed) == 1).await;
-        h.tx.send(ToAgent::MarkPlayed("greeting-done".into()))
-            .await
-            .unwrap();
-        assert_eq!(
-            recv(&mut h.rx).await,
-            FromAgent::Closed(CloseReason::AgentClosed)
-        );
-        let (auth, ()) = tokio::time::timeout(TEST_TIMEOUT, agent)
-            .await
-            .unwrap()
-            .unwrap();
+        h.tx.send(ToAgent::MarkPlayed("greeting-done".into())).await.unwrap();
+        assert_eq!(recv(&mut h.rx).await, FromAgent::Closed(CloseReason::AgentClosed));
+        let (auth, ()) = tokio::time::timeout(TEST_TIMEOUT, agent).await.unwrap().unwrap();
         assert_eq!(auth, None, "no Authorization header unless configured");
         let s = &h.stats;
         assert_eq!(s.messages_in.load(Relaxed), 8);
@@ -897,10 +815,7 @@ mod tests {
             while let Some(Ok(_)) = ws.next().await {}
         })
         .await;
-        let mut h = connect(&url, None, Duration::from_secs(2))
-            .await
-            .unwrap()
-            .spawn(start(), 4);
+        let mut h = connect(&url, None, Duration::from_secs(2)).await.unwrap().spawn(start(), 4);
         let tx = h.tx.clone();
         let feeder = tokio::spawn(async move {
             let mut seq = 0;
@@ -910,19 +825,10 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         });
-        assert_eq!(
-            recv(&mut h.rx).await,
-            FromAgent::Closed(CloseReason::AgentClosed)
-        );
+        assert_eq!(recv(&mut h.rx).await, FromAgent::Closed(CloseReason::AgentClosed));
         drop(h);
-        tokio::time::timeout(TEST_TIMEOUT, feeder)
-            .await
-            .unwrap()
-            .unwrap();
-        tokio::time::timeout(TEST_TIMEOUT, agent)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(TEST_TIMEOUT, feeder).await.unwrap().unwrap();
+        tokio::time::timeout(TEST_TIMEOUT, agent).await.unwrap().unwrap();
     }
 
     #[tokio::test]
@@ -933,17 +839,11 @@ mod tests {
             assert!(matches!(ws.next().await, Some(Ok(Message::Close(_)))));
         })
         .await;
-        let h = connect(&url, None, Duration::from_secs(2))
-            .await
-            .unwrap()
-            .spawn(start(), 4);
+        let h = connect(&url, None, Duration::from_secs(2)).await.unwrap().spawn(start(), 4);
         let ProviderHandle { tx, mut rx, .. } = h;
         drop(tx);
         assert_eq!(recv(&mut rx).await, FromAgent::Closed(CloseReason::Stopped));
-        tokio::time::timeout(TEST_TIMEOUT, agent)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(TEST_TIMEOUT, agent).await.unwrap().unwrap();
     }
 
     #[tokio::test]
@@ -955,29 +855,14 @@ mod tests {
             tokio::time::sleep(CLOSE_TIMEOUT + Duration::from_secs(1)).await;
         })
         .await;
-        let mut h = connect(&url, None, Duration::from_secs(2))
-            .await
-            .unwrap()
-            .spawn(start(), 4);
+        let mut h = connect(&url, None, Duration::from_secs(2)).await.unwrap().spawn(start(), 4);
         let t0 = Instant::now();
         h.tx.send(ToAgent::Stop).await.unwrap();
-        assert_eq!(
-            recv(&mut h.rx).await,
-            FromAgent::Closed(CloseReason::Stopped)
-        );
+        assert_eq!(recv(&mut h.rx).await, FromAgent::Closed(CloseReason::Stopped));
         let elapsed = t0.elapsed();
-        assert!(
-            elapsed >= CLOSE_TIMEOUT - Duration::from_millis(100),
-            "{elapsed:?}"
-        );
-        assert!(
-            elapsed < CLOSE_TIMEOUT + Duration::from_secs(1),
-            "{elapsed:?}"
-        );
-        tokio::time::timeout(TEST_TIMEOUT, agent)
-            .await
-            .unwrap()
-            .unwrap();
+        assert!(elapsed >= CLOSE_TIMEOUT - Duration::from_millis(100), "{elapsed:?}");
+        assert!(elapsed < CLOSE_TIMEOUT + Duration::from_secs(1), "{elapsed:?}");
+        tokio::time::timeout(TEST_TIMEOUT, agent).await.unwrap().unwrap();
     }
 
     #[tokio::test]
@@ -989,30 +874,18 @@ mod tests {
                 let text = format!(r#"{{"event":"media","media":{{"payload":"{audio}"}}}}"#);
                 ws.send(Message::text(text)).await.unwrap();
             }
-            ws.send(Message::text(r#"{"event":"mark","mark":{"name":"a"}}"#))
-                .await
-                .unwrap();
-            ws.send(Message::text(r#"{"event":"clear"}"#))
-                .await
-                .unwrap();
+            ws.send(Message::text(r#"{"event":"mark","mark":{"name":"a"}}"#)).await.unwrap();
+            ws.send(Message::text(r#"{"event":"clear"}"#)).await.unwrap();
             let text = format!(r#"{{"event":"media","media":{{"payload":"{audio}"}}}}"#);
             ws.send(Message::text(text)).await.unwrap();
-            ws.send(Message::text(r#"{"event":"mark","mark":{"name":"b"}}"#))
-                .await
-                .unwrap();
+            ws.send(Message::text(r#"{"event":"mark","mark":{"name":"b"}}"#)).await.unwrap();
             // Stay until the driver stops us.
             while let Some(Ok(_)) = ws.next().await {}
         })
         .await;
-        let mut h = connect(&url, None, Duration::from_secs(2))
-            .await
-            .unwrap()
-            .spawn(start(), 2);
+        let mut h = connect(&url, None, Duration::from_secs(2)).await.unwrap().spawn(start(), 2);
         let stats = h.stats.clone();
-        wait_until("all 14 messages read", || {
-            stats.messages_in.load(Relaxed) == 14
-        })
-        .await;
+        wait_until("all 14 messages read", || stats.messages_in.load(Relaxed) == 14).await;
         // Two fit; 8 were dropped; the mark, clear and last mark were held; audio after a held message dropped.
         assert_eq!(stats.dropped_slow_consumer.load(Relaxed), 9);
         assert_eq!(recv(&mut h.rx).await, FromAgent::Media(vec![0; 160]));
@@ -1021,14 +894,8 @@ mod tests {
         assert_eq!(recv(&mut h.rx).await, FromAgent::Clear);
         assert_eq!(recv(&mut h.rx).await, FromAgent::Mark("b".into()));
         h.tx.send(ToAgent::Stop).await.unwrap();
-        assert_eq!(
-            recv(&mut h.rx).await,
-            FromAgent::Closed(CloseReason::Stopped)
-        );
-        tokio::time::timeout(TEST_TIMEOUT, agent)
-            .await
-            .unwrap()
-            .unwrap();
+        assert_eq!(recv(&mut h.rx).await, FromAgent::Closed(CloseReason::Stopped));
+        tokio::time::timeout(TEST_TIMEOUT, agent).await.unwrap().unwrap();
     }
 
     #[tokio::test]
@@ -1037,9 +904,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let t0 = Instant::now();
-        let err = connect(&format!("ws://{addr}/"), None, Duration::from_secs(5))
-            .await
-            .unwrap_err();
+        let err = connect(&format!("ws://{addr}/"), None, Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(err, ConnectError::Refused(_)), "{err:?}");
         assert_eq!(err.label(), "refused");
         assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
@@ -1051,15 +916,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let t0 = Instant::now();
-        let err = connect(&format!("ws://{addr}/"), None, Duration::from_millis(300))
-            .await
-            .unwrap_err();
+        let err = connect(&format!("ws://{addr}/"), None, Duration::from_millis(300)).await.unwrap_err();
         let elapsed = t0.elapsed();
         assert_eq!(err, ConnectError::Timeout);
-        assert!(
-            elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(1500),
-            "{elapsed:?}"
-        );
+        assert!(elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(1500), "{elapsed:?}");
         drop(listener);
     }
 
@@ -1076,49 +936,25 @@ mod tests {
             };
             let _ = tokio_tungstenite::accept_hdr_async(tcp, reject).await;
         });
-        let err = connect(
-            &format!("ws://{addr}/"),
-            Some("Bearer wrong"),
-            Duration::from_secs(2),
-        )
-        .await
-        .unwrap_err();
-        assert!(
-            matches!(&err, ConnectError::Handshake(m) if m.contains("401")),
-            "{err:?}"
-        );
+        let err = connect(&format!("ws://{addr}/"), Some("Bearer wrong"), Duration::from_secs(2)).await.unwrap_err();
+        assert!(matches!(&err, ConnectError::Handshake(m) if m.contains("401")), "{err:?}");
         server.await.unwrap();
     }
 
     #[tokio::test]
     async fn bad_urls_and_headers() {
         let t = Duration::from_secs(1);
-        assert!(matches!(
-            connect("http://127.0.0.1:1/", None, t).await,
-            Err(ConnectError::BadUrl(_))
-        ));
-        assert!(matches!(
-            connect("not a url", None, t).await,
-            Err(ConnectError::BadUrl(_))
-        ));
-        assert!(matches!(
-            connect("wss://agent.example/ws", None, t).await,
-            Err(ConnectError::TlsUnsupported)
-        ));
-        let err = connect("ws://127.0.0.1:1/", Some("Bearer a\r\nX-Evil: 1"), t)
-            .await
-            .unwrap_err();
+        assert!(matches!(connect("http://127.0.0.1:1/", None, t).await, Err(ConnectError::BadUrl(_))));
+        assert!(matches!(connect("not a url", None, t).await, Err(ConnectError::BadUrl(_))));
+        assert!(matches!(connect("wss://agent.example/ws", None, t).await, Err(ConnectError::TlsUnsupported)));
+        let err = connect("ws://127.0.0.1:1/", Some("Bearer a\r\nX-Evil: 1"), t).await.unwrap_err();
         assert_eq!(err, ConnectError::BadAuthHeader);
-        assert!(
-            !err.to_string().contains("Evil"),
-            "the header value is never shown"
-        );
+        assert!(!err.to_string().contains("Evil"), "the header value is never shown");
     }
 
     #[tokio::test]
     async fn outgoing_payloads_reuse_one_buffer() {
-        let (url, agent) =
-            agent(|mut ws| async move { while let Some(Ok(_)) = ws.next().await {} }).await;
+        let (url, agent) = agent(|mut ws| async move { while let Some(Ok(_)) = ws.next().await {} }).await;
         let socket = connect(&url, None, Duration::from_secs(2)).await.unwrap();
         let (_to_tx, to_rx) = mpsc::channel(1);
         let (from_tx, _from_rx) = mpsc::channel(1);
@@ -1135,22 +971,15 @@ mod tests {
         };
         let base = task.bytes.as_ptr() as usize;
         for i in 0..1000u64 {
-            task.writer
-                .media(i * 20, &[0x55; FRAME_SAMPLES], &mut task.out);
+            task.writer.media(i * 20, &[0x55; FRAME_SAMPLES], &mut task.out);
             let msg = task.take_message();
             let Message::Text(text) = &msg else { panic!() };
             let at = text.as_ptr() as usize;
-            assert!(
-                at >= base && at + text.len() <= base + OUT_BYTES,
-                "message {i} was not cut from the buffer"
-            );
+            assert!(at >= base && at + text.len() <= base + OUT_BYTES, "message {i} was not cut from the buffer");
             task.ws.feed(msg).await.unwrap();
         }
         task.ws.flush().await.unwrap();
         drop(task);
-        tokio::time::timeout(TEST_TIMEOUT, agent)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(TEST_TIMEOUT, agent).await.unwrap().unwrap();
     }
 }

@@ -23,19 +23,15 @@ pub struct Rejection {
 impl Rejection {
     /// The response to send (add a To tag with [`OutgoingResponse::to_tag`]). Never send one for an ACK.
     pub fn response(&self, req: &Request) -> OutgoingResponse {
-        self.extra_headers.iter().fold(
-            OutgoingResponse::for_request(req, self.status, self.reason),
-            |r, (n, v)| r.header(n, v.clone()),
-        )
+        self.extra_headers
+            .iter()
+            .fold(OutgoingResponse::for_request(req, self.status, self.reason), |r, (n, v)| r.header(n, v.clone()))
     }
 }
 
 /// Methods whose body is an SDP offer or answer.
 fn carries_sdp(m: &Method) -> bool {
-    matches!(
-        m,
-        Method::Invite | Method::Ack | Method::Update | Method::Prack
-    )
+    matches!(m, Method::Invite | Method::Ack | Method::Update | Method::Prack)
 }
 
 /// UAS checks of RFC 3261 §8.2, in this order, returning the response to send for the first that fails:
@@ -57,20 +53,12 @@ fn carries_sdp(m: &Method) -> bool {
 /// handled by ending the dialog with BYE).
 pub fn check_request(req: &Request) -> Result<(), Rejection> {
     if !matches!(req.uri.scheme, Scheme::Sip | Scheme::Sips | Scheme::Tel) {
-        return Err(Rejection {
-            status: 416,
-            reason: "Unsupported URI Scheme",
-            extra_headers: Vec::new(),
-        });
+        return Err(Rejection { status: 416, reason: "Unsupported URI Scheme", extra_headers: Vec::new() });
     }
 
     if !matches!(req.method, Method::Ack | Method::Cancel) {
-        let tags: Vec<&str> = req
-            .headers_named("Require")
-            .flat_map(|v| v.split(','))
-            .map(trim_ws)
-            .filter(|t| !t.is_empty())
-            .collect();
+        let tags: Vec<&str> =
+            req.headers_named("Require").flat_map(|v| v.split(',')).map(trim_ws).filter(|t| !t.is_empty()).collect();
         if !tags.is_empty() {
             return Err(Rejection {
                 status: 420,
@@ -103,11 +91,7 @@ pub fn check_request(req: &Request) -> Result<(), Rejection> {
     }
 
     if req.max_forwards == Some(0) && req.method != Method::Options {
-        return Err(Rejection {
-            status: 483,
-            reason: "Too Many Hops",
-            extra_headers: Vec::new(),
-        });
+        return Err(Rejection { status: 483, reason: "Too Many Hops", extra_headers: Vec::new() });
     }
     Ok(())
 }
@@ -125,9 +109,7 @@ fn sdp_acceptable(req: &Request) -> bool {
                     .and_then(|d| d.split_once(';').map(|(_, p)| format!(";{p}")))
                     .and_then(|p| parse_params(&p))
                     .is_some_and(|p| {
-                        find_param(&p, "handling")
-                            .flatten()
-                            .is_some_and(|h| h.eq_ignore_ascii_case("required"))
+                        find_param(&p, "handling").flatten().is_some_and(|h| h.eq_ignore_ascii_case("required"))
                     })
                 {
                     return false;
@@ -140,10 +122,7 @@ fn sdp_acceptable(req: &Request) -> bool {
 }
 
 fn part_header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str())
+    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
 }
 
 /// The `boundary` parameter of the request's Content-Type.
@@ -152,11 +131,7 @@ fn boundary(req: &Request) -> Option<String> {
     let (_, params) = ct.split_once(';')?;
     let params = parse_params(&format!(";{params}"))?;
     let b = find_param(&params, "boundary")??;
-    let b = if b.starts_with('"') {
-        unquote(b)
-    } else {
-        b.to_owned()
-    };
+    let b = if b.starts_with('"') { unquote(b) } else { b.to_owned() };
     (!b.is_empty()).then_some(b)
 }
 
@@ -168,10 +143,7 @@ fn multipart(req: &Request) -> Option<Vec<(Vec<Header>, Range<usize>)>> {
     let d = delim.as_bytes();
     let mut starts = Vec::new();
     let mut i = 0;
-    while let Some(p) = body
-        .get(i..)
-        .and_then(|r| r.windows(d.len()).position(|w| w == d))
-    {
+    while let Some(p) = body.get(i..).and_then(|r| r.windows(d.len()).position(|w| w == d)) {
         let at = i + p;
         if at == 0 || body.get(at - 1) == Some(&b'\n') {
             starts.push(at);
@@ -196,10 +168,7 @@ fn multipart(req: &Request) -> Option<Vec<(Vec<Header>, Range<usize>)>> {
         let part = body.get(line_end..end.max(line_end))?;
         let (lines, content) = split_head(part);
         let headers = fold_headers(&lines, None).ok()?;
-        parts.push((
-            headers,
-            line_end + content.min(part.len())..end.max(line_end),
-        ));
+        parts.push((headers, line_end + content.min(part.len())..end.max(line_end)));
     }
     Some(parts)
 }
@@ -214,11 +183,8 @@ impl Request {
         match self.content_type.as_deref() {
             Some("application/sdp") => Some(self.body.clone()),
             Some("multipart/mixed") => multipart(self)?.into_iter().find_map(|(h, range)| {
-                (part_header(&h, "Content-Type")
-                    .and_then(parse_media_type)
-                    .as_deref()
-                    == Some("application/sdp"))
-                .then(|| self.body.slice(range))
+                (part_header(&h, "Content-Type").and_then(parse_media_type).as_deref() == Some("application/sdp"))
+                    .then(|| self.body.slice(range))
             }),
             _ => None,
         }

@@ -205,15 +205,9 @@ pub fn error_response(err: &ParseError) -> Option<Vec<u8>> {
     if !ctx.is_request || ctx.method == Some(Method::Ack) || ctx.via.is_empty() {
         return None;
     }
-    let (from, to, call_id, cseq) = (
-        ctx.from.as_deref()?,
-        ctx.to.as_deref()?,
-        ctx.call_id.as_deref()?,
-        ctx.cseq.as_deref()?,
-    );
-    if [from, to, call_id, cseq].iter().any(|v| v.is_empty())
-        || ctx.via.iter().any(String::is_empty)
-    {
+    let (from, to, call_id, cseq) =
+        (ctx.from.as_deref()?, ctx.to.as_deref()?, ctx.call_id.as_deref()?, ctx.cseq.as_deref()?);
+    if [from, to, call_id, cseq].iter().any(|v| v.is_empty()) || ctx.via.iter().any(String::is_empty) {
         return None;
     }
     let mut out = String::with_capacity(256);
@@ -246,9 +240,5 @@ pub fn error_response(err: &ParseError) -> Option<Vec<u8>> {
 
 /// A salvaged value can hold a bare CR (only LF ends a line): never let it split the header we write.
 pub(crate) fn one_line(v: &str) -> std::borrow::Cow<'_, str> {
-    if v.contains(['\r', '\n']) {
-        v.replace(['\r', '\n'], " ").into()
-    } else {
-        v.into()
-    }
+    if v.contains(['\r', '\n']) { v.replace(['\r', '\n'], " ").into() } else { v.into() }
 }

@@ -6,11 +6,7 @@
 
 /// `token` characters of RFC 3261 §25.1.
 pub(crate) fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~')
 }
 
 /// True if `s` is a non-empty RFC 3261 `token`.
@@ -51,10 +47,7 @@ pub(crate) fn quoted_len(s: &str) -> Option<usize> {
 
 /// Removes the quotes and `quoted-pair` escapes of a complete quoted string (as measured by [`quoted_len`]).
 pub(crate) fn unquote(q: &str) -> String {
-    let inner = q
-        .strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .unwrap_or(q);
+    let inner = q.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(q);
     let mut out = String::with_capacity(inner.len());
     let mut chars = inner.chars();
     while let Some(c) = chars.next() {
@@ -143,14 +136,8 @@ pub(crate) fn parse_params(s: &str) -> Option<Vec<(String, Option<String>)>> {
 }
 
 /// Case-insensitive lookup of a parameter by name.
-pub(crate) fn find_param<'a>(
-    params: &'a [(String, Option<String>)],
-    name: &str,
-) -> Option<Option<&'a str>> {
-    params
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_deref())
+pub(crate) fn find_param<'a>(params: &'a [(String, Option<String>)], name: &str) -> Option<Option<&'a str>> {
+    params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_deref())
 }
 
 /// Appends `;name[=value]` for each parameter.

@@ -10,9 +10,7 @@
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use super::grammar::{
-    find_param, is_token, is_token_byte, is_ws, parse_params, trim_ws, trim_ws_start,
-};
+use super::grammar::{find_param, is_token, is_token_byte, is_ws, parse_params, trim_ws, trim_ws_start};
 use super::uri::Method;
 
 /// One header field as received: `name` is the canonical full name (compact forms expanded, known names in
@@ -183,9 +181,7 @@ impl Via {
         let hlen = if rest.starts_with('[') {
             rest.find(']')? + 1
         } else {
-            rest.bytes()
-                .take_while(|b| !is_ws(*b) && *b != b':' && *b != b';')
-                .count()
+            rest.bytes().take_while(|b| !is_ws(*b) && *b != b':' && *b != b';').count()
         };
         let host = &rest[..hlen];
         let mut rest = trim_ws_start(&rest[hlen..]);
@@ -217,15 +213,7 @@ impl Via {
             Some(None) => Some(None),
             None => None,
         };
-        Some(Via {
-            transport,
-            host: host.to_owned(),
-            port: hp.port,
-            branch,
-            rport,
-            received,
-            params,
-        })
+        Some(Via { transport, host: host.to_owned(), port: hp.port, branch, rport, received, params })
     }
 
     /// `SIP/2.0/UDP host:port;param=..` from the fields: parameters in their original order, with the current
@@ -314,18 +302,12 @@ impl Via {
     /// (`branch=z9hG4bK`) parses, but is false here: the transaction layer must fall back to RFC 2543 matching
     /// (or reject) for it.
     pub fn has_rfc3261_branch(&self) -> bool {
-        self.branch
-            .as_deref()
-            .is_some_and(|b| b.len() > 7 && b.starts_with("z9hG4bK"))
+        self.branch.as_deref().is_some_and(|b| b.len() > 7 && b.starts_with("z9hG4bK"))
     }
 
     /// The sent-by host as an IP address, if it is one.
     pub fn host_ip(&self) -> Option<IpAddr> {
-        let h = self
-            .host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(&self.host);
+        let h = self.host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&self.host);
         h.parse().ok()
     }
 }
@@ -351,10 +333,7 @@ impl CSeq {
         if method.len() == rest.len() || !is_token(method) {
             return None;
         }
-        Some(CSeq {
-            seq,
-            method: Method::parse(method),
-        })
+        Some(CSeq { seq, method: Method::parse(method) })
     }
 }
 
@@ -383,11 +362,7 @@ pub(crate) fn parse_media_type(s: &str) -> Option<String> {
     }
     let params = &s[main.len()..];
     parse_params(params)?;
-    Some(format!(
-        "{}/{}",
-        t.to_ascii_lowercase(),
-        st.to_ascii_lowercase()
-    ))
+    Some(format!("{}/{}", t.to_ascii_lowercase(), st.to_ascii_lowercase()))
 }
 
 #[cfg(test)]
@@ -419,17 +394,11 @@ mod tests {
         assert_eq!(v.rport, Some(None));
         v.received = Some("192.0.2.1".into());
         v.rport = Some(Some(9988));
-        assert_eq!(
-            v.render(),
-            "SIP/2.0/UDP 10.1.1.1:4540;received=192.0.2.1;rport=9988;branch=z9hG4bKkjshdyff"
-        );
+        assert_eq!(v.render(), "SIP/2.0/UDP 10.1.1.1:4540;received=192.0.2.1;rport=9988;branch=z9hG4bKkjshdyff");
         let mut v = Via::parse("SIP/2.0/TCP [2001:db8::1];branch=z9hG4bKx").unwrap();
         assert_eq!(v.host_ip(), Some("2001:db8::1".parse().unwrap()));
         v.received = Some("2001:db8::9".into());
-        assert_eq!(
-            v.render(),
-            "SIP/2.0/TCP [2001:db8::1];branch=z9hG4bKx;received=2001:db8::9"
-        );
+        assert_eq!(v.render(), "SIP/2.0/TCP [2001:db8::1];branch=z9hG4bKx;received=2001:db8::9");
     }
 
     #[test]
@@ -453,13 +422,7 @@ mod tests {
 
     #[test]
     fn cseq() {
-        assert_eq!(
-            CSeq::parse("0009 INVITE"),
-            Some(CSeq {
-                seq: 9,
-                method: Method::Invite
-            })
-        );
+        assert_eq!(CSeq::parse("0009 INVITE"), Some(CSeq { seq: 9, method: Method::Invite }));
         assert!(CSeq::parse("36893488147419103232 REGISTER").is_none());
         assert!(CSeq::parse("1INVITE").is_none());
         assert!(CSeq::parse("-1 INVITE").is_none());
@@ -468,14 +431,8 @@ mod tests {
 
     #[test]
     fn media_types() {
-        assert_eq!(
-            parse_media_type("Application/SDP ; charset=utf-8").as_deref(),
-            Some("application/sdp")
-        );
-        assert_eq!(
-            parse_media_type("multipart/mixed;boundary=7a9cbec02ceef655").as_deref(),
-            Some("multipart/mixed")
-        );
+        assert_eq!(parse_media_type("Application/SDP ; charset=utf-8").as_deref(), Some("application/sdp"));
+        assert_eq!(parse_media_type("multipart/mixed;boundary=7a9cbec02ceef655").as_deref(), Some("multipart/mixed"));
         assert!(parse_media_type("sdp").is_none());
     }
 }

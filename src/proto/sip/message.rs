@@ -21,10 +21,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_message_bytes: 16384,
-            max_headers: 128,
-        }
+        Limits { max_message_bytes: 16384, max_headers: 128 }
     }
 }
 
@@ -103,18 +100,12 @@ impl Message {
 
 fn find_header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
     let canon = canonical_name(name);
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(&canon))
-        .map(|h| h.value.as_str())
+    headers.iter().find(|h| h.name.eq_ignore_ascii_case(&canon)).map(|h| h.value.as_str())
 }
 
 fn headers_named<'a>(headers: &'a [Header], name: &'a str) -> impl Iterator<Item = &'a str> {
     let canon = canonical_name(name);
-    headers
-        .iter()
-        .filter(move |h| h.name.eq_ignore_ascii_case(&canon))
-        .map(|h| h.value.as_str())
+    headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(&canon)).map(|h| h.value.as_str())
 }
 
 impl Request {
@@ -169,10 +160,7 @@ pub(crate) fn split_head(buf: &[u8]) -> (Vec<Cow<'_, str>>, usize) {
 ///
 /// With `max = Some(n)` (strict) a line without a colon, a name that is not a token, a continuation line with
 /// nothing before it, or more than `n` header lines is an error. With `None` (salvage) bad lines are skipped.
-pub(crate) fn fold_headers(
-    lines: &[Cow<'_, str>],
-    max: Option<usize>,
-) -> Result<Vec<Header>, ParseErrorKind> {
+pub(crate) fn fold_headers(lines: &[Cow<'_, str>], max: Option<usize>) -> Result<Vec<Header>, ParseErrorKind> {
     let mut out: Vec<Header> = Vec::with_capacity(lines.len());
     let mut last_ok = false;
     for line in lines {
@@ -194,10 +182,7 @@ pub(crate) fn fold_headers(
         }
         let parsed = line.split_once(':').and_then(|(name, value)| {
             let name = name.trim_end_matches([' ', '\t']);
-            is_token(name).then(|| Header {
-                name: canonical_name(name).into_owned(),
-                value: trim_ws(value).to_owned(),
-            })
+            is_token(name).then(|| Header { name: canonical_name(name).into_owned(), value: trim_ws(value).to_owned() })
         });
         match parsed {
             Some(h) => {
@@ -217,10 +202,7 @@ pub(crate) fn fold_headers(
 }
 
 /// The only value of a single-valued header, if present.
-fn single<'a>(
-    headers: &'a [Header],
-    name: &'static str,
-) -> Result<Option<&'a str>, ParseErrorKind> {
+fn single<'a>(headers: &'a [Header], name: &'static str) -> Result<Option<&'a str>, ParseErrorKind> {
     let mut it = headers.iter().filter(|h| h.name == name);
     let first = it.next();
     if it.next().is_some() {
@@ -272,8 +254,7 @@ fn common(headers: &[Header]) -> Result<Common, ParseErrorKind> {
         return Err(ParseErrorKind::BadHeader("Call-ID"));
     }
     let cseq = CSeq::parse(required(headers, "CSeq")?).ok_or(ParseErrorKind::BadHeader("CSeq"))?;
-    let from =
-        NameAddr::parse(required(headers, "From")?).ok_or(ParseErrorKind::BadHeader("From"))?;
+    let from = NameAddr::parse(required(headers, "From")?).ok_or(ParseErrorKind::BadHeader("From"))?;
     let to = NameAddr::parse(required(headers, "To")?).ok_or(ParseErrorKind::BadHeader("To"))?;
     let via = list(headers, "Via", Via::parse, false)?;
     if via.is_empty() {
@@ -286,24 +267,12 @@ fn common(headers: &[Header]) -> Result<Common, ParseErrorKind> {
         .map(|v| parse_media_type(v).ok_or(ParseErrorKind::BadHeader("Content-Type")))
         .transpose()?;
     let contact = list(headers, "Contact", NameAddr::parse, true)?;
-    Ok(Common {
-        via,
-        from,
-        to,
-        call_id: call_id.to_owned(),
-        cseq,
-        contact,
-        content_length,
-        content_type,
-    })
+    Ok(Common { via, from, to, call_id: call_id.to_owned(), cseq, contact, content_length, content_type })
 }
 
 fn body(rest: &[u8], content_length: Option<usize>) -> Result<Bytes, ParseErrorKind> {
     match content_length {
-        Some(n) => rest
-            .get(..n)
-            .map(Bytes::copy_from_slice)
-            .ok_or(ParseErrorKind::ContentLengthMismatch),
+        Some(n) => rest.get(..n).map(Bytes::copy_from_slice).ok_or(ParseErrorKind::ContentLengthMismatch),
         None => Ok(Bytes::copy_from_slice(rest)),
     }
 }
@@ -321,11 +290,7 @@ fn check_version(v: &str) -> Result<(), ParseErrorKind> {
                     && b.bytes().all(|c| c.is_ascii_digit())
             })
         });
-    Err(if looks_like_version {
-        ParseErrorKind::BadVersion
-    } else {
-        ParseErrorKind::BadStartLine
-    })
+    Err(if looks_like_version { ParseErrorKind::BadVersion } else { ParseErrorKind::BadStartLine })
 }
 
 /// Parses one whole UDP datagram (or one message already framed from a TCP stream).
@@ -335,21 +300,13 @@ fn check_version(v: &str) -> Result<(), ParseErrorKind> {
 /// Content-Length larger than the bytes present is an error; bytes after the body are ignored (RFC 3261
 /// §18.3, RFC 4475 dblreq).
 pub fn parse_message(buf: &[u8], limits: &Limits) -> Result<Message, ParseError> {
-    let skip = buf
-        .iter()
-        .take_while(|b| matches!(b, b'\r' | b'\n'))
-        .count();
+    let skip = buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
     let data = buf.get(skip..).unwrap_or(&[]);
     if data.is_empty() {
-        return Err(ParseError {
-            kind: ParseErrorKind::Empty,
-            context: None,
-        });
+        return Err(ParseError { kind: ParseErrorKind::Empty, context: None });
     }
-    parse_inner(data, limits).map_err(|kind| ParseError {
-        kind,
-        context: Some(Box::new(salvage(data, limits.max_message_bytes))),
-    })
+    parse_inner(data, limits)
+        .map_err(|kind| ParseError { kind, context: Some(Box::new(salvage(data, limits.max_message_bytes))) })
 }
 
 fn parse_inner(data: &[u8], limits: &Limits) -> Result<Message, ParseErrorKind> {
@@ -369,13 +326,7 @@ fn parse_inner(data: &[u8], limits: &Limits) -> Result<Message, ParseErrorKind> 
             return Err(ParseErrorKind::BadStartLine);
         }
         let status = match code.parse::<u16>() {
-            Ok(s)
-                if code.len() == 3
-                    && code.bytes().all(|b| b.is_ascii_digit())
-                    && (100..=699).contains(&s) =>
-            {
-                s
-            }
+            Ok(s) if code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()) && (100..=699).contains(&s) => s,
             _ => return Err(ParseErrorKind::BadStatusCode),
         };
         let reason = parts.next().unwrap_or("").to_owned();
@@ -396,8 +347,7 @@ fn parse_inner(data: &[u8], limits: &Limits) -> Result<Message, ParseErrorKind> 
     }
 
     let mut parts = start.split(' ');
-    let (Some(method), Some(uri), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(uri), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(ParseErrorKind::BadStartLine);
     };
@@ -418,11 +368,7 @@ fn parse_inner(data: &[u8], limits: &Limits) -> Result<Message, ParseErrorKind> 
         return Err(ParseErrorKind::CSeqMethodMismatch);
     }
     let max_forwards = single(&headers, "Max-Forwards")?
-        .map(|v| {
-            parse_digits::<u32>(v)
-                .filter(|n| *n <= 255)
-                .ok_or(ParseErrorKind::BadHeader("Max-Forwards"))
-        })
+        .map(|v| parse_digits::<u32>(v).filter(|n| *n <= 255).ok_or(ParseErrorKind::BadHeader("Max-Forwards")))
         .transpose()?;
     let record_route = list(&headers, "Record-Route", NameAddr::parse, false)?;
     let body = body(rest, c.content_length)?;
@@ -457,10 +403,7 @@ pub enum Framed {
 /// Offset just past the empty line that ends the head, if the buffer holds it.
 fn head_end(buf: &[u8]) -> Option<usize> {
     let mut i = 0;
-    while let Some(p) = buf
-        .get(i..)
-        .and_then(|r| r.iter().position(|b| *b == b'\n'))
-    {
+    while let Some(p) = buf.get(i..).and_then(|r| r.iter().position(|b| *b == b'\n')) {
         let lf = i + p;
         match (buf.get(lf + 1), buf.get(lf + 2)) {
             (Some(b'\n'), _) => return Some(lf + 2),
@@ -477,20 +420,12 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 /// no Content-Length ([`ParseErrorKind::MissingHeader`]`("Content-Length")`), a malformed or repeated one, or a
 /// head or head+body over `max_message_bytes` ([`ParseErrorKind::TooLarge`]).
 pub fn frame_stream(buf: &[u8], limits: &Limits) -> Result<Framed, ParseError> {
-    let skip = buf
-        .iter()
-        .take_while(|b| matches!(b, b'\r' | b'\n'))
-        .count();
+    let skip = buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
     if skip > 0 {
         return Ok(Framed::Skip(skip));
     }
-    let fail = |kind| ParseError {
-        kind,
-        context: Some(Box::new(salvage(buf, limits.max_message_bytes))),
-    };
-    let scan = buf
-        .get(..limits.max_message_bytes.min(buf.len()))
-        .unwrap_or(buf);
+    let fail = |kind| ParseError { kind, context: Some(Box::new(salvage(buf, limits.max_message_bytes))) };
+    let scan = buf.get(..limits.max_message_bytes.min(buf.len())).unwrap_or(buf);
     let Some(head_len) = head_end(scan) else {
         return if buf.len() >= limits.max_message_bytes {
             Err(fail(ParseErrorKind::TooLarge))
@@ -503,8 +438,7 @@ pub fn frame_stream(buf: &[u8], limits: &Limits) -> Result<Framed, ParseError> {
     let cl = single(&headers, "Content-Length")
         .map_err(fail)?
         .ok_or_else(|| fail(ParseErrorKind::MissingHeader("Content-Length")))?;
-    let cl = parse_digits::<usize>(cl)
-        .ok_or_else(|| fail(ParseErrorKind::BadHeader("Content-Length")))?;
+    let cl = parse_digits::<usize>(cl).ok_or_else(|| fail(ParseErrorKind::BadHeader("Content-Length")))?;
     match head_len.checked_add(cl) {
         Some(total) if total <= limits.max_message_bytes => {
             if buf.len() < total {

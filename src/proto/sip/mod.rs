@@ -71,6 +71,9 @@ mod message;
 mod outgoing;
 mod uri;
 
+pub mod dialog;
+pub mod transaction;
+
 #[cfg(test)]
 mod tests;
 

@@ -60,8 +60,7 @@ impl OutgoingResponse {
     /// establish a dialog (1xx other than 100, and 2xx, to INVITE).
     pub fn record_route_from(mut self, req: &Request) -> Self {
         for rr in req.headers_named("Record-Route") {
-            self.headers
-                .push(("Record-Route".to_owned(), rr.to_owned()));
+            self.headers.push(("Record-Route".to_owned(), rr.to_owned()));
         }
         self
     }
@@ -93,9 +92,7 @@ impl OutgoingResponse {
 
     /// The To header value as it will be written (with the tag added by [`OutgoingResponse::to_tag`]).
     pub fn to_header(&self) -> Option<&str> {
-        self.to
-            .and_then(|(i, _)| self.headers.get(i))
-            .map(|(_, v)| v.as_str())
+        self.to.and_then(|(i, _)| self.headers.get(i)).map(|(_, v)| v.as_str())
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -110,11 +107,7 @@ impl OutgoingResponse {
 }
 
 /// Writes the headers, Content-Type/Content-Length and body after a start line.
-fn write_tail(
-    mut out: String,
-    headers: &[(String, String)],
-    body: Option<&(String, Bytes)>,
-) -> Vec<u8> {
+fn write_tail(mut out: String, headers: &[(String, String)], body: Option<&(String, Bytes)>) -> Vec<u8> {
     for (n, v) in headers {
         if n.eq_ignore_ascii_case("Content-Length") || n.eq_ignore_ascii_case("l") {
             continue;

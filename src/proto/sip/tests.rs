@@ -6,10 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use super::*;
 
 fn fixture(dir: &str, name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/tests/fixtures/{dir}/{name}.dat",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/tests/fixtures/{dir}/{name}.dat", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -38,15 +35,9 @@ fn p(n: &str, v: Option<&str>) -> (String, Option<String>) {
 /// What RFC 4475 (read per message) and our decisions say must happen to each torture message.
 enum Expect {
     /// Parses. `check` is the status `check_request` must reject with (None: accepted; responses: None).
-    Valid {
-        check: Option<u16>,
-        fields: fn(&Message),
-    },
+    Valid { check: Option<u16>, fields: fn(&Message) },
     /// Fails with `kind`; `answer` is the status of the stateless answer, or None if there must be none.
-    Invalid {
-        kind: ParseErrorKind,
-        answer: Option<u16>,
-    },
+    Invalid { kind: ParseErrorKind, answer: Option<u16> },
 }
 
 use Expect::{Invalid, Valid};
@@ -66,51 +57,26 @@ fn rfc4475_table() -> Vec<(&'static str, Expect)> {
                     assert_eq!(r.uri.params, vec![p("unknownparam", None)]);
                     assert_eq!(r.call_id, "wsinv.ndaksdj@192.0.2.1");
                     assert_eq!(r.via.len(), 3);
-                    assert_eq!(
-                        (r.via[0].transport.as_str(), r.via[0].host.as_str()),
-                        ("UDP", "192.0.2.2")
-                    );
+                    assert_eq!((r.via[0].transport.as_str(), r.via[0].host.as_str()), ("UDP", "192.0.2.2"));
                     assert_eq!(r.via[0].branch.as_deref(), Some("390skdjuw"));
-                    assert_eq!(
-                        (r.via[1].transport.as_str(), r.via[1].host.as_str()),
-                        ("TCP", "spindle.example.com")
-                    );
+                    assert_eq!((r.via[1].transport.as_str(), r.via[1].host.as_str()), ("TCP", "spindle.example.com"));
                     assert_eq!(r.via[1].branch.as_deref(), Some("z9hG4bK9ikj8"));
-                    assert_eq!(
-                        (r.via[2].transport.as_str(), r.via[2].host.as_str()),
-                        ("UDP", "192.168.255.111")
-                    );
+                    assert_eq!((r.via[2].transport.as_str(), r.via[2].host.as_str()), ("UDP", "192.168.255.111"));
                     assert_eq!(r.via[2].branch.as_deref(), Some("z9hG4bK30239"));
                     assert_eq!(r.to.tag(), Some("1918181833n"));
                     assert_eq!(r.from.display_name.as_deref(), Some("J Rosenberg \\\""));
                     assert_eq!(r.from.tag(), Some("98asjd8"));
                     assert_eq!(r.max_forwards, Some(68));
-                    assert_eq!(
-                        r.cseq,
-                        CSeq {
-                            seq: 9,
-                            method: Method::Invite
-                        }
-                    );
+                    assert_eq!(r.cseq, CSeq { seq: 9, method: Method::Invite });
                     assert_eq!(r.contact.len(), 1);
-                    assert_eq!(
-                        r.contact[0].display_name.as_deref(),
-                        Some("Quoted string \"\"")
-                    );
+                    assert_eq!(r.contact[0].display_name.as_deref(), Some("Quoted string \"\""));
                     assert_eq!(
                         r.contact[0].params,
-                        vec![
-                            p("newparam", Some("newvalue")),
-                            p("secondparam", None),
-                            p("q", Some("0.33"))
-                        ]
+                        vec![p("newparam", Some("newvalue")), p("secondparam", None), p("q", Some("0.33"))]
                     );
                     assert_eq!(r.header("Subject"), Some(""));
                     assert_eq!(r.header("s"), Some(""));
-                    assert_eq!(
-                        r.header("newfangledheader"),
-                        Some("newfangled value continued newfangled value")
-                    );
+                    assert_eq!(r.header("newfangledheader"), Some("newfangled value continued newfangled value"));
                     assert_eq!(r.header("UnknownHeaderWithUnusualValue"), Some(";;,,;;,;"));
                     assert_eq!(
                         r.header("Route"),
@@ -133,38 +99,20 @@ fn rfc4475_table() -> Vec<(&'static str, Expect)> {
                     assert_eq!(r.method, Method::Extension(meth.into()));
                     assert_eq!(r.cseq.method.as_str(), meth);
                     assert_eq!(r.cseq.seq, 139122385);
-                    assert_eq!(
-                        r.uri.user.as_deref(),
-                        Some("1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*")
-                    );
+                    assert_eq!(r.uri.user.as_deref(), Some("1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"));
                     assert_eq!(r.uri.host, "example.com");
-                    assert_eq!(
-                        r.via[0].branch.as_deref(),
-                        Some("z9hG4bK-.!%66*_+`'~"),
-                        "Via params are never decoded"
-                    );
-                    assert_eq!(
-                        r.to.display_name.as_deref(),
-                        Some("BEL:\x07 NUL:\0 DEL:\x7f")
-                    );
-                    assert_eq!(
-                        r.from.display_name.as_deref(),
-                        Some("token1~` token2'+_ token3*%!.-")
-                    );
+                    assert_eq!(r.via[0].branch.as_deref(), Some("z9hG4bK-.!%66*_+`'~"), "Via params are never decoded");
+                    assert_eq!(r.to.display_name.as_deref(), Some("BEL:\x07 NUL:\0 DEL:\x7f"));
+                    assert_eq!(r.from.display_name.as_deref(), Some("token1~` token2'+_ token3*%!.-"));
                     assert_eq!(r.from.tag(), Some("_token~1'+`*%!-."));
                     assert_eq!(r.from.params[0].0, "fromParam''~+*_!.-%");
                     assert_eq!(
                         r.from.params[0].1.as_deref(),
-                        Some(
-                            "\"\u{0440}\u{0430}\u{0431}\u{043e}\u{0442}\u{0430}\u{044e}\u{0449}\u{0438}\u{0439}\""
-                        )
+                        Some("\"\u{0440}\u{0430}\u{0431}\u{043e}\u{0442}\u{0430}\u{044e}\u{0449}\u{0438}\u{0439}\"")
                     );
                     assert_eq!(r.call_id, "intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{");
                     assert_eq!(r.max_forwards, Some(255));
-                    assert_eq!(
-                        r.header("extensionHeader-!.%*+_`'~"),
-                        Some("\u{feff}\u{5927}\u{505c}\u{96fb}")
-                    );
+                    assert_eq!(r.header("extensionHeader-!.%*+_`'~"), Some("\u{feff}\u{5927}\u{505c}\u{96fb}"));
                     assert!(r.body.is_empty());
                 },
             },
@@ -182,10 +130,7 @@ fn rfc4475_table() -> Vec<(&'static str, Expect)> {
                     assert_eq!(r.from.uri.user.as_deref(), Some("I have spaces"));
                     assert_eq!(r.call_id, "esc01.239409asdfakjkn23onasd0-3234");
                     assert_eq!(r.contact[0].uri.user.as_deref(), Some("caller"));
-                    assert_eq!(
-                        r.contact[0].uri.params,
-                        vec![p("lr", None), p("name", Some("value%41"))]
-                    );
+                    assert_eq!(r.contact[0].uri.params, vec![p("lr", None), p("name", Some("value%41"))]);
                     assert_eq!(r.content_type.as_deref(), Some("application/sdp"));
                     assert_eq!(r.body.len(), 150);
                 },
@@ -218,15 +163,8 @@ fn rfc4475_table() -> Vec<(&'static str, Expect)> {
                     assert_eq!(r.via[0].transport, "TCP");
                     assert_eq!(r.via[0].branch.as_deref(), Some("z9hG4bK209%fzsnel234"));
                     let hosts: Vec<_> = r.contact.iter().map(|c| c.uri.host.as_str()).collect();
-                    assert_eq!(
-                        hosts,
-                        vec!["host1.example.com", "host3.example.com"],
-                        "C%6Fntact is not Contact"
-                    );
-                    assert_eq!(
-                        r.header("C%6Fntact"),
-                        Some("<sip:alias2@host2.example.com>")
-                    );
+                    assert_eq!(hosts, vec!["host1.example.com", "host3.example.com"], "C%6Fntact is not Contact");
+                    assert_eq!(r.header("C%6Fntact"), Some("<sip:alias2@host2.example.com>"));
                 },
             },
         ),
@@ -252,16 +190,9 @@ fn rfc4475_table() -> Vec<(&'static str, Expect)> {
                     assert_eq!(r.via.len(), 34);
                     assert_eq!(r.via[0].host, "sip33.example.com");
                     assert_eq!(r.via[33].received.as_deref(), Some("192.0.2.5"));
+                    assert!(r.via[33].branch.as_deref().is_some_and(|b| b.ends_with("longbranchvalue")));
                     assert!(
-                        r.via[33]
-                            .branch
-                            .as_deref()
-                            .is_some_and(|b| b.ends_with("longbranchvalue"))
-                    );
-                    assert!(
-                        r.to.display_name
-                            .as_deref()
-                            .is_some_and(|d| d.starts_with("I have a user name of extreme"))
+                        r.to.display_name.as_deref().is_some_and(|d| d.starts_with("I have a user name of extreme"))
                     );
                     assert_eq!(r.to.uri.port, Some(6000));
                     assert!(r.from.tag().is_some_and(|t| t.starts_with("12982982982")));
@@ -358,93 +289,27 @@ fn rfc4475_table() -> Vec<(&'static str, Expect)> {
             },
         ),
         // §3.1.2.1 Extraneous header field separators (Via `;;,;,,`, Contact `;;;;`).
-        (
-            "badinv01",
-            Invalid {
-                kind: K::BadHeader("Via"),
-                answer: Some(400),
-            },
-        ),
+        ("badinv01", Invalid { kind: K::BadHeader("Via"), answer: Some(400) }),
         // §3.1.2.2 Content-Length larger than the message.
-        (
-            "clerr",
-            Invalid {
-                kind: K::ContentLengthMismatch,
-                answer: Some(400),
-            },
-        ),
+        ("clerr", Invalid { kind: K::ContentLengthMismatch, answer: Some(400) }),
         // §3.1.2.3 Negative Content-Length.
-        (
-            "ncl",
-            Invalid {
-                kind: K::BadHeader("Content-Length"),
-                answer: Some(400),
-            },
-        ),
+        ("ncl", Invalid { kind: K::BadHeader("Content-Length"), answer: Some(400) }),
         // §3.1.2.4 Request scalar fields with overlarge values: the CSeq is checked first.
-        (
-            "scalar02",
-            Invalid {
-                kind: K::BadHeader("CSeq"),
-                answer: Some(400),
-            },
-        ),
+        ("scalar02", Invalid { kind: K::BadHeader("CSeq"), answer: Some(400) }),
         // §3.1.2.5 Response scalar fields with overlarge values: dropped.
-        (
-            "scalarlg",
-            Invalid {
-                kind: K::BadHeader("CSeq"),
-                answer: None,
-            },
-        ),
+        ("scalarlg", Invalid { kind: K::BadHeader("CSeq"), answer: None }),
         // §3.1.2.6 Unterminated quoted string in display name.
-        (
-            "quotbal",
-            Invalid {
-                kind: K::BadHeader("To"),
-                answer: Some(400),
-            },
-        ),
+        ("quotbal", Invalid { kind: K::BadHeader("To"), answer: Some(400) }),
         // §3.1.2.7 <> enclosing Request-URI.
-        (
-            "ltgtruri",
-            Invalid {
-                kind: K::BadUri,
-                answer: Some(400),
-            },
-        ),
+        ("ltgtruri", Invalid { kind: K::BadUri, answer: Some(400) }),
         // §3.1.2.8 Malformed SIP Request-URI (embedded LWS).
-        (
-            "lwsruri",
-            Invalid {
-                kind: K::BadStartLine,
-                answer: Some(400),
-            },
-        ),
+        ("lwsruri", Invalid { kind: K::BadStartLine, answer: Some(400) }),
         // §3.1.2.9 Multiple SP separating Request-Line elements: rejected (RFC allows either).
-        (
-            "lwsstart",
-            Invalid {
-                kind: K::BadStartLine,
-                answer: Some(400),
-            },
-        ),
+        ("lwsstart", Invalid { kind: K::BadStartLine, answer: Some(400) }),
         // §3.1.2.10 SP characters at end of Request-Line: rejected (RFC allows either).
-        (
-            "trws",
-            Invalid {
-                kind: K::BadStartLine,
-                answer: Some(400),
-            },
-        ),
+        ("trws", Invalid { kind: K::BadStartLine, answer: Some(400) }),
         // §3.1.2.11 Escaped headers in SIP Request-URI.
-        (
-            "escruri",
-            Invalid {
-                kind: K::BadUri,
-                answer: Some(400),
-            },
-        ),
+        ("escruri", Invalid { kind: K::BadUri, answer: Some(400) }),
         // §3.1.2.12 Invalid time zone in Date: accepted, we never interpret Date.
         (
             "baddate",
@@ -458,61 +323,19 @@ fn rfc4475_table() -> Vec<(&'static str, Expect)> {
             },
         ),
         // §3.1.2.13 Failure to enclose name-addr URI in <>.
-        (
-            "regbadct",
-            Invalid {
-                kind: K::BadHeader("Contact"),
-                answer: Some(400),
-            },
-        ),
+        ("regbadct", Invalid { kind: K::BadHeader("Contact"), answer: Some(400) }),
         // §3.1.2.14 Spaces within addr-spec.
-        (
-            "badaspec",
-            Invalid {
-                kind: K::BadHeader("To"),
-                answer: Some(400),
-            },
-        ),
+        ("badaspec", Invalid { kind: K::BadHeader("To"), answer: Some(400) }),
         // §3.1.2.15 Non-token characters in display name (and no empty line at the end).
-        (
-            "baddn",
-            Invalid {
-                kind: K::BadHeader("From"),
-                answer: Some(400),
-            },
-        ),
+        ("baddn", Invalid { kind: K::BadHeader("From"), answer: Some(400) }),
         // §3.1.2.16 Unknown protocol version.
-        (
-            "badvers",
-            Invalid {
-                kind: K::BadVersion,
-                answer: Some(505),
-            },
-        ),
+        ("badvers", Invalid { kind: K::BadVersion, answer: Some(505) }),
         // §3.1.2.17 Start line and CSeq method mismatch.
-        (
-            "mismatch01",
-            Invalid {
-                kind: K::CSeqMethodMismatch,
-                answer: Some(400),
-            },
-        ),
+        ("mismatch01", Invalid { kind: K::CSeqMethodMismatch, answer: Some(400) }),
         // §3.1.2.18 Unknown method with CSeq method mismatch.
-        (
-            "mismatch02",
-            Invalid {
-                kind: K::CSeqMethodMismatch,
-                answer: Some(400),
-            },
-        ),
+        ("mismatch02", Invalid { kind: K::CSeqMethodMismatch, answer: Some(400) }),
         // §3.1.2.19 Overlarge response code: dropped.
-        (
-            "bigcode",
-            Invalid {
-                kind: K::BadStatusCode,
-                answer: None,
-            },
-        ),
+        ("bigcode", Invalid { kind: K::BadStatusCode, answer: None }),
         // §3.2.1 Missing transaction identifier: parses; the transaction layer sees no RFC 3261 branch.
         (
             "badbranch",
@@ -526,13 +349,7 @@ fn rfc4475_table() -> Vec<(&'static str, Expect)> {
             },
         ),
         // §3.3.1 Missing required header fields: too broken to answer (no From, To or Call-ID).
-        (
-            "insuf",
-            Invalid {
-                kind: K::MissingHeader("Call-ID"),
-                answer: None,
-            },
-        ),
+        ("insuf", Invalid { kind: K::MissingHeader("Call-ID"), answer: None }),
         // §3.3.2 Request-URI with unknown scheme.
         (
             "unkscm",
@@ -578,10 +395,7 @@ fn rfc4475_table() -> Vec<(&'static str, Expect)> {
                     let e = check_request(req(m)).unwrap_err();
                     assert_eq!(
                         e.extra_headers,
-                        vec![(
-                            "Unsupported",
-                            "nothingSupportsThis, nothingSupportsThisEither".to_owned()
-                        )]
+                        vec![("Unsupported", "nothingSupportsThis, nothingSupportsThisEither".to_owned())]
                     );
                 },
             },
@@ -593,14 +407,8 @@ fn rfc4475_table() -> Vec<(&'static str, Expect)> {
                 check: Some(415),
                 fields: |m| {
                     let e = check_request(req(m)).unwrap_err();
-                    assert_eq!(
-                        e.extra_headers,
-                        vec![("Accept", "application/sdp".to_owned())]
-                    );
-                    assert_eq!(
-                        req(m).content_type.as_deref(),
-                        Some("application/unknownformat")
-                    );
+                    assert_eq!(e.extra_headers, vec![("Accept", "application/sdp".to_owned())]);
+                    assert_eq!(req(m).content_type.as_deref(), Some("application/unknownformat"));
                 },
             },
         ),
@@ -610,29 +418,14 @@ fn rfc4475_table() -> Vec<(&'static str, Expect)> {
             Valid {
                 check: None,
                 fields: |m| {
-                    assert_eq!(
-                        req(m).header("Authorization"),
-                        Some("NoOneKnowsThisScheme opaque-data=here")
-                    );
+                    assert_eq!(req(m).header("Authorization"), Some("NoOneKnowsThisScheme opaque-data=here"));
                 },
             },
         ),
         // §3.3.8 Multiple values in single-value required fields.
-        (
-            "multi01",
-            Invalid {
-                kind: K::DuplicateHeader("Call-ID"),
-                answer: Some(400),
-            },
-        ),
+        ("multi01", Invalid { kind: K::DuplicateHeader("Call-ID"), answer: Some(400) }),
         // §3.3.9 Multiple Content-Length values.
-        (
-            "mcl01",
-            Invalid {
-                kind: K::DuplicateHeader("Content-Length"),
-                answer: Some(400),
-            },
-        ),
+        ("mcl01", Invalid { kind: K::DuplicateHeader("Content-Length"), answer: Some(400) }),
         // §3.3.10 200 OK response with broadcast Via: well formed.
         (
             "bcast",
@@ -718,10 +511,7 @@ fn rfc4475_table() -> Vec<(&'static str, Expect)> {
                     assert_eq!(r.from.tag(), None);
                     assert_eq!(r.max_forwards, None);
                     assert_eq!(r.record_route.len(), 1);
-                    assert_eq!(
-                        r.record_route[0].uri.param("maddr"),
-                        Some(Some("ss1.example.com"))
-                    );
+                    assert_eq!(r.record_route[0].uri.param("maddr"), Some(Some("ss1.example.com")));
                     assert_eq!(r.uri.user.as_deref(), Some("UserB"));
                     assert!(r.body.starts_with(b"v=0\r\n") && r.body.ends_with(b"RTP/AVP 0\r\n"));
                 },
@@ -747,22 +537,13 @@ fn rfc4475_torture_table() {
     let dir = format!("{}/tests/fixtures/rfc4475", env!("CARGO_MANIFEST_DIR"));
     let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
         .expect("fixture dir")
-        .filter_map(|e| {
-            e.ok()?
-                .file_name()
-                .to_str()?
-                .strip_suffix(".dat")
-                .map(str::to_owned)
-        })
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".dat").map(str::to_owned))
         .collect();
     on_disk.sort();
     let mut in_table: Vec<String> = table.iter().map(|(n, _)| (*n).to_owned()).collect();
     in_table.sort();
     assert_eq!(on_disk.len(), 49);
-    assert_eq!(
-        on_disk, in_table,
-        "every RFC 4475 message has exactly one row"
-    );
+    assert_eq!(on_disk, in_table, "every RFC 4475 message has exactly one row");
 
     for (name, expect) in table {
         let bytes = fixture("rfc4475", name);
@@ -796,10 +577,7 @@ fn rfc4475_torture_table() {
                     (None, None) => {}
                     (Some(status), Some(bytes_out)) => {
                         let text = String::from_utf8(bytes_out).expect("answer is UTF-8");
-                        assert!(
-                            text.starts_with(&format!("SIP/2.0 {status} ")),
-                            "{name}: {text}"
-                        );
+                        assert!(text.starts_with(&format!("SIP/2.0 {status} ")), "{name}: {text}");
                         assert_eq!(err.status(), status);
                         for via in raw_values(&bytes, &["Via", "v"]) {
                             assert!(
@@ -808,19 +586,10 @@ fn rfc4475_torture_table() {
                             );
                         }
                         let call_id = &raw_values(&bytes, &["Call-ID", "i"])[0];
-                        assert!(
-                            text.contains(&format!("\r\nCall-ID: {call_id}\r\n")),
-                            "{name}: {text}"
-                        );
+                        assert!(text.contains(&format!("\r\nCall-ID: {call_id}\r\n")), "{name}: {text}");
                         let cseq = &raw_values(&bytes, &["CSeq"])[0];
-                        assert!(
-                            text.contains(&format!("\r\nCSeq: {cseq}\r\n")),
-                            "{name}: {text}"
-                        );
-                        assert!(
-                            text.ends_with("\r\nContent-Length: 0\r\n\r\n"),
-                            "{name}: {text}"
-                        );
+                        assert!(text.contains(&format!("\r\nCSeq: {cseq}\r\n")), "{name}: {text}");
+                        assert!(text.ends_with("\r\nContent-Length: 0\r\n\r\n"), "{name}: {text}");
                         assert!(text.contains("\r\nTo: ") && text.contains("\r\nFrom: "));
                     }
                     (want, got) => panic!(
@@ -843,31 +612,19 @@ fn error_answers_carry_a_to_tag_and_reparse() {
     let r = resp(&parse(&bytes).unwrap()).clone();
     assert_eq!(r.status, 400);
     assert_eq!(r.call_id, "mismatch01.dj0234sxdfl3");
-    assert_eq!(
-        r.cseq,
-        CSeq {
-            seq: 8,
-            method: Method::Invite
-        }
-    );
+    assert_eq!(r.cseq, CSeq { seq: 8, method: Method::Invite });
     assert_eq!(r.via[0].branch.as_deref(), Some("z9hG4bKkdjuw"));
     assert!(r.to.tag().is_some_and(|t| t.len() == 16));
 
     let err = parse(&fixture("rfc4475", "insuf")).unwrap_err();
     assert_eq!(err.reason_phrase(), "Bad Request - Missing Call-ID");
     let err = parse(&fixture("rfc4475", "badvers")).unwrap_err();
-    assert_eq!(
-        (err.status(), err.reason_phrase().as_str()),
-        (505, "Version Not Supported")
-    );
+    assert_eq!((err.status(), err.reason_phrase().as_str()), (505, "Version Not Supported"));
     assert_eq!(err.kind.label(), "bad_version");
     let ctx = err.context.unwrap();
     assert!(ctx.is_request);
     assert_eq!(ctx.method, Some(Method::Options));
-    assert_eq!(
-        ctx.via,
-        vec!["SIP/7.0/UDP c.example.com;branch=z9hG4bKkdjuw".to_owned()]
-    );
+    assert_eq!(ctx.via, vec!["SIP/7.0/UDP c.example.com;branch=z9hG4bKkdjuw".to_owned()]);
     assert_eq!(ctx.call_id.as_deref(), Some("badvers.31417@c.example.com"));
 }
 
@@ -885,31 +642,20 @@ fn keepalives_and_size_limits() {
     assert_eq!(parse(b"").unwrap_err().kind, K::Empty);
     let mut big = fixture("sip", "rfc3261-f1-invite");
     // Over the limit, but the head fits in it: answered with 513 from what was salvaged.
-    let small = Limits {
-        max_message_bytes: 400,
-        max_headers: 128,
-    };
+    let small = Limits { max_message_bytes: 400, max_headers: 128 };
     let err = parse_message(&big, &small).unwrap_err();
     assert_eq!((err.kind, err.status()), (K::TooLarge, 513));
     let answer = String::from_utf8(error_response(&err).unwrap()).unwrap();
-    assert!(answer.starts_with("SIP/2.0 513 Message Too Large\r\nVia: SIP/2.0/UDP pc33.atlanta.com;branch=z9hG4bKnashds8\r\n"));
+    assert!(
+        answer.starts_with(
+            "SIP/2.0 513 Message Too Large\r\nVia: SIP/2.0/UDP pc33.atlanta.com;branch=z9hG4bKnashds8\r\n"
+        )
+    );
     // Far over it: nothing past the limit is read, so no answer can be formed.
-    let tiny = Limits {
-        max_message_bytes: 100,
-        max_headers: 128,
-    };
-    assert_eq!(
-        error_response(&parse_message(&big, &tiny).unwrap_err()),
-        None
-    );
-    let few = Limits {
-        max_message_bytes: 16384,
-        max_headers: 3,
-    };
-    assert_eq!(
-        parse_message(&big, &few).unwrap_err().kind,
-        K::TooManyHeaders
-    );
+    let tiny = Limits { max_message_bytes: 100, max_headers: 128 };
+    assert_eq!(error_response(&parse_message(&big, &tiny).unwrap_err()), None);
+    let few = Limits { max_message_bytes: 16384, max_headers: 3 };
+    assert_eq!(parse_message(&big, &few).unwrap_err().kind, K::TooManyHeaders);
     // Leading CRLFs before a message are skipped on UDP too.
     big.splice(0..0, b"\r\n\r\n".iter().copied());
     assert!(parse(&big).is_ok());
@@ -921,11 +667,7 @@ fn rfc3261_examples() {
     let r = req(&m);
     assert_eq!(r.method, Method::Invite);
     assert_eq!(
-        (
-            r.uri.scheme.clone(),
-            r.uri.user.as_deref(),
-            r.uri.host.as_str()
-        ),
+        (r.uri.scheme.clone(), r.uri.user.as_deref(), r.uri.host.as_str()),
         (Scheme::Sip, Some("bob"), "biloxi.com")
     );
     assert_eq!(r.via.len(), 1);
@@ -935,13 +677,7 @@ fn rfc3261_examples() {
     assert_eq!(r.to.tag(), None);
     assert_eq!(r.from.tag(), Some("1928301774"));
     assert_eq!(r.call_id, "a84b4c76e66710");
-    assert_eq!(
-        r.cseq,
-        CSeq {
-            seq: 314159,
-            method: Method::Invite
-        }
-    );
+    assert_eq!(r.cseq, CSeq { seq: 314159, method: Method::Invite });
     assert_eq!(r.max_forwards, Some(70));
     assert_eq!(r.contact[0].uri.host, "pc33.atlanta.com");
     assert_eq!(r.content_type.as_deref(), Some("application/sdp"));
@@ -955,33 +691,23 @@ fn rfc3261_examples() {
     assert_eq!(r.via[2].host, "pc33.atlanta.com");
     assert_eq!(r.uri.host, "192.0.2.4");
 
-    for (name, status, reason, body) in [
-        ("rfc3261-f8-180", 180, "Ringing", false),
-        ("rfc3261-f11-200", 200, "OK", true),
-    ] {
+    for (name, status, reason, body) in
+        [("rfc3261-f8-180", 180, "Ringing", false), ("rfc3261-f11-200", 200, "OK", true)]
+    {
         let m = parse(&fixture("sip", name)).unwrap();
         let r = resp(&m);
         assert_eq!((r.status, r.reason.as_str()), (status, reason));
         assert_eq!(r.via.len(), 3);
         assert_eq!(r.via[0].received.as_deref(), Some("192.0.2.3"));
         assert_eq!(r.to.tag(), Some("a6c85cf"));
-        assert_eq!(
-            r.cseq,
-            CSeq {
-                seq: 314159,
-                method: Method::Invite
-            }
-        );
+        assert_eq!(r.cseq, CSeq { seq: 314159, method: Method::Invite });
         assert_eq!(r.contact[0].uri.host, "192.0.2.4");
         assert_eq!(!r.body.is_empty(), body);
     }
 
     let m = parse(&fixture("sip", "rfc3261-f14-ack")).unwrap();
     let r = req(&m);
-    assert_eq!(
-        (r.method.clone(), r.cseq.method.clone()),
-        (Method::Ack, Method::Ack)
-    );
+    assert_eq!((r.method.clone(), r.cseq.method.clone()), (Method::Ack, Method::Ack));
     assert_eq!(r.via[0].branch.as_deref(), Some("z9hG4bKnashds9"));
 
     let m = parse(&fixture("sip", "rfc3261-f15-bye")).unwrap();
@@ -1039,9 +765,7 @@ fn response_for_request_round_trips() {
 
     // A To that already has a tag keeps it.
     let bye = parse(&fixture("sip", "rfc3261-f15-bye")).unwrap();
-    let out = OutgoingResponse::for_request(req(&bye), 200, "OK")
-        .to_tag("other")
-        .to_bytes();
+    let out = OutgoingResponse::for_request(req(&bye), 200, "OK").to_tag("other").to_bytes();
     let back = parse(&out).unwrap();
     assert_eq!(resp(&back).to.tag(), Some("1928301774"));
     assert_eq!(resp(&back).header("l"), Some("0"));
@@ -1053,18 +777,11 @@ fn rejection_response_and_header_injection() {
     let r = req(&m);
     let rej = check_request(r).unwrap_err();
     assert_eq!((rej.status, rej.reason), (420, "Bad Extension"));
-    let bytes = rej
-        .response(r)
-        .to_tag("t1")
-        .header("X-Evil", "a\r\nInjected: yes")
-        .to_bytes();
+    let bytes = rej.response(r).to_tag("t1").header("X-Evil", "a\r\nInjected: yes").to_bytes();
     let back = parse(&bytes).unwrap();
     let back = resp(&back);
     assert_eq!(back.status, 420);
-    assert_eq!(
-        back.header("Unsupported"),
-        Some("nothingSupportsThis, nothingSupportsThisEither")
-    );
+    assert_eq!(back.header("Unsupported"), Some("nothingSupportsThis, nothingSupportsThisEither"));
     assert_eq!(back.header("Injected"), None);
     assert_eq!(back.to.tag(), Some("t1"));
 }
@@ -1075,16 +792,10 @@ fn outgoing_bye() {
         method: Method::Bye,
         uri: "sip:alice@pc33.atlanta.com".into(),
         headers: vec![
-            (
-                "Via".into(),
-                "SIP/2.0/UDP 192.0.2.4;branch=z9hG4bKnashds10".into(),
-            ),
+            ("Via".into(), "SIP/2.0/UDP 192.0.2.4;branch=z9hG4bKnashds10".into()),
             ("Max-Forwards".into(), "70".into()),
             ("From".into(), "Bob <sip:bob@biloxi.com>;tag=a6c85cf".into()),
-            (
-                "To".into(),
-                "Alice <sip:alice@atlanta.com>;tag=1928301774".into(),
-            ),
+            ("To".into(), "Alice <sip:alice@atlanta.com>;tag=1928301774".into()),
             ("Call-ID".into(), "a84b4c76e66710".into()),
             ("CSeq".into(), "231 BYE".into()),
             ("Content-Length".into(), "999".into()),
@@ -1092,26 +803,16 @@ fn outgoing_bye() {
         body: None,
     };
     let bytes = bye.to_bytes();
-    assert_eq!(
-        bytes,
-        fixture("sip", "rfc3261-f15-bye"),
-        "byte-exact RFC 3261 F15"
-    );
+    assert_eq!(bytes, fixture("sip", "rfc3261-f15-bye"), "byte-exact RFC 3261 F15");
     let info = OutgoingRequest {
         method: Method::Info,
         uri: "sip:alice@pc33.atlanta.com".into(),
         headers: bye.headers[..6].to_vec(),
-        body: Some((
-            "application/dtmf-relay".into(),
-            bytes::Bytes::from_static(b"Signal=5\r\nDuration=160\r\n"),
-        )),
+        body: Some(("application/dtmf-relay".into(), bytes::Bytes::from_static(b"Signal=5\r\nDuration=160\r\n"))),
     };
     let mut info_headers = info.headers.clone();
     info_headers[5].1 = "232 INFO".into();
-    let info = OutgoingRequest {
-        headers: info_headers,
-        ..info
-    };
+    let info = OutgoingRequest { headers: info_headers, ..info };
     let back = parse(&info.to_bytes()).unwrap();
     let back = req(&back);
     assert_eq!(back.method, Method::Info);
@@ -1138,19 +839,13 @@ fn check_request_rules() {
     assert_eq!(check_request(&r), Ok(()));
     // Content-Encoding other than identity.
     let r = with("Content-Type:", "Content-Encoding: gzip\r\nContent-Type:");
-    assert_eq!(
-        check_request(&r).unwrap_err().extra_headers,
-        vec![("Accept-Encoding", "identity".to_owned())]
-    );
+    assert_eq!(check_request(&r).unwrap_err().extra_headers, vec![("Accept-Encoding", "identity".to_owned())]);
     // Require on CANCEL is ignored; the order is 416 before 420.
     let r = with("Content-Type:", "Require: 100rel\r\nContent-Type:");
     assert_eq!(check_request(&r).unwrap_err().status, 420);
     let r = with("INVITE sip:bob@biloxi.com", "INVITE urn:service:sos").clone();
     let mut r2 = r.clone();
-    r2.headers.push(Header {
-        name: "Require".into(),
-        value: "100rel".into(),
-    });
+    r2.headers.push(Header { name: "Require".into(), value: "100rel".into() });
     assert_eq!(check_request(&r2).unwrap_err().status, 416);
 
     // multipart/mixed with SDP and an optional ISUP part is accepted; the SDP part is found.
@@ -1168,9 +863,7 @@ fn check_request_rules() {
             .unwrap()
             .split("\r\n")
             .map(|l| match l {
-                "Content-Type: application/sdp" => {
-                    "Content-Type: multipart/mixed;boundary=b1".to_owned()
-                }
+                "Content-Type: application/sdp" => "Content-Type: multipart/mixed;boundary=b1".to_owned(),
                 l if l.starts_with("Content-Length:") => format!("Content-Length: {}", body.len()),
                 l => l.to_owned(),
             })
@@ -1198,18 +891,11 @@ fn frame_stream_cases() {
     let mut buf = a.clone();
     buf.extend_from_slice(&b);
     assert_eq!(frame_stream(&buf, &l), Ok(Framed::Message(a.len())));
-    assert_eq!(
-        frame_stream(&buf[a.len()..], &l),
-        Ok(Framed::Message(b.len()))
-    );
+    assert_eq!(frame_stream(&buf[a.len()..], &l), Ok(Framed::Message(b.len())));
     assert!(parse(&buf[..a.len()]).is_ok());
     // A message split across reads: every prefix needs more.
     for cut in [0, 1, 10, a.len() / 2, a.len() - 200, a.len() - 1] {
-        assert_eq!(
-            frame_stream(&a[..cut], &l),
-            Ok(Framed::NeedMore),
-            "cut at {cut}"
-        );
+        assert_eq!(frame_stream(&a[..cut], &l), Ok(Framed::NeedMore), "cut at {cut}");
     }
     // CRLF keep-alives (RFC 5626 ping and pong) before and between messages.
     let mut ka = b"\r\n\r\n".to_vec();
@@ -1218,49 +904,25 @@ fn frame_stream_cases() {
     assert_eq!(frame_stream(&ka[4..], &l), Ok(Framed::Message(b.len())));
     assert_eq!(frame_stream(b"\r\n", &l), Ok(Framed::Skip(2)));
     // Missing Content-Length on a stream: error, with a 400 that can be sent before closing.
-    let no_cl = String::from_utf8(b.clone())
-        .unwrap()
-        .replace("Content-Length: 0\r\n", "");
+    let no_cl = String::from_utf8(b.clone()).unwrap().replace("Content-Length: 0\r\n", "");
     let err = frame_stream(no_cl.as_bytes(), &l).unwrap_err();
     assert_eq!(err.kind, K::MissingHeader("Content-Length"));
     assert!(error_response(&err).is_some());
     // Compact form and a body.
-    let compact = String::from_utf8(a.clone())
-        .unwrap()
-        .replace("Content-Length:", "l:");
-    assert_eq!(
-        frame_stream(compact.as_bytes(), &l),
-        Ok(Framed::Message(a.len() - "Content-Length".len() + 1))
-    );
+    let compact = String::from_utf8(a.clone()).unwrap().replace("Content-Length:", "l:");
+    assert_eq!(frame_stream(compact.as_bytes(), &l), Ok(Framed::Message(a.len() - "Content-Length".len() + 1)));
     // Over the limit: head without end, and head + announced body.
-    let small = Limits {
-        max_message_bytes: 300,
-        max_headers: 128,
-    };
+    let small = Limits { max_message_bytes: 300, max_headers: 128 };
     assert_eq!(frame_stream(&a, &small).unwrap_err().kind, K::TooLarge);
-    let huge = String::from_utf8(b.clone())
-        .unwrap()
-        .replace("Content-Length: 0", "Content-Length: 99999999999999999999");
-    assert_eq!(
-        frame_stream(huge.as_bytes(), &l).unwrap_err().kind,
-        K::BadHeader("Content-Length")
-    );
-    let big = String::from_utf8(b.clone())
-        .unwrap()
-        .replace("Content-Length: 0", "Content-Length: 16300");
-    assert_eq!(
-        frame_stream(big.as_bytes(), &l).unwrap_err().kind,
-        K::TooLarge
-    );
+    let huge =
+        String::from_utf8(b.clone()).unwrap().replace("Content-Length: 0", "Content-Length: 99999999999999999999");
+    assert_eq!(frame_stream(huge.as_bytes(), &l).unwrap_err().kind, K::BadHeader("Content-Length"));
+    let big = String::from_utf8(b.clone()).unwrap().replace("Content-Length: 0", "Content-Length: 16300");
+    assert_eq!(frame_stream(big.as_bytes(), &l).unwrap_err().kind, K::TooLarge);
     let endless = vec![b'a'; 20000];
     assert_eq!(frame_stream(&endless, &l).unwrap_err().kind, K::TooLarge);
-    let two_cl = String::from_utf8(b.clone())
-        .unwrap()
-        .replace("Content-Length: 0", "Content-Length: 0\r\nl: 0");
-    assert_eq!(
-        frame_stream(two_cl.as_bytes(), &l).unwrap_err().kind,
-        K::DuplicateHeader("Content-Length")
-    );
+    let two_cl = String::from_utf8(b.clone()).unwrap().replace("Content-Length: 0", "Content-Length: 0\r\nl: 0");
+    assert_eq!(frame_stream(two_cl.as_bytes(), &l).unwrap_err().kind, K::DuplicateHeader("Content-Length"));
 }
 
 mod props {
@@ -1270,13 +932,11 @@ mod props {
     use super::fixture;
 
     fn seeds() -> Vec<Vec<u8>> {
-        let mut v: Vec<Vec<u8>> = [
-            "wsinv", "intmeth", "esc01", "longreq", "mpart01", "unreason", "badinv01", "quotbal",
-            "multi01", "baddn",
-        ]
-        .iter()
-        .map(|n| fixture("rfc4475", n))
-        .collect();
+        let mut v: Vec<Vec<u8>> =
+            ["wsinv", "intmeth", "esc01", "longreq", "mpart01", "unreason", "badinv01", "quotbal", "multi01", "baddn"]
+                .iter()
+                .map(|n| fixture("rfc4475", n))
+                .collect();
         v.push(fixture("sip", "carrier-invite"));
         v.push(fixture("sip", "rfc3261-f11-200"));
         v
@@ -1288,15 +948,9 @@ mod props {
             Ok(Message::Request(r)) => {
                 let _ = check_request(&r);
                 let _ = r.sdp();
-                let out = OutgoingResponse::for_request(&r, 200, "OK")
-                    .to_tag("x")
-                    .to_bytes();
+                let out = OutgoingResponse::for_request(&r, 200, "OK").to_tag("x").to_bytes();
                 // What we write from a request we accepted must itself parse.
-                assert!(
-                    parse_message(&out, &l).is_ok(),
-                    "{}",
-                    String::from_utf8_lossy(&out)
-                );
+                assert!(parse_message(&out, &l).is_ok(), "{}", String::from_utf8_lossy(&out));
             }
             Ok(Message::Response(_)) => {}
             Err(e) => {
@@ -1308,10 +962,7 @@ mod props {
             }
         }
         let _ = frame_stream(buf, &l);
-        let small = Limits {
-            max_message_bytes: 200,
-            max_headers: 4,
-        };
+        let small = Limits { max_message_bytes: 200, max_headers: 4 };
         let _ = parse_message(buf, &small);
         let _ = frame_stream(buf, &small);
     }

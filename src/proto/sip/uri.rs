@@ -12,8 +12,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::grammar::{
-    find_param, is_token, is_token_byte, is_ws, parse_params, percent_decode, quoted_len, trim_ws,
-    trim_ws_start, unquote, write_params,
+    find_param, is_token, is_token_byte, is_ws, parse_params, percent_decode, quoted_len, trim_ws, trim_ws_start,
+    unquote, write_params,
 };
 
 /// A SIP method. Methods are case-sensitive (RFC 3261 §7.1): `invite` is an extension method, not INVITE.
@@ -231,10 +231,7 @@ fn parse_sip(raw: &str, rest: &str, sips: bool) -> Option<Uri> {
     let hostport = &before_headers[..hp_end];
     let host = match hostport.strip_prefix('[') {
         Some(v6) => format!("[{}]", v6.split_once(']')?.0),
-        None => hostport
-            .split_once(':')
-            .map_or(hostport, |(h, _)| h)
-            .to_owned(),
+        None => hostport.split_once(':').map_or(hostport, |(h, _)| h).to_owned(),
     };
     if host.is_empty() {
         return None;
@@ -258,9 +255,7 @@ fn parse_tel(raw: &str, rest: &str) -> Option<Uri> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
-    let ok = |b: u8| {
-        b.is_ascii_hexdigit() || matches!(b, b'+' | b'-' | b'.' | b'(' | b')' | b'*' | b'#' | b'%')
-    };
+    let ok = |b: u8| b.is_ascii_hexdigit() || matches!(b, b'+' | b'-' | b'.' | b'(' | b')' | b'*' | b'#' | b'%');
     if number.is_empty() || !number.bytes().all(ok) {
         return None;
     }
@@ -323,10 +318,7 @@ impl NameAddr {
             let (uri, rest) = s[lt + 1..].split_once('>')?;
             ((!dn.is_empty()).then(|| dn.to_owned()), uri, rest)
         } else {
-            let end = s
-                .bytes()
-                .position(|b| b == b';' || is_ws(b))
-                .unwrap_or(s.len());
+            let end = s.bytes().position(|b| b == b';' || is_ws(b)).unwrap_or(s.len());
             let uri = &s[..end];
             if uri.contains(['?', ',', '<', '>', '"']) {
                 return None;
@@ -335,12 +327,7 @@ impl NameAddr {
         };
         let uri = Uri::parse(uri_str)?;
         let params = parse_params(rest)?;
-        Some(NameAddr {
-            display_name,
-            uri,
-            params,
-            raw: s.to_owned(),
-        })
+        Some(NameAddr { display_name, uri, params, raw: s.to_owned() })
     }
 
     /// Writes `["display"] <uri>;params` (display name re-quoted).
@@ -383,10 +370,7 @@ mod tests {
     fn method_is_case_sensitive() {
         assert_eq!(Method::parse("INVITE"), Method::Invite);
         assert_eq!(Method::parse("invite"), Method::Extension("invite".into()));
-        assert_eq!(
-            Method::parse("INVITEX"),
-            Method::Extension("INVITEX".into())
-        );
+        assert_eq!(Method::parse("INVITEX"), Method::Extension("INVITEX".into()));
         assert_eq!(Method::parse("PRACK").as_str(), "PRACK");
     }
 
@@ -415,13 +399,9 @@ mod tests {
         ] {
             assert!(Uri::parse(ok).is_some(), "{ok}");
         }
-        let u =
-            Uri::parse("sip:+14155550199;npdi;rn=+14155550000@198.51.100.20;user=phone").unwrap();
+        let u = Uri::parse("sip:+14155550199;npdi;rn=+14155550000@198.51.100.20;user=phone").unwrap();
         assert_eq!(u.user.as_deref(), Some("+14155550199;npdi;rn=+14155550000"));
-        assert_eq!(
-            u.params,
-            vec![("user".to_owned(), Some("phone".to_owned()))]
-        );
+        assert_eq!(u.params, vec![("user".to_owned(), Some("phone".to_owned()))]);
 
         let u = Uri::parse("sip:user:secret@host?Subject=hi").unwrap();
         assert_eq!(u.user.as_deref(), Some("user"));
@@ -463,8 +443,7 @@ mod tests {
 
     #[test]
     fn name_addr_forms() {
-        let n =
-            NameAddr::parse("\"Bob \\\"B\\\"\" <sip:bob@biloxi.example.com>;tag=a6c85cf").unwrap();
+        let n = NameAddr::parse("\"Bob \\\"B\\\"\" <sip:bob@biloxi.example.com>;tag=a6c85cf").unwrap();
         assert_eq!(n.display_name.as_deref(), Some("Bob \"B\""));
         assert_eq!(n.tag(), Some("a6c85cf"));
         assert_eq!(n.uri.host, "biloxi.example.com");
