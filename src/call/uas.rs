@@ -744,3 +744,442 @@ fn info_digit(req: &Request) -> Option<char> {
     let valid = chars.next().is_none() && (c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D'));
     valid.then_some(c)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The UAS core and the transaction layer beneath it, driven with real message bytes in virtual time.
+
+    use super::*;
+    use crate::config::{Config, Overrides};
+    use crate::proto::sdp::Direction;
+    use crate::proto::sip::transaction::Transport;
+
+    const CALLER: &str = "127.0.0.1:5099";
+
+    struct Harness {
+        uas: Uas,
+        snapshot: Snapshot,
+        now: Instant,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let config = Config::load(None, &Overrides::default()).unwrap();
+            Harness::with_snapshot(config.snapshot())
+        }
+
+        fn with_snapshot(snapshot: Snapshot) -> Harness {
+            let uas = Uas::new(UasConfig {
+                local: "127.0.0.1:5060".parse().unwrap(),
+                limits: Limits::default(),
+                timers: Timers::default(),
+                max_calls: 4,
+                seed: 7,
+            });
+            Harness { uas, snapshot, now: Instant::now() }
+        }
+
+        fn send(&mut self, msg: &str) {
+            self.send_from(msg, CALLER);
+        }
+
+        fn send_from(&mut self, msg: &str, from: &str) {
+            let peer = Peer { addr: from.parse().unwrap(), transport: Transport::Udp };
+            self.uas.handle_message(self.now, msg.as_bytes(), peer, &self.snapshot);
+        }
+
+        /// Advances virtual time, firing every deadline on the way.
+        fn advance(&mut self, by: Duration) {
+            let end = self.now + by;
+            while let Some(t) = self.uas.poll_timeout().filter(|t| *t <= end) {
+                self.now = t.max(self.now);
+                self.uas.handle_timeout(self.now, &self.snapshot);
+            }
+            self.now = end;
+        }
+
+        fn sent(&mut self) -> Vec<(String, SocketAddr)> {
+            std::iter::from_fn(|| self.uas.poll_transmit())
+                .map(|t| (String::from_utf8(t.bytes).unwrap(), t.dest.addr))
+                .collect()
+        }
+
+        fn events(&mut self) -> Vec<UasEvent> {
+            std::iter::from_fn(|| self.uas.poll_event()).collect()
+        }
+
+        fn statuses(&mut self) -> Vec<u16> {
+            self.sent().iter().filter_map(|(m, _)| status_of(m)).collect()
+        }
+
+        /// INVITE, 100, IncomingCall, then answer: returns the call and the 200's To tag.
+        fn answered_call(&mut self, call_id: &str) -> (CallId, String) {
+            self.send(&invite(call_id, "15550100", &offer("0 8 101")));
+            let call = match self.events().as_slice() {
+                [UasEvent::IncomingCall(c)] => c.call,
+                other => panic!("expected IncomingCall, got {other:?}"),
+            };
+            assert_eq!(self.statuses(), vec![100]);
+            self.uas.answer(self.now, call, 20000);
+            let sent = self.sent();
+            assert_eq!(sent.len(), 1);
+            assert_eq!(status_of(&sent[0].0), Some(200));
+            (call, to_tag(&sent[0].0))
+        }
+    }
+
+    fn status_of(msg: &str) -> Option<u16> {
+        msg.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+    }
+
+    fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+        msg.split("\r\n")
+            .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+    }
+
+    fn to_tag(msg: &str) -> String {
+        header(msg, "To").and_then(|v| v.split(";tag=").nth(1)).unwrap().to_owned()
+    }
+
+    fn offer(formats: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP {formats}\r\na=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\n"
+        )
+    }
+
+    // A test's request line-up reads best as one call per message; a builder would hide the differences.
+    #[allow(clippy::too_many_arguments)]
+    fn request(
+        method: &str,
+        call_id: &str,
+        user: &str,
+        branch: &str,
+        cseq: u32,
+        to_tag: Option<&str>,
+        extra: &str,
+        ct: &str,
+        body: &str,
+    ) -> String {
+        let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+        let ct = if body.is_empty() { String::new() } else { format!("Content-Type: {ct}\r\n") };
+        format!(
+            "{method} sip:{user}@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:+15557770001@127.0.0.1:5099>;tag=caller1\r\nTo: <sip:{user}@127.0.0.1:5060>{to_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContact: <sip:caller@127.0.0.1:5099>\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn invite(call_id: &str, user: &str, sdp: &str) -> String {
+        request("INVITE", call_id, user, &format!("inv-{call_id}"), 1, None, "", "application/sdp", sdp)
+    }
+
+    #[test]
+    fn invite_gets_100_then_200_retransmitted_until_ack() {
+        let mut h = Harness::new();
+        let (call, tag) = h.answered_call("c1");
+        // Retransmissions at T1, 2T1, 4T1 (0.5, 1.5, 3.5 s after the first).
+        h.advance(Duration::from_millis(499));
+        assert!(h.sent().is_empty());
+        h.advance(Duration::from_millis(1));
+        assert_eq!(h.statuses(), vec![200]);
+        h.advance(Duration::from_secs(1));
+        assert_eq!(h.statuses(), vec![200]);
+        h.advance(Duration::from_secs(2));
+        assert_eq!(h.statuses(), vec![200]);
+        h.send(&request("ACK", "c1", "15550100", "ack-c1", 1, Some(&tag), "", "", ""));
+        assert!(matches!(h.events().as_slice(), [UasEvent::Confirmed { call: c }] if *c == call));
+        h.advance(Duration::from_secs(10));
+        assert!(h.sent().is_empty(), "no 200 after the ACK");
+    }
+
+    #[test]
+    fn answer_carries_sdp_contact_tag_and_rport() {
+        let mut h = Harness::new();
+        h.send(&invite("c2", "15550100", &offer("8 0 101")));
+        let call = match h.events().as_slice() {
+            [UasEvent::IncomingCall(c)] => {
+                assert_eq!(&*c.tenant_name, "demo");
+                assert_eq!(c.to.as_str(), "+15550100");
+                assert_eq!(c.from, "+15557770001");
+                c.call
+            }
+            other => panic!("{other:?}"),
+        };
+        h.sent();
+        h.uas.answer(h.now, call, 20002);
+        let (ok, dest) = h.sent().remove(0);
+        assert_eq!(dest, CALLER.parse().unwrap());
+        assert!(ok.contains("Contact: <sip:fairvox@127.0.0.1:5060>"), "{ok}");
+        assert!(header(&ok, "Via").unwrap().contains("rport=5099"), "{ok}");
+        assert!(ok.contains("m=audio 20002 RTP/AVP 0 101") || ok.contains("m=audio 20002 RTP/AVP 0"), "{ok}");
+        assert!(!to_tag(&ok).is_empty());
+    }
+
+    #[test]
+    fn routing_refusals() {
+        let mut h = Harness::new();
+        h.send(&invite("n1", "15559999", &offer("0")));
+        assert_eq!(h.statuses(), vec![404]);
+        h.send(&invite("n2", "alice", &offer("0")));
+        assert_eq!(h.statuses(), vec![404]);
+        h.send(&invite("n3", "15550100", &offer("18")));
+        assert_eq!(h.statuses(), vec![488]);
+        h.send(&invite("n4", "15550100", ""));
+        assert_eq!(h.statuses(), vec![488]);
+        h.send(&invite("n5", "15550100", "garbage"));
+        assert_eq!(h.statuses(), vec![400]);
+        let refusals: Vec<_> = h
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                UasEvent::Refused { refusal, .. } => Some(refusal),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            refusals,
+            vec![Refusal::UnknownNumber, Refusal::UnknownNumber, Refusal::Codec, Refusal::NoOffer, Refusal::BadSdp]
+        );
+    }
+
+    #[test]
+    fn trunk_acl_refuses_other_sources_with_403() {
+        let config = Config::from_toml(
+            "t",
+            "[[tenants]]\nid = \"acme\"\n[[tenants.apps]]\nname = \"e\"\nkind = \"echo\"\n[[tenants.numbers]]\nnumber = \"+15550100\"\napp = \"e\"\n[[tenants.trunks]]\nname = \"c\"\nallowed_sources = [\"10.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        let mut h = Harness::with_snapshot(config.snapshot());
+        h.send(&invite("f1", "15550100", &offer("0")));
+        assert_eq!(h.statuses(), vec![403]);
+        h.send_from(&invite("f2", "15550100", &offer("0")), "10.1.2.3:5060");
+        assert_eq!(h.statuses(), vec![100]);
+    }
+
+    #[test]
+    fn retransmitted_invite_is_absorbed_and_gets_the_last_response() {
+        let mut h = Harness::new();
+        let inv = invite("r1", "15550100", &offer("0"));
+        h.send(&inv);
+        assert_eq!(h.events().len(), 1);
+        assert_eq!(h.statuses(), vec![100]);
+        h.send(&inv);
+        assert!(h.events().is_empty(), "a retransmission is not a new call");
+        assert_eq!(h.statuses(), vec![100]);
+    }
+
+    #[test]
+    fn cancel_gets_200_and_the_invite_487() {
+        let mut h = Harness::new();
+        h.send(&invite("x1", "15550100", &offer("0")));
+        let call = match h.events().as_slice() {
+            [UasEvent::IncomingCall(c)] => c.call,
+            other => panic!("{other:?}"),
+        };
+        h.sent();
+        h.send(&request("CANCEL", "x1", "15550100", "inv-x1", 1, None, "", "", ""));
+        let mut statuses = h.statuses();
+        statuses.sort();
+        assert_eq!(statuses, vec![200, 487]);
+        assert!(
+            matches!(h.events().as_slice(), [UasEvent::Ended { call: c, reason: SipEnd::Cancelled }] if *c == call)
+        );
+        // The 487 is retransmitted (Timer G) until the ACK, which stops it.
+        h.advance(Duration::from_millis(500));
+        assert_eq!(h.statuses(), vec![487]);
+        h.send(&request("ACK", "x1", "15550100", "inv-x1", 1, Some("any"), "", "", ""));
+        h.advance(Duration::from_secs(40));
+        assert!(h.sent().is_empty());
+        assert_eq!(h.uas.active_calls(), 0);
+        // A CANCEL for nothing: 481.
+        h.send(&request("CANCEL", "nope", "15550100", "inv-nope", 1, None, "", "", ""));
+        assert_eq!(h.statuses(), vec![481]);
+    }
+
+    #[test]
+    fn rejected_invite_final_is_retransmitted_until_timer_h() {
+        let mut h = Harness::new();
+        h.send(&invite("h1", "15559999", &offer("0")));
+        assert_eq!(h.statuses(), vec![404]);
+        let mut retransmits = 0;
+        for _ in 0..40 {
+            h.advance(Duration::from_secs(1));
+            retransmits += h.statuses().len();
+        }
+        // T1 doubling to T2 over 64*T1 = 32 s: 0.5, 1.5, 3.5, 7.5, 11.5, ... ~10 retransmissions.
+        assert!((8..=12).contains(&retransmits), "{retransmits}");
+        assert!(h.uas.is_idle());
+    }
+
+    #[test]
+    fn caller_bye_ends_the_call_and_unknown_dialogs_get_481() {
+        let mut h = Harness::new();
+        let (call, tag) = h.answered_call("b1");
+        h.send(&request("ACK", "b1", "15550100", "ack-b1", 1, Some(&tag), "", "", ""));
+        h.events();
+        h.send(&request("BYE", "b1", "15550100", "bye-b1", 2, Some(&tag), "", "", ""));
+        assert_eq!(h.statuses(), vec![200]);
+        assert!(
+            matches!(h.events().as_slice(), [UasEvent::Ended { call: c, reason: SipEnd::CallerBye }] if *c == call)
+        );
+        h.send(&request("BYE", "b1", "15550100", "bye-b1-again", 3, Some(&tag), "", "", ""));
+        assert_eq!(h.statuses(), vec![481]);
+        h.send(&request("BYE", "zz", "15550100", "bye-zz", 2, None, "", "", ""));
+        assert_eq!(h.statuses(), vec![481]);
+    }
+
+    #[test]
+    fn our_bye_is_retransmitted_until_answered() {
+        let mut h = Harness::new();
+        let (call, tag) = h.answered_call("o1");
+        h.send(&request("ACK", "o1", "15550100", "ack-o1", 1, Some(&tag), "", "", ""));
+        h.events();
+        h.uas.hangup(h.now, call);
+        let sent = h.sent();
+        assert_eq!(sent.len(), 1);
+        let bye = &sent[0].0;
+        assert!(bye.starts_with("BYE sip:caller@127.0.0.1:5099 SIP/2.0\r\n"), "{bye}");
+        assert_eq!(sent[0].1, CALLER.parse().unwrap());
+        assert!(header(bye, "From").unwrap().contains(&format!("tag={tag}")));
+        assert!(header(bye, "To").unwrap().contains("tag=caller1"));
+        assert_eq!(header(bye, "Call-ID"), Some("o1"));
+        h.advance(Duration::from_millis(500));
+        assert!(h.sent()[0].0.starts_with("BYE "), "Timer E retransmission");
+        // The caller answers 200: no more retransmissions.
+        let via = header(bye, "Via").unwrap();
+        let cseq = header(bye, "CSeq").unwrap();
+        let ok = format!(
+            "SIP/2.0 200 OK\r\nVia: {via}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: o1\r\nCSeq: {cseq}\r\nContent-Length: 0\r\n\r\n",
+            header(bye, "From").unwrap(),
+            header(bye, "To").unwrap()
+        );
+        h.send(&ok);
+        h.advance(Duration::from_secs(10));
+        assert!(h.sent().is_empty());
+    }
+
+    #[test]
+    fn hangup_before_the_ack_waits_for_it() {
+        let mut h = Harness::new();
+        let (call, tag) = h.answered_call("w1");
+        h.uas.hangup(h.now, call);
+        assert!(h.sent().is_empty(), "no BYE before the ACK (RFC 3261 §15)");
+        h.send(&request("ACK", "w1", "15550100", "ack-w1", 1, Some(&tag), "", "", ""));
+        assert!(h.sent()[0].0.starts_with("BYE "));
+    }
+
+    #[test]
+    fn unacknowledged_2xx_ends_the_call_with_bye() {
+        let mut h = Harness::new();
+        let (call, _) = h.answered_call("u1");
+        h.advance(Duration::from_secs(33));
+        let sent = h.sent();
+        assert!(sent.iter().any(|(m, _)| m.starts_with("BYE ")));
+        assert!(
+            h.events()
+                .iter()
+                .any(|e| matches!(e, UasEvent::Ended { call: c, reason: SipEnd::AckTimeout } if *c == call))
+        );
+    }
+
+    #[test]
+    fn reinvite_hold_and_resume_mirror_the_direction() {
+        let mut h = Harness::new();
+        let (call, tag) = h.answered_call("re1");
+        h.send(&request("ACK", "re1", "15550100", "ack-re1", 1, Some(&tag), "", "", ""));
+        h.events();
+        let hold = format!("{}a=sendonly\r\n", offer("0 101"));
+        h.send(&request("INVITE", "re1", "15550100", "re1-hold", 2, Some(&tag), "", "application/sdp", &hold));
+        let (ok, _) = h.sent().remove(0);
+        assert_eq!(status_of(&ok), Some(200));
+        assert!(ok.contains("a=recvonly"), "{ok}");
+        assert!(ok.contains("m=audio 20000 "), "same port: {ok}");
+        assert!(
+            matches!(h.events().as_slice(), [UasEvent::MediaUpdate { call: c, negotiated }] if *c == call && negotiated.answer_direction == Direction::RecvOnly)
+        );
+        h.send(&request("ACK", "re1", "15550100", "ack-re1b", 2, Some(&tag), "", "", ""));
+        let resume = offer("0 101");
+        h.send(&request("INVITE", "re1", "15550100", "re1-res", 3, Some(&tag), "", "application/sdp", &resume));
+        let (ok, _) = h.sent().remove(0);
+        assert!(ok.contains("a=sendrecv"), "{ok}");
+        // A lower CSeq is out of order.
+        h.send(&request("INFO", "re1", "15550100", "re1-old", 1, Some(&tag), "", "", ""));
+        assert_eq!(h.statuses(), vec![500]);
+    }
+
+    #[test]
+    fn info_dtmf_options_and_unsupported_methods() {
+        let mut h = Harness::new();
+        let (call, tag) = h.answered_call("i1");
+        h.send(&request("ACK", "i1", "15550100", "ack-i1", 1, Some(&tag), "", "", ""));
+        h.events();
+        h.send(&request(
+            "INFO",
+            "i1",
+            "15550100",
+            "info1",
+            2,
+            Some(&tag),
+            "",
+            "application/dtmf-relay",
+            "Signal=7\r\nDuration=160\r\n",
+        ));
+        assert_eq!(h.statuses(), vec![200]);
+        assert!(matches!(h.events().as_slice(), [UasEvent::Dtmf { call: c, digit: '7' }] if *c == call));
+        h.send(&request("OPTIONS", "p1", "15550100", "opt1", 1, None, "", "", ""));
+        let (ok, _) = h.sent().remove(0);
+        assert_eq!(status_of(&ok), Some(200));
+        assert_eq!(header(&ok, "Allow"), Some(ALLOW));
+        h.send(&request("REGISTER", "g1", "15550100", "reg1", 1, None, "", "", ""));
+        let (resp, _) = h.sent().remove(0);
+        assert_eq!(status_of(&resp), Some(405));
+        assert_eq!(header(&resp, "Allow"), Some(ALLOW));
+    }
+
+    #[test]
+    fn malformed_request_gets_400_and_the_server_goes_on() {
+        let mut h = Harness::new();
+        h.send("INVITE sip:15550100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bKm1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:15550100@127.0.0.1>\r\nCall-ID: m1\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n");
+        let (resp, dest) = h.sent().remove(0);
+        assert_eq!(status_of(&resp), Some(400));
+        assert_eq!(dest, CALLER.parse().unwrap());
+        assert!(matches!(h.events().as_slice(), [UasEvent::Malformed { .. }]));
+        h.send("\u{0}\u{1}garbage");
+        assert!(h.sent().is_empty());
+        h.send(&request("OPTIONS", "p2", "15550100", "opt2", 1, None, "", "", ""));
+        assert_eq!(h.statuses(), vec![200]);
+        assert_eq!(h.uas.stats.malformed, 2);
+    }
+
+    #[test]
+    fn node_cap_and_drain_answer_503_with_retry_after() {
+        let mut h = Harness::new();
+        for i in 0..4 {
+            h.send(&invite(&format!("cap{i}"), "15550100", &offer("0")));
+        }
+        h.sent();
+        h.send(&invite("cap4", "15550100", &offer("0")));
+        let (resp, _) = h.sent().remove(0);
+        assert_eq!(status_of(&resp), Some(503));
+        assert_eq!(header(&resp, "Retry-After"), Some("5"));
+        let mut h = Harness::new();
+        h.uas.start_draining();
+        h.send(&invite("d1", "15550100", &offer("0")));
+        assert_eq!(h.statuses(), vec![503]);
+    }
+
+    #[test]
+    fn reject_after_agent_failure_sends_the_status_with_retry_after() {
+        let mut h = Harness::new();
+        h.send(&invite("a1", "15550100", &offer("0")));
+        let call = match h.events().as_slice() {
+            [UasEvent::IncomingCall(c)] => c.call,
+            other => panic!("{other:?}"),
+        };
+        h.sent();
+        h.uas.reject(h.now, call, 480, "Temporarily Unavailable", Some(30));
+        let (resp, _) = h.sent().remove(0);
+        assert_eq!(status_of(&resp), Some(480));
+        assert_eq!(header(&resp, "Retry-After"), Some("30"));
+        assert_eq!(h.uas.active_calls(), 0);
+    }
+}
