@@ -30,13 +30,13 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::call::{FRAME_MS, FRAME_SAMPLES, Frame};
@@ -159,9 +159,6 @@ pub enum ConnectError {
     /// The host name did not resolve.
     #[error("cannot resolve the agent host: {0}")]
     Resolve(String),
-    /// `wss://` URL, but this build has no TLS support.
-    #[error("wss:// needs TLS, which this build does not include")]
-    TlsUnsupported,
     /// The `Authorization` value is not a valid HTTP header value (the value itself is never shown).
     #[error("the Authorization header value is not a valid HTTP header value")]
     BadAuthHeader,
@@ -175,7 +172,6 @@ impl ConnectError {
             ConnectError::Handshake(_) => "handshake",
             ConnectError::BadUrl(_) => "bad_url",
             ConnectError::Resolve(_) => "resolve",
-            ConnectError::TlsUnsupported => "tls_unsupported",
             ConnectError::BadAuthHeader => "bad_auth_header",
         }
     }
@@ -184,7 +180,7 @@ impl ConnectError {
 /// A connected WebSocket to an agent, not yet streaming.
 #[derive(Debug)]
 pub struct ProviderSocket {
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
 /// The driver's side of one stream.
@@ -203,19 +199,25 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_WS_MESSAGE_BYTES))
 }
 
-/// Connects to `url` (`ws://host[:port]/path`) and completes the WebSocket handshake within `timeout`.
+/// rustls needs a process-wide crypto provider; ring is the one built in. Installing twice is harmless.
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Connects to `url` (`ws://` or `wss://host[:port]/path`; TLS by rustls with the webpki roots) and completes the WebSocket handshake within `timeout`.
 /// `auth_header`, if set, is sent as the `Authorization` header, the value as given.
 pub async fn connect(url: &str, auth_header: Option<&str>, timeout: Duration) -> Result<ProviderSocket, ConnectError> {
     let mut request = url.into_client_request().map_err(|e| ConnectError::BadUrl(e.to_string()))?;
     let uri = request.uri();
     match uri.scheme_str() {
         Some("ws") => {}
-        Some("wss") => return Err(ConnectError::TlsUnsupported),
-        _ => return Err(ConnectError::BadUrl(format!("{url:?} is not a ws:// URL"))),
+        Some("wss") => install_tls_provider(),
+        _ => return Err(ConnectError::BadUrl(format!("{url:?} is not a ws:// or wss:// URL"))),
     }
     let host = uri.host().ok_or_else(|| ConnectError::BadUrl(format!("{url:?} has no host")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let port = uri.port_u16().unwrap_or(80);
+    let default_port = if uri.scheme_str() == Some("wss") { 443 } else { 80 };
+    let port = uri.port_u16().unwrap_or(default_port);
     if let Some(auth) = auth_header {
         let mut value = HeaderValue::from_str(auth).map_err(|_| ConnectError::BadAuthHeader)?;
         value.set_sensitive(true);
@@ -242,7 +244,7 @@ pub async fn connect(url: &str, auth_header: Option<&str>, timeout: Duration) ->
         })?;
         // Frames are small and latency-bound.
         let _ = tcp.set_nodelay(true);
-        let (ws, _response) = tokio_tungstenite::client_async_with_config(request, tcp, Some(ws_config()))
+        let (ws, _response) = tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(ws_config()), None)
             .await
             .map_err(|e| match e {
                 tungstenite::Error::Http(response) => ConnectError::Handshake(format!("HTTP {}", response.status())),
@@ -287,7 +289,7 @@ impl ProviderSocket {
 }
 
 struct StreamTask {
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     writer: StreamWriter,
     /// The JSON of the message being written.
     out: String,
@@ -942,11 +944,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn wss_speaks_tls_first() {
+        // A server that is not TLS: the client's TLS handshake must fail, proving wss:// really does TLS.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 5];
+            let n = sock.read(&mut buf).await.unwrap();
+            let _ = sock.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            buf[..n].to_vec()
+        });
+        let err = connect(&format!("wss://{addr}/ws"), None, Duration::from_secs(2)).await.unwrap_err();
+        assert!(matches!(err, ConnectError::Handshake(_)), "{err:?}");
+        let first = server.await.unwrap();
+        assert_eq!(first.first(), Some(&0x16), "a TLS ClientHello record starts with 0x16");
+    }
+
+    #[tokio::test]
     async fn bad_urls_and_headers() {
         let t = Duration::from_secs(1);
         assert!(matches!(connect("http://127.0.0.1:1/", None, t).await, Err(ConnectError::BadUrl(_))));
         assert!(matches!(connect("not a url", None, t).await, Err(ConnectError::BadUrl(_))));
-        assert!(matches!(connect("wss://agent.example/ws", None, t).await, Err(ConnectError::TlsUnsupported)));
+        // wss:// is attempted: a closed port is refused, and a plain-text server fails the TLS handshake.
+        assert!(matches!(connect("wss://127.0.0.1:1/ws", None, t).await, Err(ConnectError::Refused(_))));
         let err = connect("ws://127.0.0.1:1/", Some("Bearer a\r\nX-Evil: 1"), t).await.unwrap_err();
         assert_eq!(err, ConnectError::BadAuthHeader);
         assert!(!err.to_string().contains("Evil"), "the header value is never shown");
