@@ -1,1 +1,559 @@
 //! Configuration: embedded defaults, the TOML file, command-line overrides, and validation.
+//!
+//! With no file, the server runs a `demo` tenant whose number `+15550100` reaches the built-in echo app, so a
+//! newcomer can place a call at once. A config file replaces the tenant list wholesale (it does not merge with the
+//! demo tenant). Every validation error names the file, the key and the reason.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::tenant::{App, AppKind, Codec, E164, Route, Snapshot, Tenant, TenantId, Trunk};
+
+/// A configuration problem, located by file and key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: String, source: std::io::Error },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: {key}: {reason}")]
+    Invalid { file: String, key: String, reason: String },
+}
+
+/// The validated configuration the server runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub sip_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    /// `sip.advertise_ip` when set; see [`Config::advertise_ip`].
+    pub advertise_ip_setting: Option<IpAddr>,
+    pub rtp_ports: RtpPorts,
+    pub rtp_inactivity_timeout: Duration,
+    pub provider_connect_timeout: Duration,
+    /// Bound on agent audio queued for playout per call, in samples (8 kHz).
+    pub playout_max_samples: usize,
+    pub max_calls: usize,
+    pub sip_max_message_bytes: usize,
+    pub data_dir: PathBuf,
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct RtpPorts {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl RtpPorts {
+    pub fn parse(s: &str) -> Result<RtpPorts, String> {
+        let (lo, hi) = s.split_once('-').ok_or_else(|| format!("expected LO-HI, got {s:?}"))?;
+        let lo: u16 = lo.trim().parse().map_err(|_| format!("bad low port in {s:?}"))?;
+        let hi: u16 = hi.trim().parse().map_err(|_| format!("bad high port in {s:?}"))?;
+        if lo < 1024 || hi < lo || hi - lo < 3 {
+            return Err(format!("range {s:?} must lie in 1024-65535 with room for at least two RTP/RTCP pairs"));
+        }
+        Ok(RtpPorts { lo, hi })
+    }
+
+    /// Number of RTP/RTCP pairs (even port + odd port) in the range.
+    pub fn pairs(&self) -> usize {
+        let first = self.lo + (self.lo % 2);
+        if first >= self.hi { 0 } else { (self.hi - first).div_ceil(2) as usize }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TenantConfig {
+    pub id: String,
+    pub apps: Vec<AppConfig>,
+    pub numbers: Vec<(E164, String)>,
+    pub trunks: Vec<Trunk>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    pub name: String,
+    pub kind: AppKind,
+    pub codecs: Vec<Codec>,
+    pub custom_parameters: Vec<(String, String)>,
+}
+
+/// Command-line overrides, applied after the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub sip_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub rtp_ports: Option<RtpPorts>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads `file` (or the embedded defaults when `None`) and applies the overrides.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let (name, raw) = match file {
+            Some(path) => {
+                let name = path.display().to_string();
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: name.clone(), source })?;
+                let raw: RawConfig = toml::from_str(&text)
+                    .map_err(|e| ConfigError::Syntax { file: name.clone(), message: e.to_string() })?;
+                (name, raw)
+            }
+            None => ("<embedded defaults>".to_owned(), RawConfig::embedded_demo()),
+        };
+        let mut config = raw.validate(&name)?;
+        if let Some(a) = overrides.sip_listen {
+            config.sip_listen = a;
+        }
+        if let Some(a) = overrides.http_listen {
+            config.http_listen = a;
+        }
+        if let Some(r) = overrides.rtp_ports {
+            config.rtp_ports = r;
+        }
+        if let Some(d) = &overrides.data_dir {
+            config.data_dir = d.clone();
+        }
+        Ok(config)
+    }
+
+    /// Parses a TOML text as if it were the file `name` (used by tests and `fairvox check-config`).
+    pub fn from_toml(name: &str, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax { file: name.to_owned(), message: e.to_string() })?;
+        raw.validate(name)
+    }
+
+    /// The address written into SDP answers (c=) and Contact/Via: where carriers send media and in-dialog
+    /// requests. Defaults to the SIP listen address, or 127.0.0.1 when that is unspecified.
+    pub fn advertise_ip(&self) -> IpAddr {
+        match self.advertise_ip_setting {
+            Some(ip) => ip,
+            None if self.sip_listen.ip().is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            None => self.sip_listen.ip(),
+        }
+    }
+
+    /// The routing snapshot for the SIP path.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut tenants = Vec::with_capacity(self.tenants.len());
+        let mut numbers = HashMap::new();
+        for (index, t) in self.tenants.iter().enumerate() {
+            let id = TenantId(index as u32);
+            let apps: Vec<App> = t
+                .apps
+                .iter()
+                .map(|a| App {
+                    name: Arc::from(a.name.as_str()),
+                    kind: a.kind.clone(),
+                    codecs: a.codecs.clone(),
+                    custom_parameters: a.custom_parameters.clone(),
+                })
+                .collect();
+            for (number, app_name) in &t.numbers {
+                if let Some(app) = t.apps.iter().position(|a| &a.name == app_name) {
+                    numbers.insert(number.clone(), Route { tenant: id, app });
+                }
+            }
+            tenants.push(Tenant { id, name: Arc::from(t.id.as_str()), apps, trunks: t.trunks.clone() });
+        }
+        Snapshot::new(tenants, numbers)
+    }
+}
+
+// ---- the file format ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    sip: RawSip,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    rtp: RawRtp,
+    #[serde(default)]
+    provider: RawProvider,
+    #[serde(default)]
+    limits: RawLimits,
+    data_dir: Option<String>,
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSip {
+    listen: Option<String>,
+    advertise_ip: Option<String>,
+    max_message_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRtp {
+    ports: Option<String>,
+    inactivity_timeout_secs: Option<u64>,
+    playout_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_calls: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    id: String,
+    #[serde(default)]
+    apps: Vec<RawApp>,
+    #[serde(default)]
+    numbers: Vec<RawNumber>,
+    #[serde(default)]
+    trunks: Vec<RawTrunk>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    name: String,
+    kind: String,
+    stream_url: Option<String>,
+    auth_header: Option<String>,
+    codecs: Option<Vec<String>>,
+    #[serde(default)]
+    custom_parameters: toml::Table,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNumber {
+    number: String,
+    app: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrunk {
+    name: String,
+    #[serde(default)]
+    allowed_sources: Vec<String>,
+}
+
+pub const DEFAULT_SIP_LISTEN: &str = "127.0.0.1:5060";
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_RTP_PORTS: &str = "20000-29999";
+pub const DEFAULT_DATA_DIR: &str = "./fairvox-data";
+
+impl RawConfig {
+    fn embedded_demo() -> RawConfig {
+        RawConfig {
+            tenants: vec![RawTenant {
+                id: "demo".to_owned(),
+                apps: vec![RawApp {
+                    name: "echo".to_owned(),
+                    kind: "echo".to_owned(),
+                    stream_url: None,
+                    auth_header: None,
+                    codecs: None,
+                    custom_parameters: toml::Table::new(),
+                }],
+                numbers: vec![RawNumber { number: "+15550100".to_owned(), app: "echo".to_owned() }],
+                trunks: vec![],
+            }],
+            ..RawConfig::default()
+        }
+    }
+
+    fn validate(&self, file: &str) -> Result<Config, ConfigError> {
+        let invalid =
+            |key: &str, reason: String| ConfigError::Invalid { file: file.to_owned(), key: key.to_owned(), reason };
+        let addr = |key: &str, value: Option<&String>, default: &str| -> Result<SocketAddr, ConfigError> {
+            let v = value.map(String::as_str).unwrap_or(default);
+            v.parse().map_err(|_| invalid(key, format!("{v:?} is not an IP:port address")))
+        };
+        let sip_listen = addr("sip.listen", self.sip.listen.as_ref(), DEFAULT_SIP_LISTEN)?;
+        let http_listen = addr("http.listen", self.http.listen.as_ref(), DEFAULT_HTTP_LISTEN)?;
+        let advertise_ip_setting: Option<IpAddr> = match &self.sip.advertise_ip {
+            Some(v) => Some(v.parse().map_err(|_| invalid("sip.advertise_ip", format!("{v:?} is not an IP address")))?),
+            None => None,
+        };
+        if advertise_ip_setting.is_some_and(|ip| ip.is_unspecified()) {
+            return Err(invalid("sip.advertise_ip", "must be an address peers can reach, not unspecified".into()));
+        }
+        let rtp_ports = RtpPorts::parse(self.rtp.ports.as_deref().unwrap_or(DEFAULT_RTP_PORTS))
+            .map_err(|r| invalid("rtp.ports", r))?;
+        let inactivity = self.rtp.inactivity_timeout_secs.unwrap_or(30);
+        if inactivity == 0 || inactivity > 3600 {
+            return Err(invalid("rtp.inactivity_timeout_secs", format!("{inactivity} must be within 1..=3600")));
+        }
+        let playout_ms = self.rtp.playout_max_ms.unwrap_or(20_000);
+        if !(100..=600_000).contains(&playout_ms) {
+            return Err(invalid("rtp.playout_max_ms", format!("{playout_ms} must be within 100..=600000")));
+        }
+        let connect_ms = self.provider.connect_timeout_ms.unwrap_or(2_000);
+        if !(10..=30_000).contains(&connect_ms) {
+            return Err(invalid("provider.connect_timeout_ms", format!("{connect_ms} must be within 10..=30000")));
+        }
+        let max_calls = self.limits.max_calls.unwrap_or(rtp_ports.pairs());
+        if max_calls == 0 {
+            return Err(invalid("limits.max_calls", "must be at least 1".into()));
+        }
+        let sip_max = self.sip.max_message_bytes.unwrap_or(16 * 1024);
+        if !(1024..=65_535).contains(&sip_max) {
+            return Err(invalid("sip.max_message_bytes", format!("{sip_max} must be within 1024..=65535")));
+        }
+
+        let mut tenants = Vec::with_capacity(self.tenants.len());
+        let mut tenant_ids = HashSet::new();
+        let mut all_numbers: HashMap<E164, String> = HashMap::new();
+        for (ti, t) in self.tenants.iter().enumerate() {
+            let tkey = format!("tenants[{ti}]");
+            if !valid_id(&t.id) {
+                return Err(invalid(
+                    &format!("{tkey}.id"),
+                    format!("{:?} must be 1-64 characters of a-z, 0-9, '-' or '_'", t.id),
+                ));
+            }
+            if !tenant_ids.insert(t.id.clone()) {
+                return Err(invalid(&format!("{tkey}.id"), format!("tenant {:?} is declared twice", t.id)));
+            }
+            let mut apps = Vec::with_capacity(t.apps.len());
+            for (ai, a) in t.apps.iter().enumerate() {
+                let akey = format!("{tkey}.apps[{ai}]");
+                apps.push(validate_app(a, &akey).map_err(|(k, r)| invalid(&k, r))?);
+            }
+            let mut app_names = HashSet::new();
+            for (ai, a) in apps.iter().enumerate() {
+                if !app_names.insert(a.name.clone()) {
+                    return Err(invalid(
+                        &format!("{tkey}.apps[{ai}].name"),
+                        format!("app {:?} is declared twice", a.name),
+                    ));
+                }
+            }
+            let mut numbers = Vec::with_capacity(t.numbers.len());
+            for (ni, n) in t.numbers.iter().enumerate() {
+                let nkey = format!("{tkey}.numbers[{ni}]");
+                let number = E164::parse(&n.number).map_err(|e| invalid(&format!("{nkey}.number"), e.to_string()))?;
+                if !app_names.contains(&n.app) {
+                    return Err(invalid(
+                        &format!("{nkey}.app"),
+                        format!("no app named {:?} in tenant {:?}", n.app, t.id),
+                    ));
+                }
+                if let Some(owner) = all_numbers.insert(number.clone(), t.id.clone()) {
+                    return Err(invalid(
+                        &format!("{nkey}.number"),
+                        format!("{number} is already assigned to tenant {owner:?}"),
+                    ));
+                }
+                numbers.push((number, n.app.clone()));
+            }
+            let mut trunks = Vec::with_capacity(t.trunks.len());
+            for (ri, r) in t.trunks.iter().enumerate() {
+                let mut allowed = Vec::with_capacity(r.allowed_sources.len());
+                for (ci, c) in r.allowed_sources.iter().enumerate() {
+                    allowed
+                        .push(parse_cidr(c).map_err(|reason| {
+                            invalid(&format!("{tkey}.trunks[{ri}].allowed_sources[{ci}]"), reason)
+                        })?);
+                }
+                trunks.push(Trunk { name: Arc::from(r.name.as_str()), allowed_sources: allowed });
+            }
+            tenants.push(TenantConfig { id: t.id.clone(), apps, numbers, trunks });
+        }
+
+        Ok(Config {
+            sip_listen,
+            http_listen,
+            advertise_ip_setting,
+            rtp_ports,
+            rtp_inactivity_timeout: Duration::from_secs(inactivity),
+            provider_connect_timeout: Duration::from_millis(connect_ms),
+            playout_max_samples: (playout_ms as usize) * 8,
+            max_calls,
+            sip_max_message_bytes: sip_max,
+            data_dir: PathBuf::from(self.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR)),
+            tenants,
+        })
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    s.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{s:?} is not a CIDR (e.g. 192.0.2.0/24) or an IP address"))
+}
+
+fn validate_app(a: &RawApp, key: &str) -> Result<AppConfig, (String, String)> {
+    if a.name.is_empty() || a.name.len() > 64 {
+        return Err((format!("{key}.name"), "must be 1-64 characters".into()));
+    }
+    let kind = match a.kind.as_str() {
+        "echo" => {
+            if a.stream_url.is_some() {
+                return Err((format!("{key}.stream_url"), "an echo app takes no stream_url".into()));
+            }
+            AppKind::Echo
+        }
+        "stream" => {
+            let Some(url) = &a.stream_url else {
+                return Err((format!("{key}.stream_url"), "required for kind = \"stream\"".into()));
+            };
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) || url.len() < 8 {
+                return Err((format!("{key}.stream_url"), format!("{url:?} must be a ws:// or wss:// URL")));
+            }
+            AppKind::Stream { url: url.clone(), auth_header: a.auth_header.clone() }
+        }
+        other => return Err((format!("{key}.kind"), format!("{other:?} is not one of \"echo\", \"stream\""))),
+    };
+    let codecs = match &a.codecs {
+        None => vec![Codec::Pcmu, Codec::Pcma],
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for (i, c) in list.iter().enumerate() {
+                let codec = match c.to_ascii_uppercase().as_str() {
+                    "PCMU" => Codec::Pcmu,
+                    "PCMA" => Codec::Pcma,
+                    _ => return Err((format!("{key}.codecs[{i}]"), format!("{c:?} is not one of \"PCMU\", \"PCMA\""))),
+                };
+                if !out.contains(&codec) {
+                    out.push(codec);
+                }
+            }
+            if out.is_empty() {
+                return Err((format!("{key}.codecs"), "must list at least one codec".into()));
+            }
+            out
+        }
+    };
+    let mut custom_parameters = Vec::with_capacity(a.custom_parameters.len());
+    for (k, v) in &a.custom_parameters {
+        let value = match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            _ => return Err((format!("{key}.custom_parameters.{k}"), "must be a string, number or boolean".into())),
+        };
+        if k == "from_number" || k == "to_number" {
+            return Err((format!("{key}.custom_parameters.{k}"), "is reserved: the server sets it per call".into()));
+        }
+        custom_parameters.push((k.clone(), value));
+    }
+    Ok(AppConfig { name: a.name.clone(), kind, codecs, custom_parameters })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_route_the_demo_number_to_echo() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.sip_listen, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(c.http_listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("./fairvox-data"));
+        let snap = c.snapshot();
+        match snap.route(&E164::parse("+15550100").unwrap(), "127.0.0.1".parse().unwrap()) {
+            crate::tenant::RouteDecision::Accept { tenant, app } => {
+                assert_eq!(&*tenant.name, "demo");
+                assert_eq!(app.kind, AppKind::Echo);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::from_toml(
+            "t.toml",
+            r#"
+data_dir = "/tmp/x"
+[sip]
+listen = "127.0.0.1:5070"
+[rtp]
+ports = "30000-30099"
+inactivity_timeout_secs = 5
+[[tenants]]
+id = "acme"
+[[tenants.apps]]
+name = "rx"
+kind = "stream"
+stream_url = "ws://127.0.0.1:9000/s"
+codecs = ["PCMA"]
+custom_parameters = { lang = "en", n = 3 }
+[[tenants.numbers]]
+number = "+1 555 123 0001"
+app = "rx"
+[[tenants.trunks]]
+name = "c"
+allowed_sources = ["10.0.0.0/8", "192.0.2.1"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.rtp_ports, RtpPorts { lo: 30000, hi: 30099 });
+        assert_eq!(c.rtp_ports.pairs(), 50);
+        assert_eq!(c.tenants[0].numbers[0].0.as_str(), "+15551230001");
+        assert_eq!(c.tenants[0].apps[0].codecs, vec![Codec::Pcma]);
+        assert_eq!(
+            c.tenants[0].apps[0].custom_parameters,
+            vec![("lang".into(), "en".into()), ("n".into(), "3".into())]
+        );
+        assert_eq!(c.tenants[0].trunks[0].allowed_sources.len(), 2);
+    }
+
+    fn err(text: &str) -> String {
+        Config::from_toml("bad.toml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        assert_eq!(err("[sip]\nlisten = \"nope\"\n"), "bad.toml: sip.listen: \"nope\" is not an IP:port address");
+        assert!(err("[rtp]\nports = \"5-3\"\n").starts_with("bad.toml: rtp.ports: "));
+        assert!(err("[[tenants]]\nid = \"Bad Id\"\n").starts_with("bad.toml: tenants[0].id: "));
+        let e = err("[[tenants]]\nid = \"a\"\n[[tenants.numbers]]\nnumber = \"+1555\"\napp = \"missing\"\n");
+        assert_eq!(e, "bad.toml: tenants[0].numbers[0].app: no app named \"missing\" in tenant \"a\"");
+        let e = err(
+            "[[tenants]]\nid = \"a\"\n[[tenants.apps]]\nname = \"x\"\nkind = \"stream\"\nstream_url = \"http://h\"\n",
+        );
+        assert!(e.starts_with("bad.toml: tenants[0].apps[0].stream_url: "), "{e}");
+        let e = err(
+            "[[tenants]]\nid = \"a\"\n[[tenants.apps]]\nname = \"x\"\nkind = \"echo\"\n[[tenants.numbers]]\nnumber = \"+1555\"\napp = \"x\"\n[[tenants]]\nid = \"b\"\n[[tenants.apps]]\nname = \"x\"\nkind = \"echo\"\n[[tenants.numbers]]\nnumber = \"1555\"\napp = \"x\"\n",
+        );
+        assert_eq!(e, "bad.toml: tenants[1].numbers[0].number: +1555 is already assigned to tenant \"a\"");
+        let e = err("[[tenants]]\nid = \"a\"\n[[tenants.trunks]]\nname = \"t\"\nallowed_sources = [\"x/8\"]\n");
+        assert!(e.starts_with("bad.toml: tenants[0].trunks[0].allowed_sources[0]: "), "{e}");
+        assert!(err("bogus = 1\n").starts_with("bad.toml: "));
+    }
+}

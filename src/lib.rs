@@ -7,6 +7,7 @@
 pub mod call;
 pub mod codec;
 pub mod config;
+pub mod fuzzing;
 pub mod proto;
 pub mod server;
 pub mod stream;

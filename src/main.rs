@@ -1,1 +1,117 @@
-fn main() {}
+//! The `fairvox` binary: the command line, logging set-up, and signal handling. No business logic here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fairvox::config::{Config, Overrides, RtpPorts};
+
+#[derive(Parser)]
+#[command(name = "fairvox", version, about = "Real-time audio media server for multi-tenant voice AI")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve SIP calls and stream their audio to each tenant's agent.
+    Serve(ServeArgs),
+    /// Validate a configuration file and exit.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file; without it the embedded defaults (demo tenant, echo app) are used.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// SIP listen address, UDP and TCP (default 127.0.0.1:5060).
+    #[arg(long)]
+    sip_listen: Option<SocketAddr>,
+    /// HTTP listen address (default 127.0.0.1:8080).
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// RTP port range LO-HI (default 20000-29999).
+    #[arg(long, value_parser = parse_ports)]
+    rtp_ports: Option<RtpPorts>,
+    /// Data directory (default ./fairvox-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Seconds to let active calls end after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 10)]
+    drain_secs: u64,
+}
+
+fn parse_ports(s: &str) -> Result<RtpPorts, String> {
+    RtpPorts::parse(s)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::CheckConfig { config } => {
+            Config::load(Some(&config), &Overrides::default())?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let overrides = Overrides {
+                sip_listen: args.sip_listen,
+                http_listen: args.http_listen,
+                rtp_ports: args.rtp_ports,
+                data_dir: args.data_dir,
+            };
+            let config = Config::load(args.config.as_deref(), &overrides)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+            runtime.block_on(serve(config, Duration::from_secs(args.drain_secs)))
+        }
+    }
+}
+
+async fn serve(config: Config, drain: Duration) -> anyhow::Result<()> {
+    let running = fairvox::server::start(config).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown(drain).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// JSON lines when stderr is not a terminal, human lines when it is; level from `RUST_LOG` (default info).
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).with_current_span(true).init();
+    }
+}

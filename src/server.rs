@@ -1,1 +1,80 @@
-//! Wiring: builds the routing snapshot, starts the SIP, RTP and HTTP drivers, and drains on shutdown.
+//! Wiring: builds the routing snapshot, binds the SIP, RTP and HTTP listeners, runs them, and drains on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::call::record::{CallRecordSink, LogAndFileSink};
+use crate::config::Config;
+use crate::transport::media::MediaCounters;
+use crate::transport::rtp_ports::RtpPortPool;
+use crate::transport::sip::{SipDriver, SipSockets};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot listen for SIP on {addr}: {source}")]
+    SipListen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    HttpListen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A started server: its bound addresses, and the handle that stops it.
+pub struct Running {
+    pub sip_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    sip_task: tokio::task::JoinHandle<()>,
+    http_task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops taking calls, ends the active ones (BYE to callers, `stop` to agents), and waits up to `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(grace, self.sip_task).await;
+        self.http_task.abort();
+    }
+}
+
+/// Binds everything and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    let sockets = SipSockets::bind(config.sip_listen)
+        .await
+        .map_err(|source| StartError::SipListen { addr: config.sip_listen, source })?;
+    let sip_addr = sockets.udp.local_addr().unwrap_or(config.sip_listen);
+    let http = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| StartError::HttpListen { addr: config.http_listen, source })?;
+    let http_addr = http.local_addr().unwrap_or(config.http_listen);
+
+    let snapshot = Arc::new(ArcSwap::from_pointee(config.snapshot()));
+    let sink: Arc<dyn CallRecordSink> = Arc::new(LogAndFileSink::open(config.data_dir.join("call-records.jsonl")));
+    let rtp_ip = if config.sip_listen.ip().is_unspecified() { config.sip_listen.ip() } else { config.advertise_ip() };
+    let ports = RtpPortPool::new(rtp_ip, config.rtp_ports);
+    let counters = Arc::new(MediaCounters::default());
+    tracing::info!(
+        sip = %sip_addr, http = %http_addr, rtp_ports = %format!("{}-{}", config.rtp_ports.lo, config.rtp_ports.hi),
+        tenants = config.tenants.len(), data_dir = %config.data_dir.display(), "fairvox serving"
+    );
+
+    let shutdown = CancellationToken::new();
+    let driver = SipDriver { config, snapshot, sink, ports, counters };
+    let sip_task = tokio::spawn(driver.run(sockets, shutdown.clone()));
+    let app = Router::new().route("/healthz", get(|| async { "ok\n" }));
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok(Running { sip_addr, http_addr, shutdown, sip_task, http_task })
+}

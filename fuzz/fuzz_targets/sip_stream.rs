@@ -1,0 +1,9 @@
+#![no_main]
+//! Fuzz target `sip_stream`: the parser must never panic, whatever the bytes. The corpus in `fuzz/corpus/sip_stream` is also
+//! replayed by the normal test suite (`tests/fuzz_corpus.rs`).
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    fairvox::fuzzing::sip_stream(data);
+});

@@ -1,0 +1,531 @@
+//! The media driver of one call: owns its RTP and RTCP sockets, the provider stream handle and the 20 ms playout
+//! clock, and runs the sans-IO pieces (RTP parse and statistics, G.711, re-framing, DTMF detection, playout).
+//!
+//! Inbound: RTP -> latch source (symmetric RTP) -> statistics -> G.711 to µ-law -> re-frame to 20 ms ->
+//! [`Frame`] -> provider stream (bounded; a full channel drops the frame and counts it as `slow_consumer`).
+//! Outbound: agent audio -> bounded playout buffer -> one frame per 20 ms tick -> RTP to the caller.
+//! It ends on a command from the SIP side, on the agent closing, or on RTP inactivity, and always writes a record.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+use crate::call::playout::Playout;
+use crate::call::record::{CallRecord, CallRecordSink, EndReason, unix_ms};
+use crate::call::reframe::Reframer;
+use crate::call::{CallId, FRAME_SAMPLES, Frame};
+use crate::codec::g711;
+use crate::proto::dtmf::{self, DtmfDetector};
+use crate::proto::media_streams::{self, StreamStart};
+use crate::proto::rtcp::{self, RtcpSummary, SenderInfo};
+use crate::proto::rtp::{self, PacketVerdict, ReceiveStats, RtpHeader};
+use crate::proto::sdp::{Direction, Negotiated};
+use crate::stream::echo;
+use crate::stream::provider::{self, FromAgent, ProviderHandle, ToAgent};
+use crate::tenant::{AppKind, Codec, TenantId};
+use crate::transport::rtp_ports::RtpLease;
+
+/// Capacity of the per-call channels to and from the provider stream (frames are 20 ms: 50 = 1 s).
+const PROVIDER_CHANNEL: usize = 50;
+/// RTCP report interval (RFC 3550 §6.2 minimum of 5 s for a two-party session).
+const RTCP_INTERVAL: Duration = Duration::from_secs(5);
+/// A latched source silent this long may be replaced by a new one (the carrier moved media).
+const RELATCH_AFTER: Duration = Duration::from_secs(2);
+/// Gap filled with silence by the re-framer before it resynchronises: 200 ms.
+const MAX_GAP_SAMPLES: u32 = 1600;
+
+/// What the SIP side tells a call.
+#[derive(Debug)]
+pub enum MediaCommand {
+    Confirmed,
+    Update(Negotiated),
+    Dtmf(char),
+    Stop(EndReason),
+}
+
+/// What a call tells the SIP side.
+#[derive(Debug)]
+pub enum MediaReport {
+    /// Media and provider are ready: answer with this RTP port.
+    Ready { call: CallId, port: u16 },
+    /// The call cannot be answered: reject it.
+    Failed { call: CallId, status: u16, reason: &'static str, retry_after: Option<u32> },
+    /// The media side ended an answered call (agent hangup, RTP timeout): send BYE.
+    Ended { call: CallId },
+}
+
+/// Everything a call's media task needs to know at start.
+pub struct CallSetup {
+    pub call: CallId,
+    pub tenant: TenantId,
+    pub tenant_name: Arc<str>,
+    pub app_name: Arc<str>,
+    pub app_kind: AppKind,
+    pub custom_parameters: Vec<(String, String)>,
+    pub from: String,
+    pub to: String,
+    pub sip_call_id: String,
+    pub negotiated: Negotiated,
+    pub invite_at: SystemTime,
+    pub inactivity_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub playout_max_samples: usize,
+    pub advertise_ip: std::net::IpAddr,
+}
+
+/// Node-wide media counters (per-tenant families arrive with the metrics work).
+#[derive(Default)]
+pub struct MediaCounters {
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub dropped_slow_consumer: AtomicU64,
+    pub packets_ignored: AtomicU64,
+    pub rtp_malformed: AtomicU64,
+}
+
+/// Runs one call's media until it ends; reports to the SIP side through `reports` and writes the record.
+pub async fn run_call(
+    setup: CallSetup,
+    lease: RtpLease,
+    mut commands: mpsc::Receiver<MediaCommand>,
+    reports: mpsc::Sender<MediaReport>,
+    sink: Arc<dyn CallRecordSink>,
+    counters: Arc<MediaCounters>,
+) {
+    let call = setup.call;
+    let mut record = Recorder::new(&setup);
+
+    let rtp = match std_to_tokio(lease.rtp.try_clone()) {
+        Some(s) => s,
+        None => {
+            let _ = reports
+                .send(MediaReport::Failed { call, status: 503, reason: "Service Unavailable", retry_after: Some(5) })
+                .await;
+            return record.finish(&*sink, EndReason::MediaUnavailable);
+        }
+    };
+    let rtcp = std_to_tokio(lease.rtcp.try_clone());
+    let port = lease.port;
+
+    // 1. Reach the agent (or start the echo app) before answering, unless the caller gives up first.
+    let start = StreamStart {
+        account_sid: setup.tenant_name.to_string(),
+        call_sid: record.call_sid.clone(),
+        stream_sid: media_streams::stream_sid(rand::random::<u128>()),
+        from: setup.from.clone(),
+        to: setup.to.clone(),
+        custom_parameters: setup.custom_parameters.clone(),
+    };
+    let connect = async {
+        match &setup.app_kind {
+            AppKind::Echo => Ok(echo::spawn_echo(PROVIDER_CHANNEL)),
+            AppKind::Stream { url, auth_header } => {
+                provider::connect(url, auth_header.as_deref(), setup.connect_timeout)
+                    .await
+                    .map(|socket| socket.spawn(start, PROVIDER_CHANNEL))
+            }
+        }
+    };
+    let handle: ProviderHandle = tokio::select! {
+        result = connect => match result {
+            Ok(handle) => handle,
+            Err(e) => {
+                tracing::warn!(tenant = %setup.tenant_name, call_id = %call, error = %e, kind = e.label(), "agent unreachable at answer time");
+                let _ = reports.send(MediaReport::Failed { call, status: 480, reason: "Temporarily Unavailable - Agent Unreachable", retry_after: Some(30) }).await;
+                return record.finish(&*sink, EndReason::AgentUnavailable);
+            }
+        },
+        cmd = commands.recv() => {
+            let reason = match cmd { Some(MediaCommand::Stop(r)) => r, _ => EndReason::Cancelled };
+            return record.finish(&*sink, reason);
+        }
+    };
+    if reports.send(MediaReport::Ready { call, port }).await.is_err() {
+        return record.finish(&*sink, EndReason::ServerDrain);
+    }
+    record.answered();
+
+    let mut media = CallMedia::new(&setup, handle, counters);
+    let reason = media.run(&rtp, rtcp.as_ref(), &mut commands, &setup).await;
+    if matches!(reason, EndReason::AgentHangup | EndReason::RtpTimeout) {
+        let _ = reports.send(MediaReport::Ended { call }).await;
+    }
+    media.stop_provider().await;
+    record.packets_in = media.stats.received();
+    record.packets_lost = media.stats.lost().max(0) as u64;
+    record.packets_out = media.packets_out;
+    record.dtmf_count = media.dtmf_count;
+    tracing::debug!(
+        tenant = %setup.tenant_name, call_id = %call,
+        late = media.reframer.late_dropped(), gaps = media.reframer.gaps_filled(),
+        playout_dropped = media.playout.dropped_samples(), "media ended"
+    );
+    drop(lease);
+    record.finish(&*sink, reason);
+}
+
+fn std_to_tokio(socket: std::io::Result<std::net::UdpSocket>) -> Option<UdpSocket> {
+    let socket = socket.ok()?;
+    socket.set_nonblocking(true).ok()?;
+    UdpSocket::from_std(socket).ok()
+}
+
+/// The running media state of one answered call.
+struct CallMedia {
+    tenant: TenantId,
+    call: CallId,
+    negotiated: Negotiated,
+    provider_tx: mpsc::Sender<ToAgent>,
+    provider_rx: mpsc::Receiver<FromAgent>,
+    stats: ReceiveStats,
+    reframer: Reframer,
+    dtmf: DtmfDetector,
+    playout: Playout,
+    counters: Arc<MediaCounters>,
+    latched: Option<SocketAddr>,
+    latched_rtcp: Option<SocketAddr>,
+    last_rtp_at: Instant,
+    clock_origin: Instant,
+    frame_seq: u64,
+    ssrc: u32,
+    out_seq: u16,
+    out_ts: u32,
+    out_octets: u32,
+    packets_out: u64,
+    sending: bool,
+    dtmf_count: u64,
+}
+
+impl CallMedia {
+    fn new(setup: &CallSetup, handle: ProviderHandle, counters: Arc<MediaCounters>) -> CallMedia {
+        let now = Instant::now();
+        CallMedia {
+            tenant: setup.tenant,
+            call: setup.call,
+            negotiated: setup.negotiated.clone(),
+            provider_tx: handle.tx,
+            provider_rx: handle.rx,
+            stats: ReceiveStats::new(8000),
+            reframer: Reframer::new(MAX_GAP_SAMPLES),
+            dtmf: DtmfDetector::new(),
+            playout: Playout::new(setup.playout_max_samples, 64),
+            counters,
+            latched: None,
+            latched_rtcp: None,
+            last_rtp_at: now,
+            clock_origin: now,
+            frame_seq: 0,
+            ssrc: rand::random(),
+            out_seq: rand::random(),
+            out_ts: rand::random(),
+            out_octets: 0,
+            packets_out: 0,
+            sending: false,
+            dtmf_count: 0,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        rtp: &UdpSocket,
+        rtcp: Option<&UdpSocket>,
+        commands: &mut mpsc::Receiver<MediaCommand>,
+        setup: &CallSetup,
+    ) -> EndReason {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut rtcp_tick = tokio::time::interval_at(tokio::time::Instant::now() + RTCP_INTERVAL, RTCP_INTERVAL);
+        let mut buf = [0u8; 2048];
+        let mut rtcp_buf = [0u8; 1500];
+        let cname = format!("fairvox@{}", setup.advertise_ip);
+        loop {
+            tokio::select! {
+                received = rtp.recv_from(&mut buf) => {
+                    if let Ok((n, from)) = received {
+                        self.on_rtp(&buf[..n], from, Instant::now());
+                    }
+                }
+                received = recv_opt(rtcp, &mut rtcp_buf) => {
+                    if let Some((n, from)) = received {
+                        self.on_rtcp(&rtcp_buf[..n], from);
+                    }
+                }
+                agent = self.provider_rx.recv() => match agent {
+                    Some(FromAgent::Media(audio)) => { self.playout.push_audio(&audio); }
+                    Some(FromAgent::Frame(frame)) => { self.playout.push_audio(&frame); }
+                    Some(FromAgent::Mark(name)) => { self.playout.push_mark(name); }
+                    Some(FromAgent::Clear) => {
+                        let tx = &self.provider_tx;
+                        self.playout.clear(|mark| { let _ = tx.try_send(ToAgent::MarkPlayed(mark)); });
+                    }
+                    Some(FromAgent::Closed(_)) | None => return EndReason::AgentHangup,
+                },
+                _ = tick.tick() => {
+                    self.on_tick(rtp).await;
+                    if self.inactivity_applies() && self.last_rtp_at.elapsed() >= setup.inactivity_timeout {
+                        tracing::info!(tenant = %setup.tenant_name, call_id = %self.call, "no RTP for the inactivity timeout; hanging up");
+                        return EndReason::RtpTimeout;
+                    }
+                }
+                _ = rtcp_tick.tick() => {
+                    if let Some(socket) = rtcp {
+                        self.send_rtcp(socket, &cname).await;
+                    }
+                }
+                cmd = commands.recv() => match cmd {
+                    Some(MediaCommand::Confirmed) => {}
+                    Some(MediaCommand::Update(negotiated)) => {
+                        self.negotiated = negotiated;
+                        // Hold/resume restarts the inactivity clock.
+                        self.last_rtp_at = Instant::now();
+                    }
+                    Some(MediaCommand::Dtmf(digit)) => self.send_digit(digit),
+                    Some(MediaCommand::Stop(reason)) => return reason,
+                    None => return EndReason::ServerDrain,
+                },
+            }
+        }
+    }
+
+    /// No RTP is expected while the caller holds the call (inactive) or only receives (we answered sendonly).
+    fn inactivity_applies(&self) -> bool {
+        matches!(self.negotiated.answer_direction, Direction::SendRecv | Direction::RecvOnly)
+    }
+
+    fn on_rtp(&mut self, packet: &[u8], from: SocketAddr, now: Instant) {
+        match self.latched {
+            Some(addr) if addr == from => {}
+            Some(_) if now.duration_since(self.last_rtp_at) < RELATCH_AFTER => {
+                self.counters.packets_ignored.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            _ => {
+                self.latched = Some(from);
+            }
+        }
+        let Ok((header, payload)) = rtp::parse(packet) else {
+            self.counters.rtp_malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        self.last_rtp_at = now;
+        let is_dtmf = Some(header.payload_type) == self.negotiated.telephone_event_pt;
+        let verdict = if is_dtmf {
+            // RFC 4733 packets repeat one timestamp per key press: they must not feed the jitter estimate.
+            self.stats.on_packet_untimed(header.seq, header.ssrc)
+        } else {
+            let arrival = self.stats.to_rtp_units(now.duration_since(self.clock_origin));
+            self.stats.on_packet(header.seq, header.timestamp, arrival, header.ssrc)
+        };
+        if matches!(verdict, PacketVerdict::Invalid | PacketVerdict::Duplicate) {
+            self.counters.packets_ignored.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if verdict == PacketVerdict::SourceRestart {
+            self.reframer.reset();
+            self.dtmf.reset();
+        }
+        if is_dtmf {
+            if let Ok(event) = dtmf::parse_event(payload)
+                && let Some(digit) = self.dtmf.on_packet(header.timestamp, &event)
+            {
+                self.send_digit(digit);
+            }
+            return;
+        }
+        if header.payload_type != self.negotiated.pt {
+            self.counters.packets_ignored.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if payload.len() > 640 {
+            self.counters.rtp_malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut ulaw = [0u8; 640];
+        let ulaw = &mut ulaw[..payload.len()];
+        match self.negotiated.codec {
+            Codec::Pcmu => ulaw.copy_from_slice(payload),
+            Codec::Pcma => g711::alaw_to_ulaw_slice(payload, ulaw),
+        }
+        let (tenant, call) = (self.tenant, self.call);
+        let seq = &mut self.frame_seq;
+        let tx = &self.provider_tx;
+        let counters = &self.counters;
+        self.reframer.push(header.timestamp, ulaw, |ts, samples| {
+            let frame = Frame { tenant, call, seq: *seq, ts, payload: *samples, t_ingress: now };
+            *seq += 1;
+            counters.frames_in.fetch_add(1, Ordering::Relaxed);
+            if tx.try_send(ToAgent::Media(frame)).is_err() {
+                counters.dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    fn send_digit(&mut self, digit: char) {
+        self.dtmf_count += 1;
+        if self.provider_tx.try_send(ToAgent::Dtmf(digit)).is_err() {
+            self.counters.dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn on_rtcp(&mut self, packet: &[u8], from: SocketAddr) {
+        if self.latched_rtcp.is_none() {
+            self.latched_rtcp = Some(from);
+        }
+        let stats = &mut self.stats;
+        let now = Instant::now();
+        let _ = rtcp::parse_compound(packet, |summary| {
+            if let RtcpSummary::SenderReport { ntp_timestamp, .. } = summary {
+                stats.on_sender_report(ntp_timestamp, now);
+            }
+        });
+    }
+
+    async fn on_tick(&mut self, rtp: &UdpSocket) {
+        // The RTP clock advances every 20 ms whether or not we send, so silence keeps timing intact.
+        self.out_ts = self.out_ts.wrapping_add(FRAME_SAMPLES as u32);
+        let may_send = matches!(self.negotiated.answer_direction, Direction::SendRecv | Direction::SendOnly);
+        let dest = self.latched.or(self.negotiated.remote);
+        let mut frame = [0u8; FRAME_SAMPLES];
+        let tx = &self.provider_tx;
+        let has_audio = self.playout.next_frame(&mut frame, |mark| {
+            let _ = tx.try_send(ToAgent::MarkPlayed(mark));
+        });
+        let (Some(dest), true, true) = (dest, has_audio, may_send) else {
+            self.sending = false;
+            return;
+        };
+        let mut packet = [0u8; rtp::HEADER_LEN + FRAME_SAMPLES];
+        let header = RtpHeader {
+            marker: !self.sending,
+            payload_type: self.negotiated.pt,
+            seq: self.out_seq,
+            timestamp: self.out_ts,
+            ssrc: self.ssrc,
+        };
+        let Ok(n) = rtp::write_header(&mut packet, &header) else { return };
+        let body = &mut packet[n..n + FRAME_SAMPLES];
+        match self.negotiated.codec {
+            Codec::Pcmu => body.copy_from_slice(&frame),
+            Codec::Pcma => g711::ulaw_to_alaw_slice(&frame, body),
+        }
+        if rtp.send_to(&packet[..n + FRAME_SAMPLES], dest).await.is_ok() {
+            self.sending = true;
+            self.out_seq = self.out_seq.wrapping_add(1);
+            self.packets_out += 1;
+            self.out_octets = self.out_octets.wrapping_add(FRAME_SAMPLES as u32);
+            self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn send_rtcp(&mut self, socket: &UdpSocket, cname: &str) {
+        let dest = self.latched_rtcp.or_else(|| {
+            self.latched.or(self.negotiated.remote).map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))
+        });
+        let Some(dest) = dest else { return };
+        let sender = (self.packets_out > 0).then(|| SenderInfo {
+            ntp_timestamp: ntp_now(),
+            rtp_timestamp: self.out_ts,
+            packet_count: self.packets_out as u32,
+            octet_count: self.out_octets,
+        });
+        let now = Instant::now();
+        let block = self.stats.ssrc().map(|_| self.stats.take_report_block_at(now));
+        let mut buf = [0u8; 256];
+        if let Ok(n) = rtcp::write_report(&mut buf, self.ssrc, sender.as_ref(), block.as_ref(), cname) {
+            let _ = socket.send_to(&buf[..n], dest).await;
+        }
+    }
+
+    async fn stop_provider(&mut self) {
+        // Bounded wait: a stalled agent must not hold the call open.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.provider_tx.send(ToAgent::Stop)).await;
+    }
+}
+
+async fn recv_opt(socket: Option<&UdpSocket>, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// NTP timestamp (RFC 3550 §4) of now, from the wall clock.
+fn ntp_now() -> u64 {
+    const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() + NTP_UNIX_OFFSET;
+    let frac = (u64::from(since.subsec_nanos()) << 32) / 1_000_000_000;
+    (secs << 32) | frac
+}
+
+/// Collects a call's record facts; `finish` writes it exactly once.
+struct Recorder {
+    tenant: String,
+    call_sid: String,
+    sip_call_id: String,
+    from: String,
+    to: String,
+    app: String,
+    codec: &'static str,
+    invite_at: SystemTime,
+    answer_at: Option<SystemTime>,
+    packets_in: u64,
+    packets_out: u64,
+    packets_lost: u64,
+    dtmf_count: u64,
+}
+
+impl Recorder {
+    fn new(setup: &CallSetup) -> Recorder {
+        Recorder {
+            tenant: setup.tenant_name.to_string(),
+            call_sid: media_streams::call_sid(rand::random::<u128>()),
+            sip_call_id: setup.sip_call_id.clone(),
+            from: setup.from.clone(),
+            to: setup.to.clone(),
+            app: setup.app_name.to_string(),
+            codec: match setup.negotiated.codec {
+                Codec::Pcmu => "PCMU",
+                Codec::Pcma => "PCMA",
+            },
+            invite_at: setup.invite_at,
+            answer_at: None,
+            packets_in: 0,
+            packets_out: 0,
+            packets_lost: 0,
+            dtmf_count: 0,
+        }
+    }
+
+    fn answered(&mut self) {
+        self.answer_at = Some(SystemTime::now());
+    }
+
+    fn finish(self, sink: &dyn CallRecordSink, reason: EndReason) {
+        let end = SystemTime::now();
+        let duration_secs = self.answer_at.and_then(|a| end.duration_since(a).ok()).map(|d| d.as_secs()).unwrap_or(0);
+        sink.record(&CallRecord {
+            tenant: self.tenant,
+            call_sid: self.call_sid,
+            sip_call_id: self.sip_call_id,
+            from: self.from,
+            to: self.to,
+            app: self.app,
+            invite_at_ms: unix_ms(self.invite_at),
+            answer_at_ms: self.answer_at.map(unix_ms),
+            end_at_ms: unix_ms(end),
+            duration_secs,
+            end_reason: reason,
+            codec: self.codec,
+            packets_in: self.packets_in,
+            packets_out: self.packets_out,
+            packets_lost: self.packets_lost,
+            dtmf_count: self.dtmf_count,
+        });
+    }
+}
