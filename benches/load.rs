@@ -194,6 +194,9 @@ struct StepResult {
     cores: Vec<server::CoreLoad>,
     /// The same over one second before the first call, with the server idle: other people's load.
     background: Vec<server::CoreLoad>,
+    /// The processes that used the most CPU over the window (the server and this generator among them): anything
+    /// else was competing for the machine.
+    top_processes: Vec<server::Consumer>,
     /// How long the step waited for the cores to go quiet first.
     quiet_wait_s: f64,
     sip: SipCounters,
@@ -415,6 +418,7 @@ async fn run_step(
         cores: Vec::new(),
         background: Vec::new(),
         quiet_wait_s: waited.as_secs_f64(),
+        top_processes: Vec::new(),
         sip: SipCounters::default(),
         agent: None,
         teardown: Teardown::default(),
@@ -568,6 +572,7 @@ async fn run_step(
         }
     }
     if r.status == "ok" {
+        let all0 = server::all_processes_cpu();
         let (s0, g0, c0) = (srv.sample(), server::proc_sample(std::process::id()), server::core_ticks());
         let t0 = shared.now_ns();
         shared.window.open(t0);
@@ -576,6 +581,7 @@ async fn run_step(
         shared.window.close(t1);
         let (s1, g1, c1) = (srv.sample(), server::proc_sample(std::process::id()), server::core_ticks());
         r.cores = server::core_load(&c0, &c1);
+        r.top_processes = server::top_consumers(&all0, &server::all_processes_cpu(), (t1 - t0) as f64 / 1e9, 6);
         let secs = (t1 - t0) as f64 / 1e9;
         r.measured_s = secs;
         let est = r.established.max(1) as f64;
@@ -597,10 +603,10 @@ async fn run_step(
             r.status = format!("server exited during the window: {status}");
         }
         if mode == Mode::Stream {
-            r.up = Some(shared.up.lock().summary());
+            r.up = Some(shared.up.lock().summary(&shared.window));
         }
         if mode == Mode::Echo || args.talk_back {
-            r.back = Some(shared.back.lock().summary());
+            r.back = Some(shared.back.lock().summary(&shared.window));
         }
         let mut g = shared.generator.lock();
         g.lateness_us.sort_unstable();
@@ -712,8 +718,8 @@ fn print_step(r: &StepResult) {
     let path = |name: &str, p: &Option<PathSummary>| {
         if let Some(p) = p {
             println!(
-                "  {name}: sent {} received {} loss {}% | p50 {} p99 {} p999 {} max {} µs | late {} ooo {} dup {} \
-                 crossed {} corrupt {} filler {} other {}",
+                "  {name}: sent {} received {} loss {}% | p50 {} p99 {} p999 {} max {} µs | p50 first/last fifth {} → {} \
+                 µs | late {} ooo {} dup {} crossed {} corrupt {} filler {} other {}",
                 p.sent,
                 p.received,
                 fmt_opt(p.loss_pct, 3),
@@ -721,6 +727,8 @@ fn print_step(r: &StepResult) {
                 fmt_opt(p.p99_us, 0),
                 fmt_opt(p.p999_us, 0),
                 fmt_opt(p.max_us, 0),
+                fmt_opt(p.p50_first_fifth_us, 0),
+                fmt_opt(p.p50_last_fifth_us, 0),
                 p.late,
                 p.out_of_order,
                 p.duplicate,
@@ -773,6 +781,8 @@ fn print_step(r: &StepResult) {
         fmt_opt(r.server.cpu_pct, 1),
         fmt_opt(r.generator.cpu_pct, 1)
     );
+    let top: Vec<String> = r.top_processes.iter().map(|c| format!("{}[{}] {:.1}%", c.comm, c.pid, c.cpu_pct)).collect();
+    println!("  top processes over the window: {}", top.join(", "));
     println!("  sip: {:?}", r.sip);
     if let Some(a) = &r.agent {
         println!("  agent: {a:?}");

@@ -314,3 +314,54 @@ pub fn core_load(before: &[CoreTicks], after: &[CoreTicks]) -> Vec<CoreLoad> {
         })
         .collect()
 }
+
+/// CPU seconds used so far by every process, by pid, with its command name.
+pub fn all_processes_cpu() -> std::collections::HashMap<u32, (String, f64)> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let comm = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let (Some(Ok(u)), Some(Ok(s))) =
+            (fields.get(11).map(|v| v.parse::<u64>()), fields.get(12).map(|v| v.parse::<u64>()))
+        else {
+            continue;
+        };
+        out.insert(pid, (comm, (u + s) as f64 / hz));
+    }
+    out
+}
+
+/// A process that used CPU during the window.
+#[derive(Clone, Debug, Serialize)]
+pub struct Consumer {
+    pub pid: u32,
+    pub comm: String,
+    /// Share of one core over the window.
+    pub cpu_pct: f64,
+}
+
+/// The `n` processes that used the most CPU between two `all_processes_cpu` samples.
+pub fn top_consumers(
+    before: &std::collections::HashMap<u32, (String, f64)>,
+    after: &std::collections::HashMap<u32, (String, f64)>,
+    secs: f64,
+    n: usize,
+) -> Vec<Consumer> {
+    let mut v: Vec<Consumer> = after
+        .iter()
+        .map(|(&pid, (comm, cpu))| {
+            let was = before.get(&pid).map_or(0.0, |b| b.1);
+            Consumer { pid, comm: comm.clone(), cpu_pct: 100.0 * (cpu - was) / secs }
+        })
+        .filter(|c| c.cpu_pct >= 1.0)
+        .collect();
+    v.sort_by(|a, b| b.cpu_pct.total_cmp(&a.cpu_pct));
+    v.truncate(n);
+    v
+}

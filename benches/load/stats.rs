@@ -118,6 +118,8 @@ pub struct PathStats {
     /// Of those, frames that arrived (with their own call's marker).
     pub received: u64,
     pub lat_ns: Vec<u64>,
+    /// (send instant, latency) of each received in-window frame, to see latency drift across the window.
+    timeline: Vec<(u64, u64)>,
     pub late: u64,
     pub out_of_order: u64,
     pub duplicate: u64,
@@ -136,6 +138,7 @@ impl PathStats {
             sent: 0,
             received: 0,
             lat_ns: Vec::new(),
+            timeline: Vec::new(),
             late: 0,
             out_of_order: 0,
             duplicate: 0,
@@ -173,6 +176,7 @@ impl PathStats {
                 self.received += 1;
                 let lat = now_ns.saturating_sub(m.send_ns);
                 self.lat_ns.push(lat);
+                self.timeline.push((m.send_ns, lat));
                 if lat > late_ns {
                     self.late += 1;
                 }
@@ -186,8 +190,19 @@ impl PathStats {
         }
     }
 
-    pub fn summary(&mut self) -> PathSummary {
+    pub fn summary(&mut self, win: &Window) -> PathSummary {
         self.lat_ns.sort_unstable();
+        // Median latency of frames sent in the first and in the last fifth of the window: a growing queue shows as
+        // last ≫ first, a fixed cost as last ≈ first.
+        let (start, end) = (win.start.load(Ordering::Relaxed), win.end.load(Ordering::Relaxed));
+        let fifth = end.saturating_sub(start) / 5;
+        let median_between = |lo: u64, hi: u64| {
+            let mut v: Vec<u64> = self.timeline.iter().filter(|(t, _)| *t >= lo && *t < hi).map(|(_, l)| *l).collect();
+            v.sort_unstable();
+            percentile(&v, 0.5).map(|ns| ns as f64 / 1000.0)
+        };
+        let p50_first_fifth_us = median_between(start, start + fifth);
+        let p50_last_fifth_us = median_between(end - fifth, end);
         let us = |p: f64| percentile(&self.lat_ns, p).map(|ns| ns as f64 / 1000.0);
         let loss_pct =
             if self.sent == 0 { None } else { Some(100.0 * (1.0 - self.received as f64 / self.sent as f64)) };
@@ -199,6 +214,8 @@ impl PathStats {
             p99_us: us(0.99),
             p999_us: us(0.999),
             max_us: self.lat_ns.last().map(|&ns| ns as f64 / 1000.0),
+            p50_first_fifth_us,
+            p50_last_fifth_us,
             late: self.late,
             out_of_order: self.out_of_order,
             duplicate: self.duplicate,
@@ -220,6 +237,9 @@ pub struct PathSummary {
     pub p99_us: Option<f64>,
     pub p999_us: Option<f64>,
     pub max_us: Option<f64>,
+    /// Median of the frames sent in the window's first fifth, and in its last fifth.
+    pub p50_first_fifth_us: Option<f64>,
+    pub p50_last_fifth_us: Option<f64>,
     pub late: u64,
     pub out_of_order: u64,
     pub duplicate: u64,
