@@ -43,16 +43,14 @@ fn ports_are_distinct_and_bindable() {
 
 #[test]
 fn rtp_windows_are_exclusive() {
-    let w1 = RtpWindow::acquire();
-    let w2 = RtpWindow::acquire();
-    assert_eq!(w1.hi - w1.lo + 1, 200);
-    assert!(w1.hi < w2.lo || w2.hi < w1.lo, "{w1:?} overlaps {w2:?}");
-    let lo = w1.lo;
-    drop(w1);
-    // A released window can be taken again (eventually: the cursor moves on, so just check the lock file).
-    let again: Vec<RtpWindow> = (0..3).map(|_| RtpWindow::acquire()).collect();
-    assert!(again.iter().all(|w| w.lo != w2.lo));
-    let _ = lo;
+    let windows: Vec<RtpWindow> = (0..4).map(|_| RtpWindow::acquire()).collect();
+    for (i, w) in windows.iter().enumerate() {
+        assert_eq!(w.hi - w.lo + 1, 200);
+        assert!(w.lo >= 10000 && w.hi < 32768, "{w:?} must stay below the ephemeral range");
+        for v in &windows[i + 1..] {
+            assert!(w.hi < v.lo || v.hi < w.lo, "{w:?} overlaps {v:?}");
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------------------ agent
@@ -222,7 +220,7 @@ async fn agent_refuse_mode_refuses() {
     let r = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(agent.url()))
         .await
         .expect("refused connect should fail fast");
-    let err = r.err().expect("connect to a refusing agent succeeded");
+    let err = r.expect_err("connect to a refusing agent succeeded");
     assert!(format!("{err:?}").contains("ConnectionRefused"), "unexpected error {err:?}");
     assert!(t.elapsed() < Duration::from_secs(2));
 }

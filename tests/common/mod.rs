@@ -133,7 +133,7 @@ fn port_is_free(port: u16) -> bool {
 /// of this process. `free_port_block(4)` is what sipp's `-mp` needs (it binds mp and mp+2).
 pub fn free_port_block(n: u16) -> u16 {
     assert!((1..=64).contains(&n));
-    let slots = ((PORT_HI - PORT_LO + 1) / 2) as u32; // even bases
+    let slots = (PORT_HI - PORT_LO).div_ceil(2) as u32; // even bases
     for _ in 0..slots {
         let base = PORT_LO + 2 * (next_cursor(&PORT_CURSOR) % slots) as u16;
         if base as u32 + n as u32 - 1 > PORT_HI as u32 {
@@ -442,10 +442,10 @@ impl Drop for Server {
                 self.log()
             );
         }
-        if keep_dirs() {
-            if let Some(d) = self.dir.take() {
-                eprintln!("fairvox test dir kept: {}", d.keep().display());
-            }
+        if keep_dirs()
+            && let Some(d) = self.dir.take()
+        {
+            eprintln!("fairvox test dir kept: {}", d.keep().display());
         }
     }
 }
@@ -655,12 +655,12 @@ impl Agent {
     pub fn inbound_audio(&self, conn: usize) -> Vec<u8> {
         let mut out = Vec::new();
         for r in self.messages() {
-            if r.conn == conn && r.event() == "media" {
-                if let Some(p) = r.msg.pointer("/media/payload").and_then(Value::as_str) {
-                    if let Ok(b) = base64::engine::general_purpose::STANDARD.decode(p) {
-                        out.extend_from_slice(&b);
-                    }
-                }
+            if r.conn == conn
+                && r.event() == "media"
+                && let Some(p) = r.msg.pointer("/media/payload").and_then(Value::as_str)
+                && let Ok(b) = base64::engine::general_purpose::STANDARD.decode(p)
+            {
+                out.extend_from_slice(&b);
             }
         }
         out
@@ -814,10 +814,10 @@ impl Agent {
         }
         for r in self.messages() {
             let mut m = r.msg.clone();
-            if let Some(p) = m.pointer_mut("/media/payload") {
-                if let Some(s) = p.as_str() {
-                    *p = Value::String(format!("<{} b64 chars>", s.len()));
-                }
+            if let Some(p) = m.pointer_mut("/media/payload")
+                && let Some(s) = p.as_str()
+            {
+                *p = Value::String(format!("<{} b64 chars>", s.len()));
             }
             let dt = t0.map(|t| r.at.saturating_duration_since(t)).unwrap_or_default();
             out.push_str(&format!("[{:>8.3}s] conn {} {}\n", dt.as_secs_f64(), r.conn, m));
@@ -849,12 +849,14 @@ pub fn media_message(stream_sid: &str, ulaw: &[u8]) -> Value {
     })
 }
 
+#[allow(clippy::result_large_err)] // the handshake callback's error type is tungstenite's
 async fn agent_connection(stream: tokio::net::TcpStream, sh: Arc<AgentShared>, mode: AgentMode) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 
-    let captured: Arc<Mutex<(String, Vec<(String, String)>)>> = Arc::default();
+    type Handshake = (String, Vec<(String, String)>);
+    let captured: Arc<Mutex<Handshake>> = Arc::default();
     let cap = captured.clone();
     let cb = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let headers = req
@@ -910,12 +912,13 @@ async fn agent_connection(stream: tokio::net::TcpStream, sh: Arc<AgentShared>, m
             }
             _ => continue,
         };
-        if mode == AgentMode::Echo && value.get("event").and_then(Value::as_str) == Some("media") {
-            if let Some(p) = value.pointer("/media/payload").and_then(Value::as_str) {
-                let sid = value.get("streamSid").and_then(Value::as_str).unwrap_or("");
-                let echo = json!({"event": "media", "streamSid": sid, "media": {"payload": p}});
-                let _ = tx.send(Message::text(echo.to_string()));
-            }
+        if mode == AgentMode::Echo
+            && value.get("event").and_then(Value::as_str) == Some("media")
+            && let Some(p) = value.pointer("/media/payload").and_then(Value::as_str)
+        {
+            let sid = value.get("streamSid").and_then(Value::as_str).unwrap_or("");
+            let echo = json!({"event": "media", "streamSid": sid, "media": {"payload": p}});
+            let _ = tx.send(Message::text(echo.to_string()));
         }
         {
             let mut st = sh.state.lock().unwrap();
@@ -923,14 +926,14 @@ async fn agent_connection(stream: tokio::net::TcpStream, sh: Arc<AgentShared>, m
         }
         sh.changed();
         count += 1;
-        if let AgentMode::CloseAfter(n) = mode {
-            if count == n {
-                use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
-                let _ = tx.send(Message::Close(Some(CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "test agent closes after N messages".into(),
-                })));
-            }
+        if let AgentMode::CloseAfter(n) = mode
+            && count == n
+        {
+            use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+            let _ = tx.send(Message::Close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "test agent closes after N messages".into(),
+            })));
         }
     }
     {
@@ -1815,10 +1818,10 @@ pub mod fixtures {
             if data.len() <= l2 {
                 continue;
             }
-            if let Some((src, dst, payload)) = super::parse_ipv4_udp(&data[l2..]) {
-                if let Some(rtp) = RtpPacket::parse(payload) {
-                    out.push(PcapRtp { t: t - t0, src_port: src.port(), dst_port: dst.port(), rtp });
-                }
+            if let Some((src, dst, payload)) = super::parse_ipv4_udp(&data[l2..])
+                && let Some(rtp) = RtpPacket::parse(payload)
+            {
+                out.push(PcapRtp { t: t - t0, src_port: src.port(), dst_port: dst.port(), rtp });
             }
         }
         out
