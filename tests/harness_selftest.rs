@@ -1,7 +1,7 @@
 //! Proves the test harness (`tests/common`) and the fixtures and sipp scenarios work, without fairvox: the
 //! agent against a tokio-tungstenite client, RTP capture against plain sockets, the pcaps by parsing, and every
 //! `tests/sipp/uac_*.xml` against a sipp peer (`tests/sipp/peer_*.xml` or sipp's built-in `uas`) that plays
-//! fairvox's part.
+//! fairvox's part, and a baresip call against such a peer.
 
 mod common;
 
@@ -650,6 +650,37 @@ fn sipp_run_is_killed_at_its_timeout() {
         .run(Duration::from_secs(1));
     assert!(!res.success());
     assert!(t.elapsed() < Duration::from_secs(9), "{:?}", t.elapsed());
+}
+
+#[test]
+fn baresip_calls_a_sipp_peer_speaks_and_hangs_up() {
+    let p = peer(Sipp::uas("peer_uas_answer.xml").set("answer_pt", "0"));
+    let cap = RtpCapture::to_port(p.media_port());
+    let phone = Baresip::new();
+    let (lo, hi) = phone.rtp_ports();
+    let res = phone.call(peer_addr(&p), "15551230001", Duration::from_secs(20));
+    assert!(res.established && res.terminated, "{}", res.log);
+    // It spoke speech.wav as PCMU from one of its RTP ports, ~3 s of 20 ms packets.
+    let pk = cap.stop();
+    assert!(pk.len() >= 140 && pk.len() <= 155, "{} packets\n{}", pk.len(), res.log);
+    assert!(pk.iter().all(|c| (lo..=hi).contains(&c.src.port())));
+    let audio: Vec<u8> = pk.iter().filter_map(|c| c.rtp()).filter(|r| r.pt == 0).flat_map(|r| r.payload).collect();
+    let level = g711::rms_dbfs(&g711::decode_ulaw(&audio));
+    let want = g711::rms_dbfs(&g711::decode_ulaw(&fixtures::speech_ulaw()));
+    assert!((level - want).abs() < 1.5, "sent at {level:.1} dBFS, speech is {want:.1}");
+    assert!(res.sent.len() >= 23_000, "enc dump has {} samples", res.sent.len());
+    // The peer sends no audio: baresip heard nothing.
+    assert!(res.heard.iter().all(|&s| s == 0));
+    p.wait().assert_success("peer (the BYE came from baresip)");
+}
+
+#[test]
+fn baresip_over_tcp() {
+    let p = peer(Sipp::uas("peer_uas_answer.xml").set("answer_pt", "8").tcp());
+    let res = Baresip::new().tcp().codecs("PCMA/8000/1").call(peer_addr(&p), "15551230001", Duration::from_secs(20));
+    assert!(res.established && res.terminated, "{}", res.log);
+    assert!(res.log.contains("PCMA"), "{}", res.log);
+    p.wait().assert_success("TCP peer");
 }
 
 #[test]

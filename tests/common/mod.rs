@@ -15,6 +15,7 @@
 //! - [`Sipp`] / [`sipp_scenario`]: runs a `tests/sipp/*.xml` scenario with free `-p`/`-mp` and message traces.
 //! - [`RtpCapture`]: sees UDP datagrams to/from a port that another process owns (AF_PACKET on `lo`).
 //! - [`sip_udp_exchange`], [`SipUdpClient`], [`options_ping`], [`sip_tcp_exchange`] and SIP text helpers.
+//! - [`Baresip`]: a real softphone call that speaks a WAV and records what it hears.
 //! - [`fixtures`]: paths, layout constants and a pcap reader for `tests/fixtures`; [`g711`]: decode/levels.
 //!
 //! Environment: `FAIRVOX_TEST_BIN` runs another fairvox binary than the one cargo built; `RUST_LOG` is passed
@@ -1713,6 +1714,203 @@ pub fn sip_body(msg: &[u8]) -> &[u8] {
         Some(i) => &msg[i + 4..],
         None => &[],
     }
+}
+
+// ================================================================================================ baresip
+
+/// What one baresip call did.
+#[derive(Debug)]
+pub struct BaresipResult {
+    /// None if the harness had to kill baresip.
+    pub status: Option<ExitStatus>,
+    /// baresip's console output (SIP progress, "Call established", "terminated", codec choice).
+    pub log: String,
+    /// The log said "Call established".
+    pub established: bool,
+    /// The log said the call "terminated" (baresip hangs up when the source WAV ends).
+    pub terminated: bool,
+    /// What baresip heard (decoded, 8 kHz mono; sndfile's `dump-*-dec.wav`), i.e. the audio fairvox sent it.
+    pub heard: Vec<i16>,
+    /// What it sent (before encoding; `dump-*-enc.wav`).
+    pub sent: Vec<i16>,
+}
+
+/// A real softphone call with baresip 1.0 (`apt-get install baresip-core`): it dials `sip:NUMBER@target`, plays
+/// a WAV (default `tests/fixtures/speech.wav`) as its microphone, records what it hears, and hangs up when the WAV
+/// ends. `Baresip::new().call(server.sip_addr(), "+15551230002", timeout)`.
+pub struct Baresip {
+    source: PathBuf,
+    codecs: String,
+    tcp: bool,
+    sip_port: u16,
+    rtp_lo: u16,
+}
+
+impl Default for Baresip {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Baresip {
+    pub fn new() -> Baresip {
+        Baresip {
+            source: fixtures::path("speech.wav"),
+            codecs: "PCMU/8000/1,PCMA/8000/1".into(),
+            tcp: false,
+            sip_port: free_port(),
+            rtp_lo: free_port_block(10),
+        }
+    }
+    /// The WAV (8 kHz 16-bit mono) baresip speaks; the call lasts as long as it.
+    pub fn source(mut self, wav: impl AsRef<Path>) -> Baresip {
+        self.source = wav.as_ref().to_path_buf();
+        self
+    }
+    /// baresip's `audio_codecs` in preference order, e.g. "PCMA/8000/1".
+    pub fn codecs(mut self, codecs: &str) -> Baresip {
+        self.codecs = codecs.to_owned();
+        self
+    }
+    /// SIP over TCP (`;transport=tcp`).
+    pub fn tcp(mut self) -> Baresip {
+        self.tcp = true;
+        self
+    }
+    /// baresip's RTP ports (inclusive): the source port of what it sends, where fairvox's RTP for it arrives.
+    pub fn rtp_ports(&self) -> (u16, u16) {
+        (self.rtp_lo, self.rtp_lo + 9)
+    }
+    pub fn sip_port(&self) -> u16 {
+        self.sip_port
+    }
+
+    /// Dials `number` at `target`, waits for the call to end (or `timeout`), and collects what happened.
+    pub fn call(self, target: SocketAddr, number: &str, timeout: Duration) -> BaresipResult {
+        let dir = tempdir("fairvox-baresip-");
+        let rec = dir.path().join("rec");
+        fs::create_dir_all(&rec).unwrap();
+        let config = format!(
+            "sip_listen\t\t127.0.0.1:{sip}\n\
+             net_interface\t\t127.0.0.1\n\
+             audio_player\t\taufile,{heard}\n\
+             audio_source\t\taufile,{src}\n\
+             audio_alert\t\taufile,/dev/null\n\
+             rtp_ports\t\t{lo}-{hi}\n\
+             module_path\t\t/usr/lib/baresip/modules\n\
+             module\t\t\taufile.so\n\
+             module\t\t\tg711.so\n\
+             module\t\t\tsndfile.so\n\
+             module\t\t\taccount.so\n\
+             module\t\t\tcontact.so\n\
+             module\t\t\tmenu.so\n\
+             module\t\t\tuuid.so\n\
+             snd_path\t\t{rec}\n",
+            sip = self.sip_port,
+            heard = dir.path().join("heard.wav").display(),
+            src = self.source.display(),
+            lo = self.rtp_lo,
+            hi = self.rtp_lo + 9,
+            rec = rec.display(),
+        );
+        fs::write(dir.path().join("config"), config).unwrap();
+        let transport = if self.tcp { ";transport=tcp" } else { "" };
+        fs::write(
+            dir.path().join("accounts"),
+            format!("<sip:{CALLER_NUMBER}@127.0.0.1{transport}>;regint=0;audio_codecs={}\n", self.codecs),
+        )
+        .unwrap();
+        fs::write(dir.path().join("contacts"), "").unwrap();
+        let log_path = dir.path().join("baresip.log");
+        let log = File::create(&log_path).unwrap();
+        let secs = timeout.as_secs().max(2);
+        let mut child = Command::new("baresip")
+            .arg("-f")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(format!("/dial sip:{number}@{target}{transport}"))
+            .arg("-t")
+            .arg(secs.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run baresip ({e}); install it: apt-get install baresip-core"));
+        let read_log = || fs::read(&log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        // baresip stays up after the call (until -t): stop it once the call is over.
+        let deadline = Instant::now() + timeout + Duration::from_secs(2);
+        let mut status = None;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                status = Some(st);
+                break;
+            }
+            let l = read_log();
+            if l.contains(" terminated") || l.contains("Call failed") || Instant::now() >= deadline {
+                std::thread::sleep(Duration::from_millis(300)); // let sndfile close its dumps
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe {
+                    libc::kill(child.id() as i32, libc::SIGINT);
+                }
+                let end = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < end {
+                    if let Ok(Some(st)) = child.try_wait() {
+                        status = Some(st);
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if status.is_none() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = read_log();
+        let dump = |suffix: &str| {
+            fs::read_dir(&rec)
+                .ok()
+                .and_then(|d| {
+                    d.filter_map(Result::ok).map(|e| e.path()).find(|p| p.to_string_lossy().ends_with(suffix))
+                })
+                .map(|p| wav_samples(&fs::read(p).unwrap_or_default()))
+                .unwrap_or_default()
+        };
+        let res = BaresipResult {
+            status,
+            established: log.contains("Call established"),
+            terminated: log.contains(" terminated"),
+            heard: dump("-dec.wav"),
+            sent: dump("-enc.wav"),
+            log,
+        };
+        if keep_dirs() {
+            eprintln!("baresip dir kept: {}", dir.keep().display());
+        }
+        res
+    }
+}
+
+/// The 16-bit PCM samples of a WAV file (first channel layout as stored; a `data` chunk whose size was never
+/// written counts to the end of the file).
+pub fn wav_samples(b: &[u8]) -> Vec<i16> {
+    if b.len() < 12 || &b[..4] != b"RIFF" || &b[8..12] != b"WAVE" {
+        return Vec::new();
+    }
+    let mut i = 12;
+    while i + 8 <= b.len() {
+        let id = &b[i..i + 4];
+        let size = u32::from_le_bytes([b[i + 4], b[i + 5], b[i + 6], b[i + 7]]) as usize;
+        let body = i + 8;
+        if id == b"data" {
+            let end = if size == 0 || body + size > b.len() { b.len() } else { body + size };
+            return b[body..end].chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+        }
+        i = body + size + (size & 1);
+    }
+    Vec::new()
 }
 
 // ================================================================================================ fixtures
