@@ -53,6 +53,17 @@ fn rtp_windows_are_exclusive() {
     }
 }
 
+// ------------------------------------------------------------------------------------------------ server
+
+#[test]
+fn server_that_exits_is_reported_at_once_with_its_log() {
+    // True of the skeleton binary (exits at once) and of the real server (refuses a malformed config).
+    let t = Instant::now();
+    let err = Server::try_start("this is [[[ not toml").err().expect("a malformed config must not start");
+    assert!(err.contains("fairvox exited before it was ready"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
 // ------------------------------------------------------------------------------------------------ agent
 
 type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -672,6 +683,18 @@ fn baresip_calls_a_sipp_peer_speaks_and_hangs_up() {
     // The peer sends no audio: baresip heard nothing.
     assert!(res.heard.iter().all(|&s| s == 0));
     p.wait().assert_success("peer (the BYE came from baresip)");
+}
+
+#[test]
+fn baresip_reports_a_rejected_call_at_once() {
+    let (_d, scen) = reject_peer(404);
+    let p = peer(Sipp::uas(&scen));
+    let t = Instant::now();
+    let res = Baresip::new().call(peer_addr(&p), "15559999999", Duration::from_secs(20));
+    assert!(!res.established);
+    assert_eq!(res.closed.as_deref(), Some("404 Rejected By Test Peer"), "{}", res.log);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    p.wait().assert_success("404 peer");
 }
 
 #[test]

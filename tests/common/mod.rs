@@ -278,6 +278,9 @@ pub struct ServerOptions {
     pub env: Vec<(String, String)>,
     /// How long to wait for `/healthz` (default 20 s).
     pub ready_timeout: Option<Duration>,
+    /// Start without `--config`, on the embedded defaults (tenant `demo`, `+15550100` -> echo); the config text
+    /// is then ignored. An empty config *file* is not the same: it has no tenants.
+    pub embedded_defaults: bool,
 }
 
 impl Server {
@@ -287,6 +290,12 @@ impl Server {
     /// gets ready.
     pub fn start(config_toml: &str) -> Server {
         Self::start_with(config_toml, ServerOptions::default())
+    }
+
+    /// The server on its embedded defaults (no `--config`): tenant `demo`, [`DEMO_NUMBER`] -> echo. Ports, RTP
+    /// window and data dir are still the harness's.
+    pub fn start_embedded_defaults() -> Server {
+        Self::start_with("", ServerOptions { embedded_defaults: true, ..Default::default() })
     }
 
     pub fn start_with(config_toml: &str, opts: ServerOptions) -> Server {
@@ -316,10 +325,11 @@ impl Server {
 
         let log = File::create(&log_path).expect("create server log");
         let mut cmd = Command::new(fairvox_bin());
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--sip-listen")
+        cmd.arg("serve");
+        if !opts.embedded_defaults {
+            cmd.arg("--config").arg(&config_path);
+        }
+        cmd.arg("--sip-listen")
             .arg(sip.to_string())
             .arg("--http-listen")
             .arg(http.to_string())
@@ -1729,6 +1739,8 @@ pub struct BaresipResult {
     pub established: bool,
     /// The log said the call "terminated" (baresip hangs up when the source WAV ends).
     pub terminated: bool,
+    /// Why the call ended without being established, from baresip's "session closed: 404 Not Found".
+    pub closed: Option<String>,
     /// What baresip heard (decoded, 8 kHz mono; sndfile's `dump-*-dec.wav`), i.e. the audio fairvox sent it.
     pub heard: Vec<i16>,
     /// What it sent (before encoding; `dump-*-enc.wav`).
@@ -1846,7 +1858,7 @@ impl Baresip {
                 break;
             }
             let l = read_log();
-            if l.contains(" terminated") || l.contains("Call failed") || Instant::now() >= deadline {
+            if l.contains(" terminated") || l.contains("session closed") || Instant::now() >= deadline {
                 std::thread::sleep(Duration::from_millis(300)); // let sndfile close its dumps
                 // SAFETY: kill(2) on our own child's pid.
                 unsafe {
@@ -1882,6 +1894,7 @@ impl Baresip {
             status,
             established: log.contains("Call established"),
             terminated: log.contains(" terminated"),
+            closed: log.lines().find_map(|l| l.split_once("session closed: ").map(|(_, r)| r.trim().to_owned())),
             heard: dump("-dec.wav"),
             sent: dump("-enc.wav"),
             log,
