@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use axum::Router;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::call::record::{CallRecordSink, LogAndFileSink};
 use crate::config::Config;
@@ -31,6 +32,7 @@ pub struct Running {
     pub sip_addr: SocketAddr,
     pub http_addr: SocketAddr,
     shutdown: CancellationToken,
+    calls: TaskTracker,
     sip_task: tokio::task::JoinHandle<()>,
     http_task: tokio::task::JoinHandle<()>,
 }
@@ -39,7 +41,13 @@ impl Running {
     /// Stops taking calls, ends the active ones (BYE to callers, `stop` to agents), and waits up to `grace`.
     pub async fn shutdown(self, grace: Duration) {
         self.shutdown.cancel();
-        let _ = tokio::time::timeout(grace, self.sip_task).await;
+        self.calls.close();
+        let calls = self.calls;
+        let _ = tokio::time::timeout(grace, async move {
+            let _ = self.sip_task.await;
+            calls.wait().await;
+        })
+        .await;
         self.http_task.abort();
     }
 }
@@ -68,7 +76,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     );
 
     let shutdown = CancellationToken::new();
-    let driver = SipDriver { config, snapshot, sink, ports, counters };
+    let calls = TaskTracker::new();
+    let driver = SipDriver { config, snapshot, sink, ports, counters, calls: calls.clone() };
     let sip_task = tokio::spawn(driver.run(sockets, shutdown.clone()));
     let app = Router::new().route("/healthz", get(|| async { "ok\n" }));
     let http_task = tokio::spawn(async move {
@@ -76,5 +85,5 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
-    Ok(Running { sip_addr, http_addr, shutdown, sip_task, http_task })
+    Ok(Running { sip_addr, http_addr, shutdown, calls, sip_task, http_task })
 }

@@ -221,9 +221,9 @@ impl Uas {
         self.draining = true;
     }
 
-    /// No call and no transaction left: a draining server may stop.
+    /// No call left and no BYE waiting for its answer: a draining server may stop.
     pub fn is_idle(&self) -> bool {
-        self.legs.is_empty() && self.tx.is_empty()
+        self.legs.is_empty() && self.tx.awaiting_answers() == 0
     }
 
     /// One message from the network: a UDP datagram, or one framed TCP message.

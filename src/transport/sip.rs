@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::call::CallId;
@@ -46,6 +47,8 @@ pub struct SipDriver {
     pub sink: Arc<dyn CallRecordSink>,
     pub ports: Arc<RtpPortPool>,
     pub counters: Arc<MediaCounters>,
+    /// Every call's media task, so that a drain can wait for their records.
+    pub calls: TaskTracker,
 }
 
 /// Bound sockets, so that start-up fails early and tests can read the real ports.
@@ -197,7 +200,7 @@ impl SipDriver {
                     playout_max_samples: self.config.playout_max_samples,
                     advertise_ip: self.config.advertise_ip(),
                 };
-                tokio::spawn(
+                self.calls.spawn(
                     media::run_call(setup, lease, crx, reports.clone(), self.sink.clone(), self.counters.clone())
                         .instrument(span),
                 );

@@ -227,6 +227,12 @@ impl TransactionLayer {
         self.server.is_empty() && self.client.is_empty()
     }
 
+    /// Requests we sent that have no final response yet (a draining server waits for these, not for the
+    /// transactions that only linger to absorb retransmissions).
+    pub fn awaiting_answers(&self) -> usize {
+        self.client.values().filter(|t| !t.final_received).count()
+    }
+
     /// A parsed request from the network.
     pub fn handle_request(&mut self, now: Instant, request: Request, source: Peer) {
         let is_ack = request.method == Method::Ack;
