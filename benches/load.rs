@@ -56,6 +56,8 @@ usage: cargo bench --bench load -- [options]
                        people's builds on a shared machine (default 0: no change)
   --quiet-wait S       before each step wait up to S seconds for the two cores to fall below 25% busy from
                        others' work; the step runs anyway after that, its background load recorded (default 30)
+  --waves K            after the measured round, K-1 more rounds of N calls (set up, 2 s, BYE) on the same
+                       server, with RSS and fds after each: a leak grows round after round (default 1)
   --keep-going         run the higher steps of a mode even after a step failed
   --server-bin PATH    benchmark this binary instead of the one cargo built
   --out PATH           JSON report (default <target>/bench/load.json)";
@@ -78,6 +80,7 @@ struct Args {
     nice: i32,
     quiet_wait: f64,
     keep_going: bool,
+    waves: usize,
     server_bin: String,
     out: PathBuf,
 }
@@ -104,6 +107,7 @@ impl Args {
             nice: 0,
             quiet_wait: 30.0,
             keep_going: false,
+            waves: 1,
             server_bin: env!("CARGO_BIN_EXE_fairvox").to_owned(),
             out: target.join("bench").join("load.json"),
         };
@@ -146,6 +150,7 @@ impl Args {
                 "--nice" => a.nice = num(&flag, value(&flag)?)?,
                 "--quiet-wait" => a.quiet_wait = num(&flag, value(&flag)?)?,
                 "--keep-going" => a.keep_going = true,
+                "--waves" => a.waves = num(&flag, value(&flag)?)?,
                 "--talk-back" => {
                     a.talk_back = match value(&flag)?.as_str() {
                         "on" | "true" | "1" => true,
@@ -202,6 +207,8 @@ struct StepResult {
     sip: SipCounters,
     agent: Option<AgentCounters>,
     teardown: Teardown,
+    /// Rounds 2..=K of `--waves K`: RSS and fds after each.
+    waves: Vec<WaveSample>,
 }
 
 #[derive(Serialize, Clone, Debug, Default)]
@@ -250,6 +257,17 @@ struct Teardown {
     /// Stream mode: `stop` events and closed agent sockets counted after the BYEs.
     agent_stops: u64,
     agent_closed: u64,
+}
+
+/// A further round of the same calls on the same server (`--waves`).
+#[derive(Serialize, Clone, Debug)]
+struct WaveSample {
+    wave: usize,
+    established: usize,
+    bye_200: usize,
+    loaded_rss_kib: Option<u64>,
+    after_rss_kib: Option<u64>,
+    after_fds: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -422,6 +440,7 @@ async fn run_step(
         sip: SipCounters::default(),
         agent: None,
         teardown: Teardown::default(),
+        waves: Vec::new(),
     };
     let mut tasks = Tasks(Vec::new());
 
@@ -499,52 +518,8 @@ async fn run_step(
 
     // Set-up, paced; the first failure ends the step.
     let setup_timeout = Duration::from_secs_f64(args.setup_timeout);
-    let (tx, mut rx) = mpsc::unbounded_channel::<SetupOutcome>();
-    let mut setup = SetupTally::default();
     let started = Instant::now();
-    let mut launched = 0usize;
-    for i in 0..n {
-        tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / args.cps)).into()).await;
-        while let Ok(o) = rx.try_recv() {
-            setup.record(o, &mut tasks);
-        }
-        if setup.first_failure.is_some() {
-            break;
-        }
-        if let Some(status) = srv.exited() {
-            setup.first_failure = Some(format!("server exited during set-up: {status}"));
-            break;
-        }
-        let (uac, shared, generator, tx) = (uac.clone(), shared.clone(), generator.clone(), tx.clone());
-        let idx = i as u32;
-        launched += 1;
-        tokio::spawn(async move {
-            let outcome = async {
-                let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.map_err(|e| format!("RTP socket: {e}"))?);
-                let local = sock.local_addr().map_err(|e| e.to_string())?;
-                let d = uac.invite(idx, local, setup_timeout).await.map_err(|e| e.to_string())?;
-                generator.add(idx, sock.clone(), d.remote_rtp);
-                let rx_task = tokio::spawn(rtp::receive(idx, sock, shared));
-                Ok((d, rx_task))
-            }
-            .await;
-            let _ = tx.send((idx, outcome));
-        });
-    }
-    let mut outstanding = launched - (setup.dialogs.len() + setup.failures);
-    let collect_deadline = Instant::now() + setup_timeout + Duration::from_secs(2);
-    while outstanding > 0 {
-        match tokio::time::timeout_at(collect_deadline.into(), rx.recv()).await {
-            Ok(Some(o)) => {
-                setup.record(o, &mut tasks);
-                outstanding -= 1;
-            }
-            _ => {
-                setup.first_failure.get_or_insert_with(|| format!("{outstanding} set-ups never finished"));
-                break;
-            }
-        }
-    }
+    let setup = set_up_calls(n, args.cps, setup_timeout, &uac, &shared, &generator, &mut srv, &mut tasks).await;
     let setup_elapsed = started.elapsed();
     let SetupTally { dialogs, mut setup_ms, failures, first_failure } = setup;
     r.established = dialogs.len();
@@ -618,40 +593,14 @@ async fn run_step(
     }
 
     // Tear-down: BYE every established call, paced like the set-up.
-    let bye_timeout = Duration::from_secs(5);
-    let (btx, mut brx) = mpsc::unbounded_channel::<Result<u16, String>>();
-    let bye_started = Instant::now();
-    let n_byes = dialogs.len();
-    for (j, d) in dialogs.into_iter().enumerate() {
-        tokio::time::sleep_until((bye_started + Duration::from_secs_f64(j as f64 / (2.0 * args.cps))).into()).await;
-        generator.remove(d.idx);
-        let (uac, btx) = (uac.clone(), btx.clone());
-        tokio::spawn(async move {
-            let _ = btx.send(uac.bye(&d, bye_timeout).await);
-        });
-    }
-    generator.clear();
-    let bye_deadline = Instant::now() + bye_timeout + Duration::from_secs(1);
-    for _ in 0..n_byes {
-        match tokio::time::timeout_at(bye_deadline.into(), brx.recv()).await {
-            Ok(Some(Ok(200))) => r.teardown.bye_200 += 1,
-            Ok(Some(Ok(code))) => r.teardown.bye_other.push(code),
-            Ok(Some(Err(e))) => {
-                r.teardown.bye_failed += 1;
-                r.teardown.first_bye_failure.get_or_insert(e);
-            }
-            _ => {
-                r.teardown.bye_failed += 1;
-                r.teardown.first_bye_failure.get_or_insert_with(|| "BYE task never reported".to_owned());
-            }
-        }
-    }
+    let dialog_count = dialogs.len();
+    r.teardown = tear_down_calls(dialogs, 2.0 * args.cps, &uac, &generator).await;
     if mode == Mode::Stream {
         // Give the server time to send `stop` and close each agent socket.
         let until = Instant::now() + Duration::from_secs(5);
         while Instant::now() < until {
             let a = shared.agent.lock().clone();
-            if a.closes + a.errors >= a.connections && a.stop_events >= r.established as u64 {
+            if a.closes + a.errors >= a.connections && a.stop_events >= dialog_count as u64 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -672,10 +621,148 @@ async fn run_step(
         r.generator.send_errors = g.send_errors;
         r.generator.skipped = g.skipped;
     }
+    // More rounds of the same calls on the same server: a leak keeps RSS (or fds) growing round after round,
+    // allocator retention levels off.
+    for wave in 1..args.waves {
+        if r.status != "ok" || srv.exited().is_some() {
+            break;
+        }
+        let Ok(uac) = Uac::bind(sip_addr, &format!("{}x{step_no}w{wave}", std::process::id())).await else { break };
+        let dispatcher = tokio::spawn(uac.clone().dispatch());
+        let mut wave_tasks = Tasks(vec![dispatcher]);
+        let tally =
+            set_up_calls(n, args.cps, setup_timeout, &uac, &shared, &generator, &mut srv, &mut wave_tasks).await;
+        let established = tally.dialogs.len();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let loaded = srv.sample();
+        let td = tear_down_calls(tally.dialogs, 2.0 * args.cps, &uac, &generator).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(wave_tasks);
+        let after = srv.sample();
+        let w = WaveSample {
+            wave: wave + 1,
+            established,
+            bye_200: td.bye_200,
+            loaded_rss_kib: loaded.map(|p| p.rss_kib),
+            after_rss_kib: after.map(|p| p.rss_kib),
+            after_fds: after.map(|p| p.fds),
+        };
+        println!(
+            "  wave {}: {}/{n} established, {} BYE 200 | RSS loaded {} KiB, after tear-down {} KiB | fds {}",
+            w.wave,
+            w.established,
+            w.bye_200,
+            w.loaded_rss_kib.map_or("-".into(), |v| v.to_string()),
+            w.after_rss_kib.map_or("-".into(), |v| v.to_string()),
+            w.after_fds.map_or("-".into(), |v| v.to_string()),
+        );
+        r.waves.push(w);
+        if let Some(f) = tally.first_failure {
+            println!("  wave {}: set-up failed: {f}", wave + 1);
+            break;
+        }
+    }
     drop(tasks);
     r.server.exit = srv.stop(Duration::from_secs(15));
     scan_log(&mut r);
     r
+}
+
+/// Sets up `n` calls (indices 0..n) at `cps` calls/s, each with its own RTP socket fed by `generator` and drained
+/// by a receive task in `tasks`. Stops launching at the first failure or if the server exits; every outcome is
+/// collected, each within `timeout` (+2 s).
+#[allow(clippy::too_many_arguments)]
+async fn set_up_calls(
+    n: usize,
+    cps: f64,
+    timeout: Duration,
+    uac: &Arc<Uac>,
+    shared: &Arc<Shared>,
+    generator: &Arc<Generator>,
+    srv: &mut Server,
+    tasks: &mut Tasks,
+) -> SetupTally {
+    let (tx, mut rx) = mpsc::unbounded_channel::<SetupOutcome>();
+    let mut setup = SetupTally::default();
+    let started = Instant::now();
+    let mut launched = 0usize;
+    for i in 0..n {
+        tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / cps)).into()).await;
+        while let Ok(o) = rx.try_recv() {
+            setup.record(o, tasks);
+        }
+        if setup.first_failure.is_some() {
+            break;
+        }
+        if let Some(status) = srv.exited() {
+            setup.first_failure = Some(format!("server exited during set-up: {status}"));
+            break;
+        }
+        let (uac, shared, generator, tx) = (uac.clone(), shared.clone(), generator.clone(), tx.clone());
+        let idx = i as u32;
+        launched += 1;
+        tokio::spawn(async move {
+            let outcome = async {
+                let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.map_err(|e| format!("RTP socket: {e}"))?);
+                let local = sock.local_addr().map_err(|e| e.to_string())?;
+                let d = uac.invite(idx, local, timeout).await.map_err(|e| e.to_string())?;
+                generator.add(idx, sock.clone(), d.remote_rtp);
+                let rx_task = tokio::spawn(rtp::receive(idx, sock, shared));
+                Ok((d, rx_task))
+            }
+            .await;
+            let _ = tx.send((idx, outcome));
+        });
+    }
+    let mut outstanding = launched - (setup.dialogs.len() + setup.failures);
+    let collect_deadline = Instant::now() + timeout + Duration::from_secs(2);
+    while outstanding > 0 {
+        match tokio::time::timeout_at(collect_deadline.into(), rx.recv()).await {
+            Ok(Some(o)) => {
+                setup.record(o, tasks);
+                outstanding -= 1;
+            }
+            _ => {
+                setup.first_failure.get_or_insert_with(|| format!("{outstanding} set-ups never finished"));
+                break;
+            }
+        }
+    }
+    setup
+}
+
+/// Stops each call's RTP and hangs it up (BYE) at `rate` calls/s; waits for every BYE's outcome (5 s each + 1 s).
+async fn tear_down_calls(dialogs: Vec<Dialog>, rate: f64, uac: &Arc<Uac>, generator: &Arc<Generator>) -> Teardown {
+    let mut t = Teardown::default();
+    let bye_timeout = Duration::from_secs(5);
+    let (btx, mut brx) = mpsc::unbounded_channel::<Result<u16, String>>();
+    let started = Instant::now();
+    let count = dialogs.len();
+    for (j, d) in dialogs.into_iter().enumerate() {
+        tokio::time::sleep_until((started + Duration::from_secs_f64(j as f64 / rate)).into()).await;
+        generator.remove(d.idx);
+        let (uac, btx) = (uac.clone(), btx.clone());
+        tokio::spawn(async move {
+            let _ = btx.send(uac.bye(&d, bye_timeout).await);
+        });
+    }
+    generator.clear();
+    let deadline = Instant::now() + bye_timeout + Duration::from_secs(1);
+    for _ in 0..count {
+        match tokio::time::timeout_at(deadline.into(), brx.recv()).await {
+            Ok(Some(Ok(200))) => t.bye_200 += 1,
+            Ok(Some(Ok(code))) => t.bye_other.push(code),
+            Ok(Some(Err(e))) => {
+                t.bye_failed += 1;
+                t.first_bye_failure.get_or_insert(e);
+            }
+            _ => {
+                t.bye_failed += 1;
+                t.first_bye_failure.get_or_insert_with(|| "BYE task never reported".to_owned());
+            }
+        }
+    }
+    t
 }
 
 /// Waits (at most `limit`) until every core in `cores` is below 25% busy over a second; returns the time waited.
