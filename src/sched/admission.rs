@@ -376,7 +376,8 @@ impl Admission {
     }
 
     /// Counts a refusal decided elsewhere against `tenant` (the breaker's [`Refusal::CircuitOpen`]), so that all
-    /// refusals show in [`Admission::refusals`].
+    /// refusals show in [`Admission::refusals`]. `Unconfigured`, or any refusal of a tenant the table has no slot
+    /// for, goes to [`Admission::unconfigured_refusals`].
     pub fn record_refusal(&self, tenant: TenantId, refusal: &Refusal) {
         match self.slot(tenant) {
             Some(slot) if refusal.index() < TENANT_REASONS => {
