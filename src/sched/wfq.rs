@@ -553,8 +553,8 @@ impl<T> Wfq<T> {
         }
     }
 
-    /// One item of `tenant` is no longer in flight; if the tenant was parked at its cap, it rejoins the back of the
-    /// active list (keeping its deficit).
+    /// One item of `tenant` is no longer in flight. If that takes a parked tenant below its cap, it rejoins the
+    /// active list with its deficit: at the front to finish an interrupted turn, else at the back (see [`Wfq`]).
     pub fn done(&mut self, tenant: TenantId) {
         let i = tenant.0 as usize;
         if let Some(slot) = self.slots.get_mut(i) {
