@@ -9,6 +9,7 @@ pub mod codec;
 pub mod config;
 pub mod fuzzing;
 pub mod proto;
+pub mod sched;
 pub mod server;
 pub mod stream;
 pub mod tenant;

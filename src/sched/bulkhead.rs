@@ -1,0 +1,348 @@
+//! The bulkheaded worker pool: `N` OS threads that drive a [`Scheduler`] and run a caller's handler per item.
+//!
+//! Owns the worker threads, their wake-ups, the per-tenant cap on workers held at once, panic isolation, and the
+//! per-tenant processing counters. The queue stays sans-IO; this module is its driver and the only place in
+//! `sched` that reads the clock (`Instant::now()` in the worker loop, for deadline checks and waits).
+//!
+//! * **Shared state** is one `parking_lot::Mutex` around the scheduler and the counters, held only to push, or
+//!   to record the end of one item and pop the next (one lock round per item), never while a handler runs.
+//! * **Wake-ups**: a worker that finds nothing to pop waits on a `Condvar` (no spinning) after counting itself
+//!   idle. `submit` notifies one worker only when some worker is idle and the pushed item can be served now. A
+//!   worker that pops while more work is ready and others idle passes the wake-up on, so a burst wakes workers one
+//!   by one without a thundering herd. Everything is checked and waited under the same mutex, so no wake-up is lost.
+//! * **Bulkhead**: each tenant holds at most `max_in_flight` workers at once: its configured cap, or else its
+//!   weighted share `ceil(N * weight / total_weight)`, always within `1..=N`. The fair queue parks a tenant at its
+//!   cap (it keeps its deficit) so its slow items can never occupy every worker; the others keep flowing. The
+//!   price: a lone busy tenant is not given more than its cap even when other workers are idle. (In `fifo` mode
+//!   caps are not enforced: that is the unprotected comparison.)
+//! * **Panics** in the handler are caught per item (`catch_unwind`), counted for the tenant, and end only that item.
+
+use std::num::NonZeroUsize;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::sched::wfq::{
+    ConfigError, RefuseReason, Refused, Scheduler, SchedulerKind, TenantConfig, TenantStats, slot_index,
+};
+use crate::tenant::TenantId;
+
+/// How to run the pool.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct BulkheadConfig {
+    /// Worker threads; 0 means one per core (`available_parallelism`).
+    pub workers: usize,
+    pub scheduler: SchedulerKind,
+    /// See [`Wfq::new`](crate::sched::wfq::Wfq::new): the weight-1 credit per round and the largest item cost.
+    pub quantum: u32,
+}
+
+impl Default for BulkheadConfig {
+    fn default() -> Self {
+        BulkheadConfig { workers: 0, scheduler: SchedulerKind::Fair, quantum: 1 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BulkheadError {
+    #[error("cannot start a scheduler worker thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// One tenant's view of the pool.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BulkheadStats {
+    /// Queue counters: enqueued, dequeued, drops by reason, wait histogram (push to start of processing).
+    pub queue: TenantStats,
+    /// Items whose handler returned.
+    pub processed: u64,
+    /// Items whose handler panicked.
+    pub panics: u64,
+    /// Workers this tenant may hold at once, as now computed.
+    pub max_in_flight: u32,
+}
+
+/// The pool as a whole.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    pub workers: usize,
+    pub idle_workers: usize,
+    pub queued: usize,
+    pub refused_unknown_tenant: u64,
+    pub refused_shut_down: u64,
+    /// Items drained by `shutdown` (also counted per tenant as `dropped_drained`).
+    pub dropped_at_shutdown: u64,
+    pub shut_down: bool,
+}
+
+type Handler<T> = dyn Fn(TenantId, T) + Send + Sync;
+
+#[derive(Copy, Clone, Default)]
+struct PoolTenant {
+    configured: bool,
+    weight: u32,
+    cap: Option<u32>,
+    limit: u32,
+    processed: u64,
+    panics: u64,
+}
+
+struct State<T> {
+    queue: Scheduler<T>,
+    tenants: Vec<PoolTenant>,
+    total_weight: u64,
+    workers: usize,
+    idle: usize,
+    shutting_down: bool,
+    refused_shut_down: u64,
+    dropped_at_shutdown: u64,
+}
+
+impl<T> State<T> {
+    /// The end of one item: it leaves the tenant's in-flight count (which may unpark the tenant).
+    fn finish(&mut self, tenant: TenantId, panicked: bool) {
+        self.queue.done(tenant);
+        if let Some(t) = self.tenants.get_mut(tenant.0 as usize) {
+            if panicked {
+                t.panics += 1;
+            } else {
+                t.processed += 1;
+            }
+        }
+    }
+
+    /// Recomputes every tenant's worker cap after a weight or membership change.
+    fn recompute_limits(&mut self) {
+        let n = self.workers as u64;
+        let total = self.total_weight.max(1);
+        for (i, t) in self.tenants.iter_mut().enumerate() {
+            if !t.configured {
+                continue;
+            }
+            let limit = match t.cap {
+                Some(c) => u64::from(c),
+                None => (n.saturating_mul(u64::from(t.weight))).div_ceil(total),
+            }
+            .clamp(1, n.max(1));
+            let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+            if limit != t.limit {
+                t.limit = limit;
+                // Cannot fail: the tenant is configured and the limit is at least 1.
+                let _ = self.queue.set_max_in_flight(TenantId(i as u32), Some(limit));
+            }
+        }
+    }
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    wake: Condvar,
+    handler: Box<Handler<T>>,
+}
+
+/// The worker pool; see the module docs. Dropping it shuts it down (and waits for running handlers).
+pub struct Bulkhead<T: Send + 'static> {
+    shared: Arc<Shared<T>>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    workers: usize,
+}
+
+impl<T: Send + 'static> Bulkhead<T> {
+    /// Starts the workers. Tenants must be configured ([`Bulkhead::configure_tenant`]) before their items are
+    /// accepted.
+    pub fn start(
+        config: BulkheadConfig,
+        handler: impl Fn(TenantId, T) + Send + Sync + 'static,
+    ) -> Result<Bulkhead<T>, BulkheadError> {
+        let workers = if config.workers == 0 {
+            std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+        } else {
+            config.workers
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: Scheduler::new(config.scheduler, config.quantum),
+                tenants: Vec::new(),
+                total_weight: 0,
+                workers,
+                idle: 0,
+                shutting_down: false,
+                refused_shut_down: 0,
+                dropped_at_shutdown: 0,
+            }),
+            wake: Condvar::new(),
+            handler: Box::new(handler),
+        });
+        let pool = Bulkhead { shared, handles: Mutex::new(Vec::with_capacity(workers)), workers };
+        for i in 0..workers {
+            let shared = Arc::clone(&pool.shared);
+            let spawned = std::thread::Builder::new().name(format!("fairvox-sched-{i}")).spawn(move || worker(&shared));
+            match spawned {
+                Ok(h) => pool.handles.lock().push(h),
+                // Dropping `pool` stops and joins the workers already started.
+                Err(e) => return Err(BulkheadError::Spawn(e)),
+            }
+        }
+        Ok(pool)
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    pub fn scheduler(&self) -> SchedulerKind {
+        self.shared.state.lock().queue.kind()
+    }
+
+    /// Adds or updates a tenant. `cfg.max_in_flight` is an explicit cap on the workers it may hold; `None` gives
+    /// it its weighted share. Every tenant's share is recomputed (O(tenants); configuration is rare).
+    pub fn configure_tenant(&self, tenant: TenantId, cfg: TenantConfig) -> Result<(), ConfigError> {
+        cfg.validate()?;
+        let i = slot_index(tenant)?;
+        let mut g = self.shared.state.lock();
+        let provisional = g.tenants.get(i).filter(|t| t.configured).map_or(1, |t| t.limit);
+        g.queue.configure(tenant, TenantConfig { max_in_flight: Some(provisional.max(1)), ..cfg })?;
+        if g.tenants.len() <= i {
+            g.tenants.resize(i + 1, PoolTenant::default());
+        }
+        let t = g.tenants[i];
+        let old_weight = if t.configured { u64::from(t.weight) } else { 0 };
+        g.total_weight = g.total_weight - old_weight + u64::from(cfg.weight);
+        g.tenants[i] =
+            PoolTenant { configured: true, weight: cfg.weight, cap: cfg.max_in_flight, limit: provisional, ..t };
+        g.recompute_limits();
+        if g.queue.has_ready() {
+            self.shared.wake.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Offboards a tenant: its queued items are dropped (counted as `drained`), its share goes to the others.
+    /// Items of it already running finish. Returns how many were dropped.
+    pub fn remove_tenant(&self, tenant: TenantId) -> usize {
+        let mut g = self.shared.state.lock();
+        let n = g.queue.remove(tenant, drop);
+        if let Some(t) = g.tenants.get_mut(tenant.0 as usize).filter(|t| t.configured) {
+            t.configured = false;
+            let w = u64::from(t.weight);
+            g.total_weight -= w;
+            g.recompute_limits();
+            if g.queue.has_ready() {
+                self.shared.wake.notify_all();
+            }
+        }
+        n
+    }
+
+    /// Queues one item; callable from any thread, tokio tasks included: it takes the short mutex and never waits
+    /// for a worker. `now` stamps the item (pass the frame's ingress instant to count time before the pool too).
+    /// Refused, with the item back, when the tenant is unknown, its queue is full, the cost exceeds the quantum,
+    /// or the pool is shut down.
+    pub fn submit(&self, tenant: TenantId, item: T, cost: u32, now: Instant) -> Result<(), Refused<T>> {
+        let mut g = self.shared.state.lock();
+        if g.shutting_down {
+            g.refused_shut_down += 1;
+            return Err(Refused { item, reason: RefuseReason::ShutDown });
+        }
+        g.queue.push(tenant, item, cost, now)?;
+        if g.idle > 0 && g.queue.has_ready() {
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// A tenant's counters; `None` if it was never configured.
+    pub fn stats(&self, tenant: TenantId) -> Option<BulkheadStats> {
+        let g = self.shared.state.lock();
+        let queue = g.queue.stats(tenant)?;
+        let t = g.tenants.get(tenant.0 as usize).copied().unwrap_or_default();
+        Some(BulkheadStats { queue, processed: t.processed, panics: t.panics, max_in_flight: t.limit })
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        let g = self.shared.state.lock();
+        PoolStats {
+            workers: g.workers,
+            idle_workers: g.idle,
+            queued: g.queue.len(),
+            refused_unknown_tenant: g.queue.refused_unknown_tenant(),
+            refused_shut_down: g.refused_shut_down,
+            dropped_at_shutdown: g.dropped_at_shutdown,
+            shut_down: g.shutting_down,
+        }
+    }
+
+    /// Stops the pool: refuses further submits, drops what is queued (counted per tenant as `drained`), lets
+    /// running handlers finish, and joins the workers. Returns how many queued items were dropped by this call
+    /// (0 if already shut down). Idempotent. Must not be called from inside the handler (a worker would wait
+    /// for itself; that worker is skipped rather than joined).
+    pub fn shutdown(&self) -> usize {
+        let dropped = {
+            let mut g = self.shared.state.lock();
+            let n = if g.shutting_down {
+                0
+            } else {
+                g.shutting_down = true;
+                g.queue.drain(|_, _, _| {})
+            };
+            g.dropped_at_shutdown += n as u64;
+            self.shared.wake.notify_all();
+            n
+        };
+        let handles = std::mem::take(&mut *self.handles.lock());
+        let me = std::thread::current().id();
+        for h in handles {
+            if h.thread().id() != me {
+                // A worker cannot panic (handlers run under catch_unwind); nothing to report if it somehow did.
+                let _ = h.join();
+            }
+        }
+        dropped
+    }
+}
+
+impl<T: Send + 'static> Drop for Bulkhead<T> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn worker<T>(shared: &Shared<T>) {
+    let mut finished: Option<(TenantId, bool)> = None;
+    loop {
+        let job = {
+            let mut g = shared.state.lock();
+            if let Some((tenant, panicked)) = finished.take() {
+                g.finish(tenant, panicked);
+            }
+            let job = loop {
+                if g.shutting_down {
+                    break None;
+                }
+                // Dropped (late) items are counted by the queue; the pool has nothing else to do with them.
+                if let Some(p) = g.queue.pop(Instant::now(), |_, _, _| {}) {
+                    break Some(p);
+                }
+                g.idle += 1;
+                shared.wake.wait(&mut g);
+                g.idle -= 1;
+            };
+            if job.is_some() && g.idle > 0 && g.queue.has_ready() {
+                shared.wake.notify_one();
+            }
+            job
+        };
+        let Some(p) = job else { return };
+        let outcome = catch_unwind(AssertUnwindSafe(|| (shared.handler)(p.tenant, p.item)));
+        finished = Some((p.tenant, outcome.is_err()));
+    }
+}
+
+#[cfg(test)]
+mod tests;

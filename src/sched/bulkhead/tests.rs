@@ -1,0 +1,260 @@
+//! Real threads, bounded time: every wait here polls with a deadline and fails loudly instead of hanging.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use super::*;
+
+fn t(n: u32) -> TenantId {
+    TenantId(n)
+}
+
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn tenant(weight: u32, capacity: usize, max_wait: Duration) -> TenantConfig {
+    TenantConfig { weight, capacity, max_wait, max_in_flight: None }
+}
+
+/// The payload of the panics these tests provoke; the hook below keeps them out of the test output.
+struct SilentPanic;
+
+fn silence_provoked_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<SilentPanic>().is_none() {
+                previous(info);
+            }
+        }));
+    });
+}
+
+fn config(workers: usize, scheduler: SchedulerKind) -> BulkheadConfig {
+    BulkheadConfig { workers, scheduler, quantum: 1 }
+}
+
+#[test]
+fn every_item_is_processed_in_both_modes() {
+    for kind in [SchedulerKind::Fair, SchedulerKind::Fifo] {
+        let counts: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
+        let c = Arc::clone(&counts);
+        let pool = Arc::new(
+            Bulkhead::start(config(2, kind), move |tenant: TenantId, _: u32| {
+                c[tenant.0 as usize].fetch_add(1, SeqCst);
+            })
+            .unwrap(),
+        );
+        assert_eq!(pool.scheduler(), kind);
+        for i in 0..4 {
+            pool.configure_tenant(t(i), tenant(i + 1, 1_000, Duration::from_secs(60))).unwrap();
+        }
+        let submitters: Vec<_> = (0..4u32)
+            .map(|i| {
+                let pool = Arc::clone(&pool);
+                std::thread::spawn(move || {
+                    for k in 0..1_000 {
+                        pool.submit(t(i), k, 1, Instant::now()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for s in submitters {
+            s.join().unwrap();
+        }
+        wait_until("all 4000 items are processed", || counts.iter().map(|c| c.load(SeqCst)).sum::<u64>() == 4_000);
+        wait_until("both workers are idle again", || pool.pool_stats().idle_workers == 2);
+        for i in 0..4 {
+            let s = pool.stats(t(i)).unwrap();
+            assert_eq!(counts[i as usize].load(SeqCst), 1_000);
+            assert_eq!((s.queue.enqueued, s.queue.dequeued, s.processed, s.panics), (1_000, 1_000, 1_000, 0));
+            assert_eq!(s.queue.wait.count(), 1_000);
+            assert_eq!(s.queue.queued + s.queue.in_flight as usize, 0);
+        }
+        let p = pool.pool_stats();
+        assert_eq!((p.workers, p.queued, p.shut_down), (2, 0, false));
+    }
+}
+
+/// Two workers; tenant 0's handler sleeps 50 ms per item, tenant 1's returns at once. Returns the most workers
+/// tenant 0 held at once and tenant 1's worst wait (submit to handler start).
+fn slow_and_fast(kind: SchedulerKind) -> (u32, Duration) {
+    let current = Arc::new(AtomicU32::new(0));
+    let most = Arc::new(AtomicU32::new(0));
+    let worst_fast_wait_us = Arc::new(AtomicU64::new(0));
+    let (c, m, w) = (Arc::clone(&current), Arc::clone(&most), Arc::clone(&worst_fast_wait_us));
+    let pool = Bulkhead::start(config(2, kind), move |tenant: TenantId, submitted: Instant| {
+        if tenant == t(0) {
+            let now = c.fetch_add(1, SeqCst) + 1;
+            m.fetch_max(now, SeqCst);
+            std::thread::sleep(Duration::from_millis(50));
+            c.fetch_sub(1, SeqCst);
+        } else {
+            w.fetch_max(submitted.elapsed().as_micros() as u64, SeqCst);
+        }
+    })
+    .unwrap();
+    pool.configure_tenant(t(0), tenant(1, 100, Duration::from_secs(60))).unwrap();
+    pool.configure_tenant(t(1), tenant(1, 100, Duration::from_secs(60))).unwrap();
+    if kind == SchedulerKind::Fair {
+        assert_eq!(pool.stats(t(0)).unwrap().max_in_flight, 1, "weights 1:1 on 2 workers: one worker each");
+    }
+    for _ in 0..6 {
+        pool.submit(t(0), Instant::now(), 1, Instant::now()).unwrap();
+    }
+    // A call's worth of frames, sped up: one every 5 ms for as long as the slow backlog lasts.
+    for _ in 0..60 {
+        pool.submit(t(1), Instant::now(), 1, Instant::now()).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    wait_until("all items are processed", || {
+        pool.stats(t(0)).unwrap().processed == 6 && pool.stats(t(1)).unwrap().processed == 60
+    });
+    assert_eq!(pool.stats(t(1)).unwrap().queue.dropped_deadline, 0);
+    (most.load(SeqCst), Duration::from_micros(worst_fast_wait_us.load(SeqCst)))
+}
+
+#[test]
+fn a_slow_tenant_holds_at_most_its_share_and_others_keep_flowing() {
+    let (most, worst) = slow_and_fast(SchedulerKind::Fair);
+    assert_eq!(most, 1, "the slow tenant held {most} workers at once");
+    // The fast tenant always finds the other worker free; 25 ms is half a slow item, a generous margin for a
+    // loaded test machine (unloaded it is tens of microseconds).
+    assert!(worst < Duration::from_millis(25), "fast tenant waited up to {worst:?}");
+}
+
+#[test]
+fn without_the_bulkhead_a_slow_tenant_takes_every_worker() {
+    // The comparison: FIFO enforces no cap, so the slow tenant's backlog occupies both workers.
+    let (most, _) = slow_and_fast(SchedulerKind::Fifo);
+    assert_eq!(most, 2);
+}
+
+#[test]
+fn a_panicking_handler_is_counted_and_the_workers_survive() {
+    silence_provoked_panics();
+    let done = Arc::new(AtomicU64::new(0));
+    let d = Arc::clone(&done);
+    let pool = Bulkhead::start(config(2, SchedulerKind::Fair), move |_: TenantId, item: u32| {
+        if item.is_multiple_of(2) {
+            std::panic::panic_any(SilentPanic);
+        }
+        d.fetch_add(1, SeqCst);
+    })
+    .unwrap();
+    pool.configure_tenant(t(0), tenant(1, 200, Duration::from_secs(60))).unwrap();
+    pool.configure_tenant(t(1), tenant(1, 200, Duration::from_secs(60))).unwrap();
+    for k in 0..100 {
+        pool.submit(t(0), k, 1, Instant::now()).unwrap();
+    }
+    wait_until("100 items end", || {
+        let s = pool.stats(t(0)).unwrap();
+        s.processed + s.panics == 100
+    });
+    let s = pool.stats(t(0)).unwrap();
+    assert_eq!((s.processed, s.panics, s.queue.in_flight), (50, 50, 0));
+    // Both workers are still there and serve everyone.
+    wait_until("both workers are idle", || pool.pool_stats().idle_workers == 2);
+    for k in 0..10 {
+        pool.submit(t(1), 2 * k + 1, 1, Instant::now()).unwrap();
+    }
+    wait_until("the next items are processed", || pool.stats(t(1)).unwrap().processed == 10);
+    assert_eq!(pool.stats(t(1)).unwrap().panics, 0);
+    assert_eq!(done.load(SeqCst), 60);
+}
+
+#[test]
+fn shutdown_joins_workers_and_counts_what_it_dropped() {
+    let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(1);
+    let (gate_tx, gate_rx) = crossbeam_channel::bounded::<()>(1);
+    let finished = Arc::new(AtomicU64::new(0));
+    let f = Arc::clone(&finished);
+    let pool = Bulkhead::start(config(1, SchedulerKind::Fair), move |_: TenantId, item: u32| {
+        if item == 0 {
+            let _ = started_tx.send(());
+            let _ = gate_rx.recv_timeout(Duration::from_secs(10));
+        }
+        f.fetch_add(1, SeqCst);
+    })
+    .unwrap();
+    pool.configure_tenant(t(0), tenant(1, 20, Duration::from_secs(60))).unwrap();
+    pool.submit(t(0), 0, 1, Instant::now()).unwrap();
+    started_rx.recv_timeout(Duration::from_secs(10)).expect("the worker started item 0");
+    for k in 1..10 {
+        pool.submit(t(0), k, 1, Instant::now()).unwrap();
+    }
+    let opener = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        gate_tx.send(()).unwrap();
+    });
+    // Drops the 9 queued, then waits for item 0 to finish and the worker to exit.
+    assert_eq!(pool.shutdown(), 9);
+    opener.join().unwrap();
+    assert_eq!(finished.load(SeqCst), 1, "shutdown returned only after the running item finished");
+    let s = pool.stats(t(0)).unwrap();
+    assert_eq!((s.processed, s.queue.dropped_drained, s.queue.queued), (1, 9, 0));
+    let p = pool.pool_stats();
+    assert_eq!((p.shut_down, p.dropped_at_shutdown, p.idle_workers), (true, 9, 0));
+    let r = pool.submit(t(0), 99, 1, Instant::now()).unwrap_err();
+    assert_eq!((r.reason, r.item), (RefuseReason::ShutDown, 99));
+    assert_eq!(pool.pool_stats().refused_shut_down, 1);
+    assert_eq!(pool.shutdown(), 0, "idempotent");
+}
+
+#[test]
+fn worker_shares_follow_weights_and_caps() {
+    let pool = Bulkhead::start(config(4, SchedulerKind::Fair), |_: TenantId, _: ()| {}).unwrap();
+    let long = Duration::from_secs(60);
+    pool.configure_tenant(t(0), tenant(1, 10, long)).unwrap();
+    assert_eq!(pool.stats(t(0)).unwrap().max_in_flight, 4, "alone, a tenant may use every worker");
+    pool.configure_tenant(t(1), tenant(1, 10, long)).unwrap();
+    pool.configure_tenant(t(2), tenant(2, 10, long)).unwrap();
+    let limits =
+        |pool: &Bulkhead<()>| -> Vec<u32> { (0..3).map(|i| pool.stats(t(i)).unwrap().max_in_flight).collect() };
+    assert_eq!(limits(&pool), vec![1, 1, 2], "ceil(4 * w / 4)");
+    pool.configure_tenant(t(0), TenantConfig { max_in_flight: Some(3), ..tenant(1, 10, long) }).unwrap();
+    assert_eq!(limits(&pool), vec![3, 1, 2], "an explicit cap wins");
+    pool.configure_tenant(t(1), TenantConfig { max_in_flight: Some(99), ..tenant(1, 10, long) }).unwrap();
+    assert_eq!(limits(&pool), vec![3, 4, 2], "never more than the workers");
+    pool.configure_tenant(t(3), tenant(1000, 10, long)).unwrap();
+    assert_eq!(pool.stats(t(2)).unwrap().max_in_flight, 1, "never less than one");
+    assert_eq!(pool.stats(t(3)).unwrap().max_in_flight, 4);
+    pool.remove_tenant(t(3));
+    assert_eq!(pool.stats(t(2)).unwrap().max_in_flight, 2, "a removed tenant's share goes back");
+    assert_eq!(pool.submit(t(3), (), 1, Instant::now()).unwrap_err().reason, RefuseReason::UnknownTenant);
+    assert_eq!(pool.submit(t(9), (), 1, Instant::now()).unwrap_err().reason, RefuseReason::UnknownTenant);
+    assert_eq!(pool.pool_stats().refused_unknown_tenant, 2);
+    assert_eq!(pool.configure_tenant(t(0), tenant(0, 10, long)), Err(ConfigError::ZeroWeight));
+    assert_eq!(pool.stats(t(0)).unwrap().max_in_flight, 3, "a refused configuration changes nothing");
+    assert!(pool.stats(t(8)).is_none());
+}
+
+#[test]
+fn late_items_are_dropped_by_the_pool_not_processed() {
+    // One worker busy for 100 ms; items with a 10 ms budget queued behind it are dropped as late when it frees.
+    let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(1);
+    let pool = Bulkhead::start(config(1, SchedulerKind::Fair), move |tenant: TenantId, _: ()| {
+        if tenant == t(0) {
+            let _ = started_tx.try_send(());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .unwrap();
+    pool.configure_tenant(t(0), tenant(1, 10, Duration::from_secs(60))).unwrap();
+    pool.configure_tenant(t(1), tenant(1, 10, Duration::from_millis(10))).unwrap();
+    pool.submit(t(0), (), 1, Instant::now()).unwrap();
+    started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    for _ in 0..5 {
+        pool.submit(t(1), (), 1, Instant::now()).unwrap();
+    }
+    wait_until("the late items are dropped", || pool.stats(t(1)).unwrap().queue.dropped_deadline == 5);
+    assert_eq!(pool.stats(t(1)).unwrap().processed, 0);
+    assert_eq!(pool.stats(t(0)).unwrap().queue.dropped_deadline, 0);
+}
