@@ -150,6 +150,7 @@ impl Args {
                 "--nice" => a.nice = num(&flag, value(&flag)?)?,
                 "--quiet-wait" => a.quiet_wait = num(&flag, value(&flag)?)?,
                 "--keep-going" => a.keep_going = true,
+                "--smoke" => a.out = target.join("bench").join("load-smoke.json"),
                 "--waves" => a.waves = num(&flag, value(&flag)?)?,
                 "--talk-back" => {
                     a.talk_back = match value(&flag)?.as_str() {
@@ -285,7 +286,23 @@ struct Machine {
 }
 
 fn main() {
-    let args = match Args::parse(std::env::args().skip(1)) {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo nextest` lists each target's tests first: this one has none.
+    if raw.iter().any(|a| a == "--list") {
+        return;
+    }
+    // `cargo test --benches` (or `--all-targets`) runs a bench with no arguments: do a short smoke run that fails
+    // the test if calls cannot be set up or media does not flow, as criterion runs each benchmark once as a test.
+    let smoke = raw.is_empty();
+    let raw = if smoke {
+        println!(
+            "load: no arguments (cargo test?): smoke run, 5 calls for 2 s per mode; `cargo bench --bench load` to measure"
+        );
+        ["--calls", "5", "--seconds", "2", "--warmup", "0.5", "--quiet-wait", "0", "--smoke"].map(String::from).to_vec()
+    } else {
+        raw
+    };
+    let args = match Args::parse(raw.into_iter()) {
         Ok(a) => a,
         Err(e) => {
             if !e.is_empty() {
@@ -369,6 +386,21 @@ fn main() {
         Ok(Ok(())) => println!("\nload: wrote {}", args.out.display()),
         Ok(Err(e)) => eprintln!("load: writing {}: {e}", args.out.display()),
         Err(e) => eprintln!("load: JSON: {e}"),
+    }
+    if smoke {
+        let failed: Vec<String> = steps
+            .iter()
+            .filter(|r| {
+                let flowed = [&r.up, &r.back].iter().filter_map(|p| p.as_ref()).all(|p| p.received > 0);
+                r.status != "ok" || !flowed || r.established != r.calls
+            })
+            .map(|r| format!("{} {}: {}", r.mode.name(), r.calls, r.status))
+            .collect();
+        println!("load smoke: {} passed, {} failed", steps.len() - failed.len(), failed.len());
+        if !failed.is_empty() {
+            eprintln!("load smoke failed: {}", failed.join("; "));
+            std::process::exit(1);
+        }
     }
 }
 
