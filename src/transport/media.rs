@@ -18,6 +18,7 @@ use tokio::time::MissedTickBehavior;
 use crate::call::playout::Playout;
 use crate::call::record::{CallRecord, CallRecordSink, EndReason, unix_ms};
 use crate::call::reframe::Reframer;
+use crate::call::uas::CallGuards;
 use crate::call::{CallId, FRAME_SAMPLES, Frame};
 use crate::codec::g711;
 use crate::proto::dtmf::{self, DtmfDetector};
@@ -25,6 +26,7 @@ use crate::proto::media_streams::{self, StreamStart};
 use crate::proto::rtcp::{self, RtcpSummary, SenderInfo};
 use crate::proto::rtp::{self, PacketVerdict, ReceiveStats, RtpHeader};
 use crate::proto::sdp::{Direction, Negotiated};
+use crate::sched::admission::CallPermit;
 use crate::stream::echo;
 use crate::stream::provider::{self, FromAgent, ProviderHandle, ToAgent};
 use crate::tenant::{AppKind, Codec, TenantId};
@@ -63,6 +65,10 @@ pub enum MediaReport {
 pub struct CallSetup {
     pub call: CallId,
     pub tenant: TenantId,
+    pub app_index: usize,
+    /// Held for the whole call: dropping it (whatever ends the call) frees the tenant's and the node's slot.
+    pub permit: CallPermit,
+    pub guards: CallGuards,
     pub tenant_name: Arc<str>,
     pub app_name: Arc<str>,
     pub app_kind: AppKind,
@@ -133,14 +139,20 @@ pub async fn run_call(
     };
     let handle: ProviderHandle = tokio::select! {
         result = connect => match result {
-            Ok(handle) => handle,
+            Ok(handle) => {
+                setup.guards.breakers.record_success(setup.tenant, setup.app_index, Instant::now());
+                handle
+            }
             Err(e) => {
+                setup.guards.breakers.record_failure(setup.tenant, setup.app_index, Instant::now());
                 tracing::warn!(tenant = %setup.tenant_name, call_id = %call, error = %e, kind = e.label(), "agent unreachable at answer time");
                 let _ = reports.send(MediaReport::Failed { call, status: 480, reason: "Temporarily Unavailable - Agent Unreachable", retry_after: Some(30) }).await;
                 return record.finish(&*sink, EndReason::AgentUnavailable);
             }
         },
         cmd = commands.recv() => {
+            // The caller gave up while we were reaching the agent: that says nothing about the agent.
+            setup.guards.breakers.cancel_trial(setup.tenant, setup.app_index);
             let reason = match cmd { Some(MediaCommand::Stop(r)) => r, _ => EndReason::Cancelled };
             return record.finish(&*sink, reason);
         }
@@ -152,7 +164,7 @@ pub async fn run_call(
 
     let mut media = CallMedia::new(&setup, handle, counters);
     let reason = media.run(&rtp, rtcp.as_ref(), &mut commands, &setup).await;
-    if matches!(reason, EndReason::AgentHangup | EndReason::RtpTimeout) {
+    if matches!(reason, EndReason::AgentHangup | EndReason::RtpTimeout | EndReason::BudgetExhausted) {
         let _ = reports.send(MediaReport::Ended { call }).await;
     }
     media.stop_provider().await;
@@ -199,6 +211,8 @@ struct CallMedia {
     packets_out: u64,
     sending: bool,
     dtmf_count: u64,
+    /// 20 ms ticks since answer.
+    ticks: u64,
 }
 
 impl CallMedia {
@@ -227,6 +241,7 @@ impl CallMedia {
             packets_out: 0,
             sending: false,
             dtmf_count: 0,
+            ticks: 0,
         }
     }
 
@@ -267,6 +282,14 @@ impl CallMedia {
                 },
                 _ = tick.tick() => {
                     self.on_tick(rtp).await;
+                    // Live usage, one second at a time: the call ends at the tenant's monthly limit, never past it.
+                    self.ticks += 1;
+                    if self.ticks.is_multiple_of(50)
+                        && setup.guards.admission.add_billed_seconds(setup.tenant, 1) == Some(0)
+                    {
+                        tracing::info!(tenant = %setup.tenant_name, call_id = %self.call, "monthly minutes used up; hanging up");
+                        return EndReason::BudgetExhausted;
+                    }
                     if self.inactivity_applies() && self.last_rtp_at.elapsed() >= setup.inactivity_timeout {
                         tracing::info!(tenant = %setup.tenant_name, call_id = %self.call, "no RTP for the inactivity timeout; hanging up");
                         return EndReason::RtpTimeout;
