@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
 use crate::call::playout::Playout;
+use crate::call::police::{Policer, Verdict};
 use crate::call::record::{CallRecord, CallRecordSink, EndReason, unix_ms};
 use crate::call::reframe::Reframer;
 use crate::call::uas::CallGuards;
@@ -92,6 +93,8 @@ pub struct MediaCounters {
     pub dropped_slow_consumer: AtomicU64,
     pub packets_ignored: AtomicU64,
     pub rtp_malformed: AtomicU64,
+    /// Packets beyond the negotiated rate, dropped at the call's socket.
+    pub policed: AtomicU64,
 }
 
 /// Runs one call's media until it ends; reports to the SIP side through `reports` and writes the record.
@@ -174,7 +177,7 @@ pub async fn run_call(
     record.dtmf_count = media.dtmf_count;
     tracing::debug!(
         tenant = %setup.tenant_name, call_id = %call,
-        late = media.reframer.late_dropped(), gaps = media.reframer.gaps_filled(),
+        late = media.reframer.late_dropped(), gaps = media.reframer.gaps_filled(), policed = media.policer.policed(),
         playout_dropped = media.playout.dropped_samples(), "media ended"
     );
     drop(lease);
@@ -213,6 +216,7 @@ struct CallMedia {
     dtmf_count: u64,
     /// 20 ms ticks since answer.
     ticks: u64,
+    policer: Policer,
 }
 
 impl CallMedia {
@@ -242,6 +246,7 @@ impl CallMedia {
             sending: false,
             dtmf_count: 0,
             ticks: 0,
+            policer: Policer::g711(),
         }
     }
 
@@ -351,6 +356,12 @@ impl CallMedia {
         if verdict == PacketVerdict::SourceRestart {
             self.reframer.reset();
             self.dtmf.reset();
+        }
+        // Held to the negotiated rate before any decoding or hand-off (see call::police).
+        let verdict = if is_dtmf { self.policer.event(now) } else { self.policer.audio(payload.len(), now) };
+        if verdict == Verdict::Policed {
+            self.counters.policed.fetch_add(1, Ordering::Relaxed);
+            return;
         }
         if is_dtmf {
             if let Ok(event) = dtmf::parse_event(payload)
