@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::time::MissedTickBehavior;
 
 use crate::call::playout::Playout;
 use crate::call::police::{Policer, Verdict};
@@ -41,6 +40,10 @@ const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 const RELATCH_AFTER: Duration = Duration::from_secs(2);
 /// Gap filled with silence by the re-framer before it resynchronises: 200 ms.
 const MAX_GAP_SAMPLES: u32 = 1600;
+/// One frame of playout.
+const FRAME: Duration = Duration::from_millis(20);
+/// How far behind its timeline the playout clock may fall and still catch up by sending the missed frames.
+const MAX_PLAYOUT_CATCH_UP: Duration = Duration::from_millis(100);
 
 /// What the SIP side tells a call.
 #[derive(Debug)]
@@ -95,6 +98,8 @@ pub struct MediaCounters {
     pub rtp_malformed: AtomicU64,
     /// Packets beyond the negotiated rate, dropped at the call's socket.
     pub policed: AtomicU64,
+    /// Times a call's playout clock fell more than 100 ms behind and restarted its timeline.
+    pub playout_resyncs: AtomicU64,
 }
 
 /// Runs one call's media until it ends; reports to the SIP side through `reports` and writes the record.
@@ -257,8 +262,13 @@ impl CallMedia {
         commands: &mut mpsc::Receiver<MediaCommand>,
         setup: &CallSetup,
     ) -> EndReason {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The playout clock is an absolute 20 ms timeline: a late tick is caught up at once, so the call plays
+        // exactly 50 frames a second however busy the core is (a relative "delay" policy loses the late time for
+        // good and the buffer, and the latency, grow for the rest of the call). After a stall longer than
+        // MAX_PLAYOUT_CATCH_UP the timeline restarts from now, so a long hiccup never becomes a burst of packets.
+        let mut next_tick = tokio::time::Instant::now() + FRAME;
+        let playout = tokio::time::sleep_until(next_tick);
+        tokio::pin!(playout);
         let mut rtcp_tick = tokio::time::interval_at(tokio::time::Instant::now() + RTCP_INTERVAL, RTCP_INTERVAL);
         let mut buf = [0u8; 2048];
         let mut rtcp_buf = [0u8; 1500];
@@ -285,7 +295,14 @@ impl CallMedia {
                     }
                     Some(FromAgent::Closed(_)) | None => return EndReason::AgentHangup,
                 },
-                _ = tick.tick() => {
+                () = &mut playout => {
+                    next_tick += FRAME;
+                    let now = tokio::time::Instant::now();
+                    if now.saturating_duration_since(next_tick) > MAX_PLAYOUT_CATCH_UP {
+                        self.counters.playout_resyncs.fetch_add(1, Ordering::Relaxed);
+                        next_tick = now + FRAME;
+                    }
+                    playout.as_mut().reset(next_tick);
                     self.on_tick(rtp).await;
                     // Live usage, one second at a time: the call ends at the tenant's monthly limit, never past it.
                     self.ticks += 1;
