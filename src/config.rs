@@ -13,6 +13,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::sched::plan::{PlanSet, RawPlan, build_plans};
 use crate::tenant::{App, AppKind, Codec, E164, Route, Snapshot, Tenant, TenantId, Trunk};
 
 /// A configuration problem, located by file and key.
@@ -42,6 +43,8 @@ pub struct Config {
     pub max_calls: usize,
     pub sip_max_message_bytes: usize,
     pub data_dir: PathBuf,
+    /// The built-in plans with the file's overrides and additions.
+    pub plans: PlanSet,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -72,6 +75,8 @@ impl RtpPorts {
 #[derive(Clone, Debug)]
 pub struct TenantConfig {
     pub id: String,
+    /// A plan name that exists in [`Config::plans`].
+    pub plan: String,
     pub apps: Vec<AppConfig>,
     pub numbers: Vec<(E164, String)>,
     pub trunks: Vec<Trunk>,
@@ -162,7 +167,13 @@ impl Config {
                     numbers.insert(number.clone(), Route { tenant: id, app });
                 }
             }
-            tenants.push(Tenant { id, name: Arc::from(t.id.as_str()), apps, trunks: t.trunks.clone() });
+            tenants.push(Tenant {
+                id,
+                name: Arc::from(t.id.as_str()),
+                apps,
+                trunks: t.trunks.clone(),
+                plan: Arc::from(t.plan.as_str()),
+            });
         }
         Snapshot::new(tenants, numbers)
     }
@@ -184,6 +195,8 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     data_dir: Option<String>,
+    #[serde(default)]
+    plans: toml::Table,
     #[serde(default)]
     tenants: Vec<RawTenant>,
 }
@@ -226,6 +239,7 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawTenant {
     id: String,
+    plan: Option<String>,
     #[serde(default)]
     apps: Vec<RawApp>,
     #[serde(default)]
@@ -265,12 +279,15 @@ pub const DEFAULT_SIP_LISTEN: &str = "127.0.0.1:5060";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_RTP_PORTS: &str = "20000-29999";
 pub const DEFAULT_DATA_DIR: &str = "./fairvox-data";
+/// The plan of a tenant whose configuration names none.
+pub const DEFAULT_PLAN: &str = "pro";
 
 impl RawConfig {
     fn embedded_demo() -> RawConfig {
         RawConfig {
             tenants: vec![RawTenant {
                 id: "demo".to_owned(),
+                plan: None,
                 apps: vec![RawApp {
                     name: "echo".to_owned(),
                     kind: "echo".to_owned(),
@@ -325,6 +342,16 @@ impl RawConfig {
             return Err(invalid("sip.max_message_bytes", format!("{sip_max} must be within 1024..=65535")));
         }
 
+        let mut raw_plans = Vec::with_capacity(self.plans.len());
+        for (name, value) in &self.plans {
+            let raw: RawPlan = value
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| invalid(&format!("plans.{name}"), e.message().to_owned()))?;
+            raw_plans.push((name.clone(), raw));
+        }
+        let plans = build_plans(&raw_plans).map_err(|e| invalid(&e.key, e.reason.clone()))?;
+
         let mut tenants = Vec::with_capacity(self.tenants.len());
         let mut tenant_ids = HashSet::new();
         let mut all_numbers: HashMap<E164, String> = HashMap::new();
@@ -338,6 +365,13 @@ impl RawConfig {
             }
             if !tenant_ids.insert(t.id.clone()) {
                 return Err(invalid(&format!("{tkey}.id"), format!("tenant {:?} is declared twice", t.id)));
+            }
+            let plan = t.plan.clone().unwrap_or_else(|| DEFAULT_PLAN.to_owned());
+            if plans.get(&plan).is_none() {
+                return Err(invalid(
+                    &format!("{tkey}.plan"),
+                    format!("no plan named {plan:?} (known: {})", plans.names().join(", ")),
+                ));
             }
             let mut apps = Vec::with_capacity(t.apps.len());
             for (ai, a) in t.apps.iter().enumerate() {
@@ -382,7 +416,7 @@ impl RawConfig {
                 }
                 trunks.push(Trunk { name: Arc::from(r.name.as_str()), allowed_sources: allowed });
             }
-            tenants.push(TenantConfig { id: t.id.clone(), apps, numbers, trunks });
+            tenants.push(TenantConfig { id: t.id.clone(), plan, apps, numbers, trunks });
         }
 
         Ok(Config {
@@ -396,6 +430,7 @@ impl RawConfig {
             max_calls,
             sip_max_message_bytes: sip_max,
             data_dir: PathBuf::from(self.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR)),
+            plans,
             tenants,
         })
     }
@@ -486,7 +521,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./fairvox-data"));
         let snap = c.snapshot();
         match snap.route(&E164::parse("+15550100").unwrap(), "127.0.0.1".parse().unwrap()) {
-            crate::tenant::RouteDecision::Accept { tenant, app } => {
+            crate::tenant::RouteDecision::Accept { tenant, app, .. } => {
                 assert_eq!(&*tenant.name, "demo");
                 assert_eq!(app.kind, AppKind::Echo);
             }

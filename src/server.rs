@@ -11,7 +11,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::call::record::{CallRecordSink, LogAndFileSink};
+use crate::call::uas::CallGuards;
 use crate::config::Config;
+use crate::sched::admission::Admission;
+use crate::sched::breaker::{BreakerConfig, Breakers};
+use crate::tenant::TenantId;
 use crate::transport::media::MediaCounters;
 use crate::transport::rtp_ports::RtpPortPool;
 use crate::transport::sip::{SipDriver, SipSockets};
@@ -25,6 +29,8 @@ pub enum StartError {
     SipListen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot listen for HTTP on {addr}: {source}")]
     HttpListen { addr: SocketAddr, source: std::io::Error },
+    #[error("tenant {tenant}: {reason}")]
+    Tenant { tenant: String, reason: String },
 }
 
 /// A started server: its bound addresses, and the handle that stops it.
@@ -76,8 +82,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     );
 
     let shutdown = CancellationToken::new();
+    let guards = call_guards(&config)?;
     let calls = TaskTracker::new();
-    let driver = SipDriver { config, snapshot, sink, ports, counters, calls: calls.clone() };
+    let driver = SipDriver { config, snapshot, sink, ports, counters, calls: calls.clone(), guards };
     let sip_task = tokio::spawn(driver.run(sockets, shutdown.clone()));
     let app = Router::new().route("/healthz", get(|| async { "ok\n" }));
     let http_task = tokio::spawn(async move {
@@ -86,4 +93,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     });
     Ok(Running { sip_addr, http_addr, shutdown, calls, sip_task, http_task })
+}
+
+/// Admission per tenant from its plan, the node cap from `limits.max_calls`, and one breaker per (tenant, app).
+pub fn call_guards(config: &Config) -> Result<CallGuards, StartError> {
+    let admission = Admission::new(u32::try_from(config.max_calls).unwrap_or(u32::MAX));
+    for (index, tenant) in config.tenants.iter().enumerate() {
+        let fail = |reason: String| StartError::Tenant { tenant: tenant.id.clone(), reason };
+        let plan = config.plans.get(&tenant.plan).ok_or_else(|| fail(format!("unknown plan {:?}", tenant.plan)))?;
+        admission.set_tenant(TenantId(index as u32), plan).map_err(|e| fail(e.to_string()))?;
+    }
+    let breakers = Breakers::new(BreakerConfig::default(), config.tenants.iter().map(|t| t.apps.len()));
+    Ok(CallGuards { admission: Arc::new(admission), breakers: Arc::new(breakers) })
 }

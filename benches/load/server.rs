@@ -66,9 +66,12 @@ pub fn write_config(spec: &ServerSpec) -> std::io::Result<PathBuf> {
     };
     let toml = format!(
         "# Written by benches/load.rs\n[rtp]\ninactivity_timeout_secs = 30\n\n[limits]\nmax_calls = {}\n\n\
-         [[tenants]]\nid = \"load\"\n\n[[tenants.apps]]\nname = \"agent\"\n{app}codecs = [\"PCMU\"]\n\n\
+         # One tenant that may hold every call of the ramp and set them up at the generator's pace.\n\
+         [plans.load]\nweight = 1\nmax_concurrent_calls = {}\ncalls_per_second = 1000\nburst = 1000\n\
+         monthly_minutes = \"unlimited\"\n\n\
+         [[tenants]]\nid = \"load\"\nplan = \"load\"\n\n[[tenants.apps]]\nname = \"agent\"\n{app}codecs = [\"PCMU\"]\n\n\
          [[tenants.numbers]]\nnumber = \"+15550100\"\napp = \"agent\"\n",
-        spec.max_calls
+        spec.max_calls, spec.max_calls
     );
     let path = spec.dir.join("fairvox.toml");
     std::fs::write(&path, toml)?;

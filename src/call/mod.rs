@@ -3,6 +3,7 @@
 
 pub mod frame;
 pub mod playout;
+pub mod police;
 pub mod record;
 pub mod reframe;
 pub mod uas;

@@ -327,9 +327,10 @@ mod tests {
             ops in proptest::collection::vec((0usize..700, proptest::bool::ANY, 0u8..4), 1..60)
         ) {
             let mut p = Playout::new(4000, 16);
-            // Model: expected firing position (in played samples) of each accepted mark.
-            let mut expected: Vec<(String, u64)> = Vec::new();
-            let mut fired: Vec<(String, u64)> = Vec::new();
+            // Model: each accepted mark's position (in played samples) and how much had been played when it was
+            // queued; each firing with the played count before and after its tick.
+            let mut expected: Vec<(String, u64, u64)> = Vec::new();
+            let mut fired: Vec<(String, u64, u64)> = Vec::new();
             let mut played = 0u64;
             let mut id = 0;
             for (len, mark, ticks) in ops {
@@ -341,7 +342,7 @@ mod tests {
                     id += 1;
                     let name = format!("m{id}");
                     if p.push_mark(name.clone()) {
-                        expected.push((name, played + p.buffered_samples() as u64));
+                        expected.push((name, played + p.buffered_samples() as u64, played));
                     }
                 }
                 for _ in 0..ticks {
@@ -350,9 +351,10 @@ mod tests {
                     let mut now = Vec::new();
                     let had = p.next_frame(&mut frame, |m| now.push(m));
                     proptest::prop_assert_eq!(had, buffered > 0);
+                    let before = played;
                     played += buffered.min(FRAME_SAMPLES) as u64;
                     for m in now {
-                        fired.push((m, played));
+                        fired.push((m, before, played));
                     }
                 }
             }
@@ -362,19 +364,25 @@ mod tests {
                 let buffered = p.buffered_samples();
                 let mut now = Vec::new();
                 let had = p.next_frame(&mut frame, |m| now.push(m));
+                let before = played;
                 played += buffered.min(FRAME_SAMPLES) as u64;
                 for m in now {
-                    fired.push((m, played));
+                    fired.push((m, before, played));
                 }
                 if !had {
                     break;
                 }
             }
             proptest::prop_assert_eq!(fired.len(), expected.len());
-            for ((name, at), (ename, eat)) in fired.iter().zip(&expected) {
+            for ((name, before, after), (ename, eat, queued_at)) in fired.iter().zip(&expected) {
                 proptest::prop_assert_eq!(name, ename);
-                // Fired on the first tick at or after its position.
-                proptest::prop_assert!(*at >= *eat && *at < *eat + FRAME_SAMPLES as u64);
+                if eat == queued_at {
+                    // Nothing was queued before it: it fires on the very next tick.
+                    proptest::prop_assert_eq!(*before, *eat, "{} fired late", name);
+                } else {
+                    // Fired on the tick that played its last preceding sample, not one earlier or later.
+                    proptest::prop_assert!(*before < *eat && *eat <= *after, "{} at {}..{} for {}", name, before, after, eat);
+                }
             }
         }
     }

@@ -31,6 +31,8 @@ pub enum EndReason {
     ServerDrain,
     /// Media could not be set up (no free RTP port).
     MediaUnavailable,
+    /// The tenant's monthly minutes ran out during the call, so we sent BYE.
+    BudgetExhausted,
 }
 
 impl EndReason {
@@ -44,6 +46,7 @@ impl EndReason {
             EndReason::AckTimeout => "ack_timeout",
             EndReason::ServerDrain => "server_drain",
             EndReason::MediaUnavailable => "media_unavailable",
+            EndReason::BudgetExhausted => "budget_exhausted",
         }
     }
 }

@@ -19,6 +19,8 @@ use crate::proto::sdp::{self, Negotiated, SessionOffer};
 use crate::proto::sip::dialog::{CSeqCheck, Dialog, DialogKey, host_port};
 use crate::proto::sip::transaction::{Peer, ServerTxId, Timers, TransactionLayer, Transmit, TxEvent};
 use crate::proto::sip::{self, Limits, Message, Method, OutgoingResponse, Request};
+use crate::sched::admission::{self, Admission, CallPermit};
+use crate::sched::breaker::{Breakers, Pass};
 use crate::tenant::{App, E164, RouteDecision, Snapshot, TenantId};
 
 /// Methods we answer; everything else gets 405 with this list.
@@ -37,19 +39,41 @@ pub struct UasConfig {
     pub seed: u64,
 }
 
-/// A new call that routing and SDP accepted; the driver prepares media and the provider, then answers.
-#[derive(Debug)]
+/// What admits calls: the per-tenant limits of their plans, and the per (tenant, app) circuit breakers.
+#[derive(Clone)]
+pub struct CallGuards {
+    pub admission: Arc<Admission>,
+    pub breakers: Arc<Breakers>,
+}
+
+/// A new call that routing, SDP and admission accepted; the driver prepares media and the provider, then answers.
 pub struct IncomingCall {
     pub call: CallId,
     pub tenant: TenantId,
     pub tenant_name: Arc<str>,
     pub app: App,
+    /// The app's index within its tenant (the circuit breaker's key).
+    pub app_index: usize,
+    /// The call's hold on its tenant's and the node's concurrency slots: released when dropped.
+    pub permit: CallPermit,
     /// The caller: the From user as E.164 when it is a number, else as given.
     pub from: String,
     pub to: E164,
     pub sip_call_id: String,
     pub negotiated: Negotiated,
     pub source: Peer,
+}
+
+impl std::fmt::Debug for IncomingCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingCall")
+            .field("call", &self.call)
+            .field("tenant", &self.tenant_name)
+            .field("app", &self.app.name)
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a call ended on the SIP side.
@@ -72,6 +96,8 @@ pub enum Refusal {
     Overload,
     Unsupported,
     NoDialog,
+    /// Refused by the tenant's plan (rate, concurrency, budget), the node, or the app's circuit breaker.
+    Admission(admission::Refusal),
 }
 
 impl Refusal {
@@ -86,6 +112,7 @@ impl Refusal {
             Refusal::Overload => (503, "Service Unavailable"),
             Refusal::Unsupported => (405, "Method Not Allowed"),
             Refusal::NoDialog => (481, "Call/Transaction Does Not Exist"),
+            Refusal::Admission(r) => r.sip_status(),
         }
     }
 
@@ -99,6 +126,7 @@ impl Refusal {
             Refusal::Overload => "overload",
             Refusal::Unsupported => "unsupported",
             Refusal::NoDialog => "no_dialog",
+            Refusal::Admission(r) => r.label(),
         }
     }
 }
@@ -182,6 +210,7 @@ pub struct UasStats {
 
 pub struct Uas {
     config: UasConfig,
+    guards: CallGuards,
     tx: TransactionLayer,
     legs: HashMap<CallId, Leg>,
     dialogs: HashMap<DialogKey, CallId>,
@@ -195,8 +224,9 @@ pub struct Uas {
 }
 
 impl Uas {
-    pub fn new(config: UasConfig) -> Uas {
+    pub fn new(config: UasConfig, guards: CallGuards) -> Uas {
         Uas {
+            guards,
             tx: TransactionLayer::new(config.timers),
             rng: config.seed | 1,
             config,
@@ -447,6 +477,24 @@ impl Uas {
         let _ = self.tx.respond(now, tx, &response);
     }
 
+    fn refuse_admission(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        req: &Request,
+        refusal: admission::Refusal,
+        tenant: TenantId,
+    ) {
+        let (status, reason) = refusal.sip_status();
+        let tag = self.token();
+        let mut response = OutgoingResponse::for_request(req, status, reason).to_tag(&tag).header("Server", SERVER);
+        if let Some(secs) = refusal.retry_after() {
+            response = response.header("Retry-After", secs.to_string());
+        }
+        let _ = self.tx.respond(now, tx, &response);
+        self.events.push_back(UasEvent::Refused { tenant: Some(tenant), status, refusal: Refusal::Admission(refusal) });
+    }
+
     fn on_invite(&mut self, now: Instant, tx: ServerTxId, req: Request, source: Peer, snapshot: &Snapshot) {
         if self.draining || self.legs.len() >= self.config.max_calls {
             let tag = self.token();
@@ -462,8 +510,8 @@ impl Uas {
         let Some(number) = number else {
             return self.refuse(now, tx, &req, Refusal::UnknownNumber, None);
         };
-        let (tenant, app) = match snapshot.route(&number, source.addr.ip()) {
-            RouteDecision::Accept { tenant, app } => (tenant, app),
+        let (tenant, app, app_index) = match snapshot.route(&number, source.addr.ip()) {
+            RouteDecision::Accept { tenant, app, app_index } => (tenant, app, app_index),
             RouteDecision::UnknownNumber => {
                 return self.refuse(now, tx, &req, Refusal::UnknownNumber, None);
             }
@@ -491,6 +539,25 @@ impl Uas {
                 return self.refuse(now, tx, &req, Refusal::Codec, Some(id));
             }
         };
+        // Admission last, so that a call refused for its number, source or codec spends no token and no slot.
+        let pass = match self.guards.breakers.check(tenant.id, app_index, now) {
+            Ok(pass) => pass,
+            Err(refusal) => {
+                self.guards.admission.record_refusal(tenant.id, &refusal);
+                let id = tenant.id;
+                return self.refuse_admission(now, tx, &req, refusal, id);
+            }
+        };
+        let permit = match self.guards.admission.admit(tenant.id, now) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                if pass == Pass::Trial {
+                    self.guards.breakers.cancel_trial(tenant.id, app_index);
+                }
+                let id = tenant.id;
+                return self.refuse_admission(now, tx, &req, refusal, id);
+            }
+        };
         let trying = OutgoingResponse::for_request(&req, 100, "Trying").header("Server", SERVER);
         let _ = self.tx.respond(now, tx, &trying);
 
@@ -513,6 +580,8 @@ impl Uas {
             tenant: tenant.id,
             tenant_name: tenant.name.clone(),
             app: app.clone(),
+            app_index,
+            permit,
             from,
             to: number,
             sip_call_id: req.call_id.clone(),
@@ -760,23 +829,43 @@ mod tests {
         uas: Uas,
         snapshot: Snapshot,
         now: Instant,
+        permits: Vec<CallPermit>,
     }
 
     impl Harness {
         fn new() -> Harness {
-            let config = Config::load(None, &Overrides::default()).unwrap();
-            Harness::with_snapshot(config.snapshot())
+            Harness::with_config(Config::load(None, &Overrides::default()).unwrap())
         }
 
-        fn with_snapshot(snapshot: Snapshot) -> Harness {
-            let uas = Uas::new(UasConfig {
-                local: "127.0.0.1:5060".parse().unwrap(),
-                limits: Limits::default(),
-                timers: Timers::default(),
-                max_calls: 4,
-                seed: 7,
-            });
-            Harness { uas, snapshot, now: Instant::now() }
+        fn with_config(config: Config) -> Harness {
+            let guards = crate::server::call_guards(&config).unwrap();
+            let uas = Uas::new(
+                UasConfig {
+                    local: "127.0.0.1:5060".parse().unwrap(),
+                    limits: Limits::default(),
+                    timers: Timers::default(),
+                    max_calls: 4,
+                    seed: 7,
+                },
+                guards,
+            );
+            Harness { uas, snapshot: config.snapshot(), now: Instant::now(), permits: Vec::new() }
+        }
+
+        /// Keeps each answered call's permit, as the media task does, so slots stay taken.
+        fn keep_permits(&mut self, events: Vec<UasEvent>) -> Vec<UasEvent> {
+            events
+                .into_iter()
+                .map(|e| match e {
+                    UasEvent::IncomingCall(c) => {
+                        let call = *c;
+                        let (call_id, permit) = (call.call, call.permit);
+                        self.permits.push(permit);
+                        UasEvent::Confirmed { call: call_id }
+                    }
+                    other => other,
+                })
+                .collect()
         }
 
         fn send(&mut self, msg: &str) {
@@ -948,7 +1037,7 @@ mod tests {
             "[[tenants]]\nid = \"acme\"\n[[tenants.apps]]\nname = \"e\"\nkind = \"echo\"\n[[tenants.numbers]]\nnumber = \"+15550100\"\napp = \"e\"\n[[tenants.trunks]]\nname = \"c\"\nallowed_sources = [\"10.0.0.0/8\"]\n",
         )
         .unwrap();
-        let mut h = Harness::with_snapshot(config.snapshot());
+        let mut h = Harness::with_config(config);
         h.send(&invite("f1", "15550100", &offer("0")));
         assert_eq!(h.statuses(), vec![403]);
         h.send_from(&invite("f2", "15550100", &offer("0")), "10.1.2.3:5060");
@@ -1181,5 +1270,102 @@ mod tests {
         assert_eq!(status_of(&resp), Some(480));
         assert_eq!(header(&resp, "Retry-After"), Some("30"));
         assert_eq!(h.uas.active_calls(), 0);
+    }
+
+    fn tiny_plan_config() -> Config {
+        Config::from_toml(
+            "t",
+            r#"
+[plans.tiny]
+weight = 1
+max_concurrent_calls = 2
+calls_per_second = 1
+burst = 3
+monthly_minutes = 100
+
+[[tenants]]
+id = "a"
+plan = "tiny"
+[[tenants.apps]]
+name = "e"
+kind = "echo"
+[[tenants.numbers]]
+number = "+15550001"
+app = "e"
+
+[[tenants]]
+id = "b"
+plan = "tiny"
+[[tenants.apps]]
+name = "e"
+kind = "echo"
+[[tenants.numbers]]
+number = "+15550002"
+app = "e"
+"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tenant_at_its_cap_gets_486_while_another_tenant_connects() {
+        let mut h = Harness::with_config(tiny_plan_config());
+        for i in 0..2 {
+            h.send(&invite(&format!("a{i}"), "15550001", &offer("0")));
+        }
+        let events = h.events();
+        assert_eq!(h.keep_permits(events).len(), 2);
+        assert_eq!(h.statuses(), vec![100, 100]);
+        h.send(&invite("a2", "15550001", &offer("0")));
+        let (resp, _) = h.sent().remove(0);
+        assert_eq!(status_of(&resp), Some(486), "{resp}");
+        assert_eq!(header(&resp, "Retry-After"), Some("5"));
+        // Tenant b is untouched by a's cap.
+        h.send(&invite("b0", "15550002", &offer("0")));
+        assert_eq!(h.statuses(), vec![100]);
+        // a's calls end: its slots come back.
+        h.permits.clear();
+        h.advance(Duration::from_secs(2));
+        h.sent();
+        h.send(&invite("a3", "15550001", &offer("0")));
+        assert_eq!(h.statuses(), vec![100]);
+    }
+
+    #[test]
+    fn burst_over_the_call_rate_gets_503_with_retry_after_from_the_bucket() {
+        let mut h = Harness::with_config(tiny_plan_config());
+        // Burst 3 at 1 call/s; the cap is 2, so release each permit at once to isolate the rate.
+        for i in 0..3 {
+            h.send(&invite(&format!("r{i}"), "15550001", &offer("0")));
+            let events = h.events();
+            h.keep_permits(events);
+            h.permits.clear();
+        }
+        assert_eq!(h.statuses(), vec![100, 100, 100]);
+        h.send(&invite("r3", "15550001", &offer("0")));
+        let (resp, _) = h.sent().remove(0);
+        assert_eq!(status_of(&resp), Some(503), "{resp}");
+        assert_eq!(header(&resp, "Retry-After"), Some("1"));
+        assert!(
+            h.events()
+                .iter()
+                .any(|e| matches!(e, UasEvent::Refused { refusal: Refusal::Admission(_), status: 503, .. }))
+        );
+        // A call that did not get in spent no token: after Retry-After it is admitted.
+        h.advance(Duration::from_secs(1));
+        h.sent();
+        h.send(&invite("r4", "15550001", &offer("0")));
+        assert_eq!(h.statuses(), vec![100]);
+    }
+
+    #[test]
+    fn refused_routing_spends_no_admission() {
+        let mut h = Harness::with_config(tiny_plan_config());
+        for i in 0..5 {
+            h.send(&invite(&format!("g{i}"), "15550001", &offer("18")));
+        }
+        assert_eq!(h.statuses(), vec![488; 5]);
+        h.send(&invite("ok", "15550001", &offer("0")));
+        assert_eq!(h.statuses(), vec![100], "488s took no rate tokens");
     }
 }

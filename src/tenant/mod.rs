@@ -99,6 +99,8 @@ pub struct Tenant {
     pub name: Arc<str>,
     pub apps: Vec<App>,
     pub trunks: Vec<Trunk>,
+    /// The name of the tenant's plan (its limits live in `sched::plan`).
+    pub plan: Arc<str>,
 }
 
 impl Tenant {
@@ -125,7 +127,7 @@ pub struct Snapshot {
 /// What routing a call to `number` from `source` decided.
 #[derive(Debug)]
 pub enum RouteDecision<'a> {
-    Accept { tenant: &'a Tenant, app: &'a App },
+    Accept { tenant: &'a Tenant, app: &'a App, app_index: usize },
     UnknownNumber,
     ForbiddenSource { tenant: &'a Tenant },
 }
@@ -156,7 +158,7 @@ impl Snapshot {
         if !tenant.allows_source(source) {
             return RouteDecision::ForbiddenSource { tenant };
         }
-        RouteDecision::Accept { tenant, app }
+        RouteDecision::Accept { tenant, app, app_index: route.app }
     }
 }
 

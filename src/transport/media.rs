@@ -13,11 +13,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::time::MissedTickBehavior;
 
 use crate::call::playout::Playout;
+use crate::call::police::{Policer, Verdict};
 use crate::call::record::{CallRecord, CallRecordSink, EndReason, unix_ms};
 use crate::call::reframe::Reframer;
+use crate::call::uas::CallGuards;
 use crate::call::{CallId, FRAME_SAMPLES, Frame};
 use crate::codec::g711;
 use crate::proto::dtmf::{self, DtmfDetector};
@@ -25,6 +26,7 @@ use crate::proto::media_streams::{self, StreamStart};
 use crate::proto::rtcp::{self, RtcpSummary, SenderInfo};
 use crate::proto::rtp::{self, PacketVerdict, ReceiveStats, RtpHeader};
 use crate::proto::sdp::{Direction, Negotiated};
+use crate::sched::admission::CallPermit;
 use crate::stream::echo;
 use crate::stream::provider::{self, FromAgent, ProviderHandle, ToAgent};
 use crate::tenant::{AppKind, Codec, TenantId};
@@ -38,6 +40,10 @@ const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 const RELATCH_AFTER: Duration = Duration::from_secs(2);
 /// Gap filled with silence by the re-framer before it resynchronises: 200 ms.
 const MAX_GAP_SAMPLES: u32 = 1600;
+/// One frame of playout.
+const FRAME: Duration = Duration::from_millis(20);
+/// How far behind its timeline the playout clock may fall and still catch up by sending the missed frames.
+const MAX_PLAYOUT_CATCH_UP: Duration = Duration::from_millis(100);
 
 /// What the SIP side tells a call.
 #[derive(Debug)]
@@ -63,6 +69,10 @@ pub enum MediaReport {
 pub struct CallSetup {
     pub call: CallId,
     pub tenant: TenantId,
+    pub app_index: usize,
+    /// Held for the whole call: dropping it (whatever ends the call) frees the tenant's and the node's slot.
+    pub permit: CallPermit,
+    pub guards: CallGuards,
     pub tenant_name: Arc<str>,
     pub app_name: Arc<str>,
     pub app_kind: AppKind,
@@ -86,6 +96,10 @@ pub struct MediaCounters {
     pub dropped_slow_consumer: AtomicU64,
     pub packets_ignored: AtomicU64,
     pub rtp_malformed: AtomicU64,
+    /// Packets beyond the negotiated rate, dropped at the call's socket.
+    pub policed: AtomicU64,
+    /// Times a call's playout clock fell more than 100 ms behind and restarted its timeline.
+    pub playout_resyncs: AtomicU64,
 }
 
 /// Runs one call's media until it ends; reports to the SIP side through `reports` and writes the record.
@@ -133,14 +147,20 @@ pub async fn run_call(
     };
     let handle: ProviderHandle = tokio::select! {
         result = connect => match result {
-            Ok(handle) => handle,
+            Ok(handle) => {
+                setup.guards.breakers.record_success(setup.tenant, setup.app_index, Instant::now());
+                handle
+            }
             Err(e) => {
+                setup.guards.breakers.record_failure(setup.tenant, setup.app_index, Instant::now());
                 tracing::warn!(tenant = %setup.tenant_name, call_id = %call, error = %e, kind = e.label(), "agent unreachable at answer time");
                 let _ = reports.send(MediaReport::Failed { call, status: 480, reason: "Temporarily Unavailable - Agent Unreachable", retry_after: Some(30) }).await;
                 return record.finish(&*sink, EndReason::AgentUnavailable);
             }
         },
         cmd = commands.recv() => {
+            // The caller gave up while we were reaching the agent: that says nothing about the agent.
+            setup.guards.breakers.cancel_trial(setup.tenant, setup.app_index);
             let reason = match cmd { Some(MediaCommand::Stop(r)) => r, _ => EndReason::Cancelled };
             return record.finish(&*sink, reason);
         }
@@ -152,7 +172,7 @@ pub async fn run_call(
 
     let mut media = CallMedia::new(&setup, handle, counters);
     let reason = media.run(&rtp, rtcp.as_ref(), &mut commands, &setup).await;
-    if matches!(reason, EndReason::AgentHangup | EndReason::RtpTimeout) {
+    if matches!(reason, EndReason::AgentHangup | EndReason::RtpTimeout | EndReason::BudgetExhausted) {
         let _ = reports.send(MediaReport::Ended { call }).await;
     }
     media.stop_provider().await;
@@ -162,7 +182,7 @@ pub async fn run_call(
     record.dtmf_count = media.dtmf_count;
     tracing::debug!(
         tenant = %setup.tenant_name, call_id = %call,
-        late = media.reframer.late_dropped(), gaps = media.reframer.gaps_filled(),
+        late = media.reframer.late_dropped(), gaps = media.reframer.gaps_filled(), policed = media.policer.policed(),
         playout_dropped = media.playout.dropped_samples(), "media ended"
     );
     drop(lease);
@@ -199,6 +219,9 @@ struct CallMedia {
     packets_out: u64,
     sending: bool,
     dtmf_count: u64,
+    /// 20 ms ticks since answer.
+    ticks: u64,
+    policer: Policer,
 }
 
 impl CallMedia {
@@ -227,6 +250,8 @@ impl CallMedia {
             packets_out: 0,
             sending: false,
             dtmf_count: 0,
+            ticks: 0,
+            policer: Policer::g711(),
         }
     }
 
@@ -237,8 +262,13 @@ impl CallMedia {
         commands: &mut mpsc::Receiver<MediaCommand>,
         setup: &CallSetup,
     ) -> EndReason {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The playout clock is an absolute 20 ms timeline: a late tick is caught up at once, so the call plays
+        // exactly 50 frames a second however busy the core is (a relative "delay" policy loses the late time for
+        // good and the buffer, and the latency, grow for the rest of the call). After a stall longer than
+        // MAX_PLAYOUT_CATCH_UP the timeline restarts from now, so a long hiccup never becomes a burst of packets.
+        let mut next_tick = tokio::time::Instant::now() + FRAME;
+        let playout = tokio::time::sleep_until(next_tick);
+        tokio::pin!(playout);
         let mut rtcp_tick = tokio::time::interval_at(tokio::time::Instant::now() + RTCP_INTERVAL, RTCP_INTERVAL);
         let mut buf = [0u8; 2048];
         let mut rtcp_buf = [0u8; 1500];
@@ -265,8 +295,23 @@ impl CallMedia {
                     }
                     Some(FromAgent::Closed(_)) | None => return EndReason::AgentHangup,
                 },
-                _ = tick.tick() => {
+                () = &mut playout => {
+                    next_tick += FRAME;
+                    let now = tokio::time::Instant::now();
+                    if now.saturating_duration_since(next_tick) > MAX_PLAYOUT_CATCH_UP {
+                        self.counters.playout_resyncs.fetch_add(1, Ordering::Relaxed);
+                        next_tick = now + FRAME;
+                    }
+                    playout.as_mut().reset(next_tick);
                     self.on_tick(rtp).await;
+                    // Live usage, one second at a time: the call ends at the tenant's monthly limit, never past it.
+                    self.ticks += 1;
+                    if self.ticks.is_multiple_of(50)
+                        && setup.guards.admission.add_billed_seconds(setup.tenant, 1) == Some(0)
+                    {
+                        tracing::info!(tenant = %setup.tenant_name, call_id = %self.call, "monthly minutes used up; hanging up");
+                        return EndReason::BudgetExhausted;
+                    }
                     if self.inactivity_applies() && self.last_rtp_at.elapsed() >= setup.inactivity_timeout {
                         tracing::info!(tenant = %setup.tenant_name, call_id = %self.call, "no RTP for the inactivity timeout; hanging up");
                         return EndReason::RtpTimeout;
@@ -328,6 +373,12 @@ impl CallMedia {
         if verdict == PacketVerdict::SourceRestart {
             self.reframer.reset();
             self.dtmf.reset();
+        }
+        // Held to the negotiated rate before any decoding or hand-off (see call::police).
+        let verdict = if is_dtmf { self.policer.event(now) } else { self.policer.audio(payload.len(), now) };
+        if verdict == Verdict::Policed {
+            self.counters.policed.fetch_add(1, Ordering::Relaxed);
+            return;
         }
         if is_dtmf {
             if let Ok(event) = dtmf::parse_event(payload)

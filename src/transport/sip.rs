@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::call::CallId;
 use crate::call::record::{CallRecordSink, EndReason};
-use crate::call::uas::{SipEnd, Uas, UasConfig, UasEvent};
+use crate::call::uas::{CallGuards, SipEnd, Uas, UasConfig, UasEvent};
 use crate::config::Config;
 use crate::proto::sip::transaction::{Peer, Timers, Transport};
 use crate::proto::sip::{self, Framed, Limits};
@@ -49,6 +49,7 @@ pub struct SipDriver {
     pub counters: Arc<MediaCounters>,
     /// Every call's media task, so that a drain can wait for their records.
     pub calls: TaskTracker,
+    pub guards: CallGuards,
 }
 
 /// Bound sockets, so that start-up fails early and tests can read the real ports.
@@ -74,13 +75,16 @@ impl SipDriver {
     pub async fn run(self, sockets: SipSockets, shutdown: CancellationToken) {
         let SipSockets { udp, tcp } = sockets;
         let local = SocketAddr::new(self.config.advertise_ip(), udp.local_addr().map(|a| a.port()).unwrap_or(5060));
-        let mut uas = Uas::new(UasConfig {
-            local,
-            limits: Limits { max_message_bytes: self.config.sip_max_message_bytes, ..Limits::default() },
-            timers: Timers::default(),
-            max_calls: self.config.max_calls,
-            seed: rand::random(),
-        });
+        let mut uas = Uas::new(
+            UasConfig {
+                local,
+                limits: Limits { max_message_bytes: self.config.sip_max_message_bytes, ..Limits::default() },
+                timers: Timers::default(),
+                max_calls: self.config.max_calls,
+                seed: rand::random(),
+            },
+            self.guards.clone(),
+        );
         let (tcp_in_tx, mut tcp_in_rx) = mpsc::channel::<TcpInbound>(TCP_INBOUND);
         let (report_tx, mut report_rx) = mpsc::channel::<MediaReport>(1024);
         let mut tcp_writers: HashMap<u64, mpsc::Sender<Vec<u8>>> = HashMap::new();
@@ -183,9 +187,13 @@ impl SipDriver {
                 calls.insert(call, CallEntry { commands: ctx });
                 let span = tracing::info_span!("call", tenant = %incoming.tenant_name, call_id = %call);
                 tracing::info!(parent: &span, from = %incoming.from, to = %incoming.to, app = %incoming.app.name, codec = ?incoming.negotiated.codec, "incoming call");
+                let incoming = *incoming;
                 let setup = CallSetup {
                     call,
                     tenant: incoming.tenant,
+                    app_index: incoming.app_index,
+                    permit: incoming.permit,
+                    guards: self.guards.clone(),
                     tenant_name: incoming.tenant_name.clone(),
                     app_name: incoming.app.name.clone(),
                     app_kind: incoming.app.kind.clone(),
