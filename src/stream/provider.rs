@@ -57,9 +57,9 @@ const MAX_BATCH: usize = 16;
 /// Messages between [`crate::proto::media_streams::MAX_AGENT_MESSAGE_BYTES`] and this are counted as `too_large` and ignored.
 pub const MAX_WS_MESSAGE_BYTES: usize = 4 << 20;
 /// Initial size of the socket's read buffer (agent messages are typically < 1 KiB; it grows for larger ones).
-const READ_BUFFER_BYTES: usize = 16 << 10;
+const READ_BUFFER_BYTES: usize = 4 << 10;
 /// Initial size of the reused buffer that outgoing message payloads are cut from.
-const OUT_BYTES: usize = 8 << 10;
+const OUT_BYTES: usize = 2 << 10;
 /// Malformed agent messages logged at `warn` per stream; later ones at `debug`.
 const MALFORMED_WARNINGS: u64 = 3;
 
