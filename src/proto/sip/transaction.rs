@@ -499,3 +499,120 @@ impl TransactionLayer {
         id
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The transaction layer alone, in virtual time: reliable-transport timers, lost connections, RFC 2543 matching.
+
+    use super::*;
+    use crate::proto::sip::{Limits, Message, parse_message};
+
+    const TCP: Transport = Transport::Tcp { conn: 7 };
+
+    fn peer(transport: Transport) -> Peer {
+        Peer { addr: "127.0.0.1:5099".parse().unwrap(), transport }
+    }
+
+    fn request(method: &str, branch: &str, cseq_method: &str) -> Request {
+        let text = format!(
+            "{method} sip:15550100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5099{branch}\r\nFrom: <sip:a@b>;tag=f1\r\nTo: <sip:15550100@127.0.0.1>\r\nCall-ID: t1\r\nCSeq: 1 {cseq_method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        match parse_message(text.as_bytes(), &Limits::default()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn drain(layer: &mut TransactionLayer) -> (usize, Vec<TxEvent>) {
+        let sent = std::iter::from_fn(|| layer.poll_transmit()).count();
+        (sent, std::iter::from_fn(|| layer.poll_event()).collect())
+    }
+
+    fn server_tx(events: &[TxEvent]) -> ServerTxId {
+        match events {
+            [TxEvent::Request { tx, .. }] => *tx,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn over_tcp_a_non_2xx_final_is_not_retransmitted_and_the_ack_ends_the_transaction() {
+        let mut layer = TransactionLayer::new(Timers::default());
+        let t0 = Instant::now();
+        layer.handle_request(t0, request("INVITE", ";branch=z9hG4bKtcp1", "INVITE"), peer(TCP));
+        let tx = server_tx(&drain(&mut layer).1);
+        let invite = request("INVITE", ";branch=z9hG4bKtcp1", "INVITE");
+        layer.respond(t0, tx, &OutgoingResponse::for_request(&invite, 486, "Busy Here").to_tag("x")).unwrap();
+        assert_eq!(drain(&mut layer).0, 1);
+        layer.handle_timeout(t0 + Duration::from_secs(2));
+        assert_eq!(drain(&mut layer).0, 0, "no Timer G over a reliable transport");
+        layer.handle_request(t0 + Duration::from_secs(2), request("ACK", ";branch=z9hG4bKtcp1", "ACK"), peer(TCP));
+        assert!(drain(&mut layer).1.is_empty(), "the ACK of a non-2xx is absorbed");
+        layer.handle_timeout(t0 + Duration::from_secs(2));
+        assert!(layer.is_empty(), "Timer I is zero over TCP");
+    }
+
+    #[test]
+    fn over_tcp_a_non_invite_transaction_ends_with_its_final_response() {
+        let mut layer = TransactionLayer::new(Timers::default());
+        let t0 = Instant::now();
+        layer.handle_request(t0, request("OPTIONS", ";branch=z9hG4bKopt1", "OPTIONS"), peer(TCP));
+        let tx = server_tx(&drain(&mut layer).1);
+        let options = request("OPTIONS", ";branch=z9hG4bKopt1", "OPTIONS");
+        layer.respond(t0, tx, &OutgoingResponse::for_request(&options, 200, "OK")).unwrap();
+        layer.handle_timeout(t0);
+        assert!(layer.is_empty(), "Timer J is zero over TCP");
+        assert_eq!(
+            layer.respond(t0, tx, &OutgoingResponse::for_request(&options, 200, "OK")),
+            Err(TxError::UnknownTransaction)
+        );
+    }
+
+    #[test]
+    fn our_request_over_tcp_is_not_retransmitted_but_still_times_out() {
+        let mut layer = TransactionLayer::new(Timers::default());
+        let t0 = Instant::now();
+        let bye = OutgoingRequest {
+            method: Method::Bye,
+            uri: "sip:a@127.0.0.1:5099".into(),
+            headers: vec![("Via".into(), "SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bKbye9".into())],
+            body: None,
+        };
+        let id = layer.send_request(t0, &bye, "z9hG4bKbye9", peer(TCP));
+        assert_eq!(drain(&mut layer).0, 1);
+        layer.handle_timeout(t0 + Duration::from_secs(4));
+        assert_eq!(drain(&mut layer).0, 0, "no Timer E over a reliable transport");
+        layer.handle_timeout(t0 + Duration::from_secs(32));
+        assert!(matches!(drain(&mut layer).1.as_slice(), [TxEvent::ClientTimeout { tx }] if *tx == id), "Timer F");
+    }
+
+    #[test]
+    fn a_lost_connection_ends_its_transactions() {
+        let mut layer = TransactionLayer::new(Timers::default());
+        let t0 = Instant::now();
+        layer.handle_request(t0, request("INVITE", ";branch=z9hG4bKlost", "INVITE"), peer(TCP));
+        drain(&mut layer);
+        let bye = OutgoingRequest { method: Method::Bye, uri: "sip:a@b".into(), headers: vec![], body: None };
+        let id = layer.send_request(t0, &bye, "z9hG4bKbye10", peer(TCP));
+        drain(&mut layer);
+        layer.handle_connection_lost(7);
+        assert!(matches!(drain(&mut layer).1.as_slice(), [TxEvent::ClientTimeout { tx }] if *tx == id));
+        assert!(layer.is_empty());
+    }
+
+    #[test]
+    fn rfc2543_requests_without_a_magic_cookie_are_matched_by_their_fields() {
+        let mut layer = TransactionLayer::new(Timers::default());
+        let t0 = Instant::now();
+        // No branch at all (RFC 2543): a retransmission is recognised by Call-ID, From tag, CSeq and top Via.
+        layer.handle_request(t0, request("OPTIONS", "", "OPTIONS"), peer(Transport::Udp));
+        let tx = server_tx(&drain(&mut layer).1);
+        let options = request("OPTIONS", "", "OPTIONS");
+        layer.respond(t0, tx, &OutgoingResponse::for_request(&options, 200, "OK")).unwrap();
+        drain(&mut layer);
+        layer.handle_request(t0, request("OPTIONS", "", "OPTIONS"), peer(Transport::Udp));
+        let (sent, events) = drain(&mut layer);
+        assert_eq!((sent, events.len()), (1, 0), "absorbed, and the 200 sent again");
+        assert_eq!(layer.absorbed_retransmissions, 1);
+    }
+}
