@@ -219,8 +219,8 @@ struct CallMedia {
     packets_out: u64,
     sending: bool,
     dtmf_count: u64,
-    /// 20 ms ticks since answer.
-    ticks: u64,
+    /// RTP timestamp of step 0 of the playout grid (random, RFC 3550 §5.1).
+    ts_base: u32,
     policer: Policer,
 }
 
@@ -250,7 +250,7 @@ impl CallMedia {
             packets_out: 0,
             sending: false,
             dtmf_count: 0,
-            ticks: 0,
+            ts_base: rand::random(),
             policer: Policer::g711(),
         }
     }
@@ -266,9 +266,21 @@ impl CallMedia {
         // exactly 50 frames a second however busy the core is (a relative "delay" policy loses the late time for
         // good and the buffer, and the latency, grow for the rest of the call). After a stall longer than
         // MAX_PLAYOUT_CATCH_UP the timeline restarts from now, so a long hiccup never becomes a burst of packets.
-        let mut next_tick = tokio::time::Instant::now() + FRAME;
-        let playout = tokio::time::sleep_until(next_tick);
+        // The clock is armed only while audio or marks are queued: a silent agent costs no wake-ups. It re-arms on
+        // the same grid, so the RTP timestamp (160 per grid step) stays continuous across silence.
+        let origin = tokio::time::Instant::now();
+        // Step k of the grid plays at origin + k * FRAME with RTP timestamp ts_base + k * 160.
+        let step_at = |k: u64| origin + FRAME * (k as u32);
+        let next_step_after =
+            |t: tokio::time::Instant| (t.saturating_duration_since(origin).as_nanos() / FRAME.as_nanos()) as u64 + 1;
+        let mut next_step: u64 = 1;
+        let mut armed = false;
+        let playout = tokio::time::sleep_until(step_at(next_step));
         tokio::pin!(playout);
+        // Billing and the inactivity check, once a second.
+        let mut housekeeping = tokio::time::interval_at(origin + Duration::from_secs(1), Duration::from_secs(1));
+        let answered = Instant::now();
+        let mut billed: u64 = 0;
         let mut rtcp_tick = tokio::time::interval_at(tokio::time::Instant::now() + RTCP_INTERVAL, RTCP_INTERVAL);
         let mut buf = [0u8; 2048];
         let mut rtcp_buf = [0u8; 1500];
@@ -285,32 +297,49 @@ impl CallMedia {
                         self.on_rtcp(&rtcp_buf[..n], from);
                     }
                 }
-                agent = self.provider_rx.recv() => match agent {
-                    Some(FromAgent::Media(audio)) => { self.playout.push_audio(&audio); }
-                    Some(FromAgent::Frame(frame)) => { self.playout.push_audio(&frame); }
-                    Some(FromAgent::Mark(name)) => { self.playout.push_mark(name); }
-                    Some(FromAgent::Clear) => {
-                        let tx = &self.provider_tx;
-                        self.playout.clear(|mark| { let _ = tx.try_send(ToAgent::MarkPlayed(mark)); });
+                agent = self.provider_rx.recv() => {
+                    match agent {
+                        Some(FromAgent::Media(audio)) => { self.playout.push_audio(&audio); }
+                        Some(FromAgent::Frame(frame)) => { self.playout.push_audio(&frame); }
+                        Some(FromAgent::Mark(name)) => { self.playout.push_mark(name); }
+                        Some(FromAgent::Clear) => {
+                            let tx = &self.provider_tx;
+                            self.playout.clear(|mark| { let _ = tx.try_send(ToAgent::MarkPlayed(mark)); });
+                        }
+                        Some(FromAgent::Closed(_)) | None => return EndReason::AgentHangup,
                     }
-                    Some(FromAgent::Closed(_)) | None => return EndReason::AgentHangup,
+                    if !armed && self.playout_pending() {
+                        next_step = next_step_after(tokio::time::Instant::now());
+                        playout.as_mut().reset(step_at(next_step));
+                        armed = true;
+                    }
                 },
-                () = &mut playout => {
-                    next_tick += FRAME;
+                () = &mut playout, if armed => {
+                    let step = next_step;
+                    next_step += 1;
                     let now = tokio::time::Instant::now();
-                    if now.saturating_duration_since(next_tick) > MAX_PLAYOUT_CATCH_UP {
+                    if now.saturating_duration_since(step_at(next_step)) > MAX_PLAYOUT_CATCH_UP {
                         self.counters.playout_resyncs.fetch_add(1, Ordering::Relaxed);
-                        next_tick = now + FRAME;
+                        next_step = next_step_after(now);
                     }
-                    playout.as_mut().reset(next_tick);
-                    self.on_tick(rtp).await;
-                    // Live usage, one second at a time: the call ends at the tenant's monthly limit, never past it.
-                    self.ticks += 1;
-                    if self.ticks.is_multiple_of(50)
-                        && setup.guards.admission.add_billed_seconds(setup.tenant, 1) == Some(0)
-                    {
-                        tracing::info!(tenant = %setup.tenant_name, call_id = %self.call, "monthly minutes used up; hanging up");
-                        return EndReason::BudgetExhausted;
+                    playout.as_mut().reset(step_at(next_step));
+                    self.on_tick(rtp, step).await;
+                    if !self.playout_pending() {
+                        armed = false;
+                        // The next packet starts a talk spurt: it carries the marker bit (RFC 3551 §4.1).
+                        self.sending = false;
+                    }
+                }
+                _ = housekeeping.tick() => {
+                    // Live usage, by whole seconds since answer: the call ends at the tenant's monthly limit, never
+                    // past it.
+                    let due = answered.elapsed().as_secs();
+                    while billed < due {
+                        billed += 1;
+                        if setup.guards.admission.add_billed_seconds(setup.tenant, 1) == Some(0) {
+                            tracing::info!(tenant = %setup.tenant_name, call_id = %self.call, "monthly minutes used up; hanging up");
+                            return EndReason::BudgetExhausted;
+                        }
                     }
                     if self.inactivity_applies() && self.last_rtp_at.elapsed() >= setup.inactivity_timeout {
                         tracing::info!(tenant = %setup.tenant_name, call_id = %self.call, "no RTP for the inactivity timeout; hanging up");
@@ -335,6 +364,11 @@ impl CallMedia {
                 },
             }
         }
+    }
+
+    /// Audio or marks waiting for the playout clock.
+    fn playout_pending(&self) -> bool {
+        self.playout.buffered_samples() > 0 || self.playout.pending_marks() > 0
     }
 
     /// No RTP is expected while the caller holds the call (inactive) or only receives (we answered sendonly).
@@ -436,9 +470,10 @@ impl CallMedia {
         });
     }
 
-    async fn on_tick(&mut self, rtp: &UdpSocket) {
-        // The RTP clock advances every 20 ms whether or not we send, so silence keeps timing intact.
-        self.out_ts = self.out_ts.wrapping_add(FRAME_SAMPLES as u32);
+    /// Plays step `step` of the call's 20 ms grid. The RTP timestamp follows the grid whether or not earlier
+    /// steps sent anything, so silence keeps timing intact.
+    async fn on_tick(&mut self, rtp: &UdpSocket, step: u64) {
+        self.out_ts = self.ts_base.wrapping_add((step as u32).wrapping_mul(FRAME_SAMPLES as u32));
         let may_send = matches!(self.negotiated.answer_direction, Direction::SendRecv | Direction::SendOnly);
         let dest = self.latched.or(self.negotiated.remote);
         let mut frame = [0u8; FRAME_SAMPLES];
