@@ -629,3 +629,43 @@ fn write_sample_for_promtool() {
     std::fs::write(&path, m.encode()).unwrap();
     println!("wrote {}", path.display());
 }
+
+#[test]
+fn handles_are_shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Metrics>();
+    send_sync::<TenantMetrics>();
+    send_sync::<ActiveCall>();
+    let m = Arc::new(Metrics::new(&MetricsConfig { max_tenants: 2 }));
+    // t0 and t1 take the two places first; the late tenants fold whatever order the threads run in.
+    m.tenant(TenantId(0), "t0");
+    m.tenant(TenantId(1), "t1");
+    let threads: Vec<_> = (0..4u32)
+        .map(|i| {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                // Threads 0 and 2 share tenant t0, 1 and 3 share t1; all of them also hit a folded tenant.
+                let t = m.tenant(TenantId(i % 2), &format!("t{}", i % 2));
+                let late = m.tenant(TenantId(10 + i), &format!("late{i}"));
+                for _ in 0..1000 {
+                    t.frame(Direction::Inbound);
+                    t.frame_latency(Direction::Inbound, ms(1));
+                    late.frame(Direction::Outbound);
+                }
+                t.call_ended(EndReason::CallerBye);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let f = parse(&m);
+    for t in ["t0", "t1"] {
+        assert_eq!(value(&f, "fairvox_frames_total", &[("tenant", t), ("direction", "inbound")]), Some(2000.0));
+        let count = value(&f, "fairvox_frame_latency_seconds_count", &[("tenant", t), ("direction", "inbound")]);
+        assert_eq!(count, Some(2000.0));
+        assert_eq!(value(&f, "fairvox_calls_total", &[("tenant", t), ("outcome", "caller_bye")]), Some(2.0));
+    }
+    assert_eq!(value(&f, "fairvox_frames_total", &[("tenant", "other"), ("direction", "outbound")]), Some(4000.0));
+    assert_eq!(value(&f, "fairvox_metrics_tenants_folded_total", &[]), Some(4.0));
+}
