@@ -13,6 +13,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::metrics::{MetricsConfig, OTHER, UNATTRIBUTED};
 use crate::sched::plan::{PlanSet, RawPlan, build_plans};
 use crate::tenant::{App, AppKind, Codec, E164, Route, Snapshot, Tenant, TenantId, Trunk};
 
@@ -45,6 +46,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The built-in plans with the file's overrides and additions.
     pub plans: PlanSet,
+    pub metrics: MetricsConfig,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -197,6 +199,8 @@ struct RawConfig {
     data_dir: Option<String>,
     #[serde(default)]
     plans: toml::Table,
+    #[serde(default)]
+    metrics: MetricsConfig,
     #[serde(default)]
     tenants: Vec<RawTenant>,
 }
@@ -351,6 +355,9 @@ impl RawConfig {
             raw_plans.push((name.clone(), raw));
         }
         let plans = build_plans(&raw_plans).map_err(|e| invalid(&e.key, e.reason.clone()))?;
+        if self.metrics.max_tenants == 0 {
+            return Err(invalid("metrics.max_tenants", "must be at least 1".into()));
+        }
 
         let mut tenants = Vec::with_capacity(self.tenants.len());
         let mut tenant_ids = HashSet::new();
@@ -361,6 +368,12 @@ impl RawConfig {
                 return Err(invalid(
                     &format!("{tkey}.id"),
                     format!("{:?} must be 1-64 characters of a-z, 0-9, '-' or '_'", t.id),
+                ));
+            }
+            if t.id == OTHER || t.id == UNATTRIBUTED {
+                return Err(invalid(
+                    &format!("{tkey}.id"),
+                    format!("{:?} is reserved: metrics use it for tenants without a label of their own", t.id),
                 ));
             }
             if !tenant_ids.insert(t.id.clone()) {
@@ -431,6 +444,7 @@ impl RawConfig {
             sip_max_message_bytes: sip_max,
             data_dir: PathBuf::from(self.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR)),
             plans,
+            metrics: self.metrics.clone(),
             tenants,
         })
     }
@@ -566,6 +580,9 @@ allowed_sources = ["10.0.0.0/8", "192.0.2.1"]
             vec![("lang".into(), "en".into()), ("n".into(), "3".into())]
         );
         assert_eq!(c.tenants[0].trunks[0].allowed_sources.len(), 2);
+        assert_eq!(c.metrics.max_tenants, 1000, "default");
+        let c = Config::from_toml("m.toml", "[metrics]\nmax_tenants = 50\n").unwrap();
+        assert_eq!(c.metrics.max_tenants, 50);
     }
 
     fn err(text: &str) -> String {
@@ -590,5 +607,9 @@ allowed_sources = ["10.0.0.0/8", "192.0.2.1"]
         let e = err("[[tenants]]\nid = \"a\"\n[[tenants.trunks]]\nname = \"t\"\nallowed_sources = [\"x/8\"]\n");
         assert!(e.starts_with("bad.toml: tenants[0].trunks[0].allowed_sources[0]: "), "{e}");
         assert!(err("bogus = 1\n").starts_with("bad.toml: "));
+        let e = err("[[tenants]]\nid = \"other\"\n");
+        assert!(e.starts_with("bad.toml: tenants[0].id: \"other\" is reserved"), "{e}");
+        assert!(err("[[tenants]]\nid = \"unattributed\"\n").contains("is reserved"));
+        assert_eq!(err("[metrics]\nmax_tenants = 0\n"), "bad.toml: metrics.max_tenants: must be at least 1");
     }
 }
