@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::metrics::{MetricsConfig, OTHER, UNATTRIBUTED};
 use crate::sched::plan::{PlanSet, RawPlan, build_plans};
+use crate::sched::wfq::SchedulerKind;
 use crate::tenant::{App, AppKind, Codec, E164, Route, Snapshot, Tenant, TenantId, Trunk};
 
 /// A configuration problem, located by file and key.
@@ -42,6 +43,10 @@ pub struct Config {
     /// Bound on agent audio queued for playout per call, in samples (8 kHz).
     pub playout_max_samples: usize,
     pub max_calls: usize,
+    /// Media worker threads that read calls' RTP (`media.workers`; 0 = one per core).
+    pub media_workers: usize,
+    /// How the media workers order tenants' work (`media.scheduler`).
+    pub scheduler: SchedulerKind,
     pub sip_max_message_bytes: usize,
     pub data_dir: PathBuf,
     /// The built-in plans with the file's overrides and additions.
@@ -196,6 +201,8 @@ struct RawConfig {
     provider: RawProvider,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    media: RawMedia,
     data_dir: Option<String>,
     #[serde(default)]
     plans: toml::Table,
@@ -231,6 +238,13 @@ struct RawRtp {
 #[serde(deny_unknown_fields)]
 struct RawProvider {
     connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMedia {
+    workers: Option<usize>,
+    scheduler: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -341,6 +355,16 @@ impl RawConfig {
         if max_calls == 0 {
             return Err(invalid("limits.max_calls", "must be at least 1".into()));
         }
+        let media_workers = self.media.workers.unwrap_or(0);
+        if media_workers > 256 {
+            return Err(invalid("media.workers", format!("{media_workers} must be within 0..=256 (0: one per core)")));
+        }
+        let scheduler = match self.media.scheduler.as_deref() {
+            None => SchedulerKind::Fair,
+            Some(s) => {
+                s.parse().map_err(|_| invalid("media.scheduler", format!("{s:?} must be \"fair\" or \"fifo\"")))?
+            }
+        };
         let sip_max = self.sip.max_message_bytes.unwrap_or(16 * 1024);
         if !(1024..=65_535).contains(&sip_max) {
             return Err(invalid("sip.max_message_bytes", format!("{sip_max} must be within 1024..=65535")));
@@ -441,6 +465,8 @@ impl RawConfig {
             provider_connect_timeout: Duration::from_millis(connect_ms),
             playout_max_samples: (playout_ms as usize) * 8,
             max_calls,
+            media_workers,
+            scheduler,
             sip_max_message_bytes: sip_max,
             data_dir: PathBuf::from(self.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR)),
             plans,

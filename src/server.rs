@@ -13,9 +13,11 @@ use tokio_util::task::TaskTracker;
 use crate::call::record::{CallRecordSink, LogAndFileSink};
 use crate::call::uas::CallGuards;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::sched::admission::Admission;
 use crate::sched::breaker::{BreakerConfig, Breakers};
 use crate::tenant::TenantId;
+use crate::transport::ingress::MediaWorkers;
 use crate::transport::media::MediaCounters;
 use crate::transport::rtp_ports::RtpPortPool;
 use crate::transport::sip::{SipDriver, SipSockets};
@@ -31,6 +33,8 @@ pub enum StartError {
     HttpListen { addr: SocketAddr, source: std::io::Error },
     #[error("tenant {tenant}: {reason}")]
     Tenant { tenant: String, reason: String },
+    #[error("cannot start the media workers: {0}")]
+    MediaWorkers(#[from] crate::sched::bulkhead::BulkheadError),
 }
 
 /// A started server: its bound addresses, and the handle that stops it.
@@ -83,8 +87,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let shutdown = CancellationToken::new();
     let guards = call_guards(&config)?;
+    let workers = Arc::new(media_workers(&config)?);
+    let metrics = Arc::new(Metrics::new(&config.metrics));
+    tracing::info!(workers = workers.workers(), scheduler = workers.scheduler().label(), "media workers started");
     let calls = TaskTracker::new();
-    let driver = SipDriver { config, snapshot, sink, ports, counters, calls: calls.clone(), guards };
+    let driver = SipDriver { config, snapshot, sink, ports, counters, calls: calls.clone(), guards, metrics, workers };
     let sip_task = tokio::spawn(driver.run(sockets, shutdown.clone()));
     let app = Router::new().route("/healthz", get(|| async { "ok\n" }));
     let http_task = tokio::spawn(async move {
@@ -93,6 +100,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     });
     Ok(Running { sip_addr, http_addr, shutdown, calls, sip_task, http_task })
+}
+
+/// The media worker pool, each tenant given its plan's weight and queue room.
+pub fn media_workers(config: &Config) -> Result<MediaWorkers, StartError> {
+    let workers = MediaWorkers::start(config.media_workers, config.scheduler)?;
+    for (index, tenant) in config.tenants.iter().enumerate() {
+        let fail = |reason: String| StartError::Tenant { tenant: tenant.id.clone(), reason };
+        let plan = config.plans.get(&tenant.plan).ok_or_else(|| fail(format!("unknown plan {:?}", tenant.plan)))?;
+        workers.configure_tenant(TenantId(index as u32), plan).map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(workers)
 }
 
 /// Admission per tenant from its plan, the node cap from `limits.max_calls`, and one breaker per (tenant, app).

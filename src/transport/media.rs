@@ -1,8 +1,9 @@
 //! The media driver of one call: owns its RTP and RTCP sockets, the provider stream handle and the 20 ms playout
 //! clock, and runs the sans-IO pieces (RTP parse and statistics, G.711, re-framing, DTMF detection, playout).
 //!
-//! Inbound: RTP -> latch source (symmetric RTP) -> statistics -> G.711 to µ-law -> re-frame to 20 ms ->
-//! [`Frame`] -> provider stream (bounded; a full channel drops the frame and counts it as `slow_consumer`).
+//! Inbound: the socket turns readable -> a turn queued for the tenant on the media workers -> a worker reads
+//! (`transport::ingress`: latch, statistics, policing, G.711 to µ-law, re-framing) -> [`Frame`] -> provider stream
+//! (bounded; a full channel drops the frame and counts it as `slow_consumer`).
 //! Outbound: agent audio -> bounded playout buffer -> one frame per 20 ms tick -> RTP to the caller.
 //! It ends on a command from the SIP side, on the agent closing, or on RTP inactivity, and always writes a record.
 
@@ -15,31 +16,26 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::call::playout::Playout;
-use crate::call::police::{Policer, Verdict};
 use crate::call::record::{CallRecord, CallRecordSink, EndReason, unix_ms};
-use crate::call::reframe::Reframer;
 use crate::call::uas::CallGuards;
-use crate::call::{CallId, FRAME_SAMPLES, Frame};
+use crate::call::{CallId, FRAME_SAMPLES};
 use crate::codec::g711;
-use crate::proto::dtmf::{self, DtmfDetector};
+use crate::metrics::{Direction as MetricDirection, TenantMetrics};
 use crate::proto::media_streams::{self, StreamStart};
 use crate::proto::rtcp::{self, RtcpSummary, SenderInfo};
-use crate::proto::rtp::{self, PacketVerdict, ReceiveStats, RtpHeader};
+use crate::proto::rtp::{self, RtpHeader};
 use crate::proto::sdp::{Direction, Negotiated};
 use crate::sched::admission::CallPermit;
 use crate::stream::echo;
 use crate::stream::provider::{self, FromAgent, ProviderHandle, ToAgent};
 use crate::tenant::{AppKind, Codec, TenantId};
+use crate::transport::ingress::{CallIngress, MediaWorkers, TurnState};
 use crate::transport::rtp_ports::RtpLease;
 
 /// Capacity of the per-call channels to and from the provider stream (frames are 20 ms: 50 = 1 s).
 const PROVIDER_CHANNEL: usize = 50;
 /// RTCP report interval (RFC 3550 §6.2 minimum of 5 s for a two-party session).
 const RTCP_INTERVAL: Duration = Duration::from_secs(5);
-/// A latched source silent this long may be replaced by a new one (the carrier moved media).
-const RELATCH_AFTER: Duration = Duration::from_secs(2);
-/// Gap filled with silence by the re-framer before it resynchronises: 200 ms.
-const MAX_GAP_SAMPLES: u32 = 1600;
 /// One frame of playout.
 const FRAME: Duration = Duration::from_millis(20);
 /// How far behind its timeline the playout clock may fall and still catch up by sending the missed frames.
@@ -86,6 +82,12 @@ pub struct CallSetup {
     pub connect_timeout: Duration,
     pub playout_max_samples: usize,
     pub advertise_ip: std::net::IpAddr,
+    /// The workers that read the call's RTP (see `transport::ingress`).
+    pub workers: Arc<MediaWorkers>,
+    /// The tenant's metric handles.
+    pub metrics: TenantMetrics,
+    /// The tenant's plan `max_frame_queue_ms`: an inbound packet older than this when read is dropped.
+    pub max_frame_age: Duration,
 }
 
 /// Node-wide media counters (per-tenant families arrive with the metrics work).
@@ -95,6 +97,10 @@ pub struct MediaCounters {
     pub frames_out: AtomicU64,
     pub dropped_slow_consumer: AtomicU64,
     pub packets_ignored: AtomicU64,
+    /// Packets older than their tenant's `max_frame_queue_ms` when a media worker read them.
+    pub dropped_deadline: AtomicU64,
+    /// Packets drained unread because the media workers refused the call's turn (shut down).
+    pub dropped_queue_full: AtomicU64,
     pub rtp_malformed: AtomicU64,
     /// Packets beyond the negotiated rate, dropped at the call's socket.
     pub policed: AtomicU64,
@@ -115,7 +121,7 @@ pub async fn run_call(
     let mut record = Recorder::new(&setup);
 
     let rtp = match std_to_tokio(lease.rtp.try_clone()) {
-        Some(s) => s,
+        Some(s) => Arc::new(s),
         None => {
             let _ = reports
                 .send(MediaReport::Failed { call, status: 503, reason: "Service Unavailable", retry_after: Some(5) })
@@ -170,21 +176,24 @@ pub async fn run_call(
     }
     record.answered();
 
-    let mut media = CallMedia::new(&setup, handle, counters);
+    let mut media = CallMedia::new(&setup, handle, Arc::clone(&rtp), counters);
     let reason = media.run(&rtp, rtcp.as_ref(), &mut commands, &setup).await;
     if matches!(reason, EndReason::AgentHangup | EndReason::RtpTimeout | EndReason::BudgetExhausted) {
         let _ = reports.send(MediaReport::Ended { call }).await;
     }
     media.stop_provider().await;
-    record.packets_in = media.stats.received();
-    record.packets_lost = media.stats.lost().max(0) as u64;
+    {
+        let ingress = media.ingress.state.lock();
+        record.packets_in = ingress.stats.received();
+        record.packets_lost = ingress.stats.lost().max(0) as u64;
+        record.dtmf_count = ingress.dtmf_count;
+        tracing::debug!(
+            tenant = %setup.tenant_name, call_id = %call,
+            late = ingress.reframer.late_dropped(), gaps = ingress.reframer.gaps_filled(),
+            policed = ingress.policer.policed(), playout_dropped = media.playout.dropped_samples(), "media ended"
+        );
+    }
     record.packets_out = media.packets_out;
-    record.dtmf_count = media.dtmf_count;
-    tracing::debug!(
-        tenant = %setup.tenant_name, call_id = %call,
-        late = media.reframer.late_dropped(), gaps = media.reframer.gaps_filled(), policed = media.policer.policed(),
-        playout_dropped = media.playout.dropped_samples(), "media ended"
-    );
     drop(lease);
     record.finish(&*sink, reason);
 }
@@ -197,61 +206,58 @@ fn std_to_tokio(socket: std::io::Result<std::net::UdpSocket>) -> Option<UdpSocke
 
 /// The running media state of one answered call.
 struct CallMedia {
-    tenant: TenantId,
     call: CallId,
     negotiated: Negotiated,
     provider_tx: mpsc::Sender<ToAgent>,
     provider_rx: mpsc::Receiver<FromAgent>,
-    stats: ReceiveStats,
-    reframer: Reframer,
-    dtmf: DtmfDetector,
+    /// Inbound state, shared with the media worker serving the call's turn.
+    ingress: Arc<CallIngress>,
     playout: Playout,
     counters: Arc<MediaCounters>,
-    latched: Option<SocketAddr>,
+    metrics: TenantMetrics,
     latched_rtcp: Option<SocketAddr>,
-    last_rtp_at: Instant,
-    clock_origin: Instant,
-    frame_seq: u64,
+    /// Losses already reported to the metrics.
+    lost_reported: i64,
     ssrc: u32,
     out_seq: u16,
     out_ts: u32,
     out_octets: u32,
     packets_out: u64,
     sending: bool,
-    dtmf_count: u64,
     /// RTP timestamp of step 0 of the playout grid (random, RFC 3550 §5.1).
     ts_base: u32,
-    policer: Policer,
 }
 
 impl CallMedia {
-    fn new(setup: &CallSetup, handle: ProviderHandle, counters: Arc<MediaCounters>) -> CallMedia {
-        let now = Instant::now();
+    fn new(setup: &CallSetup, handle: ProviderHandle, rtp: Arc<UdpSocket>, counters: Arc<MediaCounters>) -> CallMedia {
+        let ingress = CallIngress::new(
+            setup.tenant,
+            setup.call,
+            rtp,
+            setup.negotiated.clone(),
+            handle.tx.clone(),
+            Arc::clone(&counters),
+            setup.metrics.clone(),
+            setup.max_frame_age,
+        );
         CallMedia {
-            tenant: setup.tenant,
             call: setup.call,
             negotiated: setup.negotiated.clone(),
             provider_tx: handle.tx,
             provider_rx: handle.rx,
-            stats: ReceiveStats::new(8000),
-            reframer: Reframer::new(MAX_GAP_SAMPLES),
-            dtmf: DtmfDetector::new(),
+            ingress,
             playout: Playout::new(setup.playout_max_samples, 64),
             counters,
-            latched: None,
+            metrics: setup.metrics.clone(),
             latched_rtcp: None,
-            last_rtp_at: now,
-            clock_origin: now,
-            frame_seq: 0,
+            lost_reported: 0,
             ssrc: rand::random(),
             out_seq: rand::random(),
             out_ts: rand::random(),
             out_octets: 0,
             packets_out: 0,
             sending: false,
-            dtmf_count: 0,
             ts_base: rand::random(),
-            policer: Policer::g711(),
         }
     }
 
@@ -282,16 +288,13 @@ impl CallMedia {
         let answered = Instant::now();
         let mut billed: u64 = 0;
         let mut rtcp_tick = tokio::time::interval_at(tokio::time::Instant::now() + RTCP_INTERVAL, RTCP_INTERVAL);
-        let mut buf = [0u8; 2048];
         let mut rtcp_buf = [0u8; 1500];
+        let ingress = Arc::clone(&self.ingress);
+        let mut turn = TurnState::Idle;
         let cname = format!("fairvox@{}", setup.advertise_ip);
         loop {
             tokio::select! {
-                received = rtp.recv_from(&mut buf) => {
-                    if let Ok((n, from)) = received {
-                        self.on_rtp(&buf[..n], from, Instant::now());
-                    }
-                }
+                next = ingress.next(turn, &setup.workers) => turn = next,
                 received = recv_opt(rtcp, &mut rtcp_buf) => {
                     if let Some((n, from)) = received {
                         self.on_rtcp(&rtcp_buf[..n], from);
@@ -323,7 +326,9 @@ impl CallMedia {
                         next_step = next_step_after(now);
                     }
                     playout.as_mut().reset(step_at(next_step));
-                    self.on_tick(rtp, step).await;
+                    // Outbound latency: how late this frame leaves against its place on the 20 ms grid.
+                    let lateness = now.saturating_duration_since(step_at(step));
+                    self.on_tick(rtp, step, lateness).await;
                     if !self.playout_pending() {
                         armed = false;
                         // The next packet starts a talk spurt: it carries the marker bit (RFC 3551 §4.1).
@@ -341,7 +346,8 @@ impl CallMedia {
                             return EndReason::BudgetExhausted;
                         }
                     }
-                    if self.inactivity_applies() && self.last_rtp_at.elapsed() >= setup.inactivity_timeout {
+                    let last_rtp_at = self.ingress.state.lock().last_rtp_at;
+                    if self.inactivity_applies() && last_rtp_at.elapsed() >= setup.inactivity_timeout {
                         tracing::info!(tenant = %setup.tenant_name, call_id = %self.call, "no RTP for the inactivity timeout; hanging up");
                         return EndReason::RtpTimeout;
                     }
@@ -354,11 +360,14 @@ impl CallMedia {
                 cmd = commands.recv() => match cmd {
                     Some(MediaCommand::Confirmed) => {}
                     Some(MediaCommand::Update(negotiated)) => {
-                        self.negotiated = negotiated;
+                        let mut ingress = self.ingress.state.lock();
+                        ingress.negotiated = negotiated.clone();
                         // Hold/resume restarts the inactivity clock.
-                        self.last_rtp_at = Instant::now();
+                        ingress.last_rtp_at = Instant::now();
+                        drop(ingress);
+                        self.negotiated = negotiated;
                     }
-                    Some(MediaCommand::Dtmf(digit)) => self.send_digit(digit),
+                    Some(MediaCommand::Dtmf(digit)) => self.ingress.send_digit(digit),
                     Some(MediaCommand::Stop(reason)) => return reason,
                     None => return EndReason::ServerDrain,
                 },
@@ -376,92 +385,12 @@ impl CallMedia {
         matches!(self.negotiated.answer_direction, Direction::SendRecv | Direction::RecvOnly)
     }
 
-    fn on_rtp(&mut self, packet: &[u8], from: SocketAddr, now: Instant) {
-        match self.latched {
-            Some(addr) if addr == from => {}
-            Some(_) if now.duration_since(self.last_rtp_at) < RELATCH_AFTER => {
-                self.counters.packets_ignored.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            _ => {
-                self.latched = Some(from);
-            }
-        }
-        let Ok((header, payload)) = rtp::parse(packet) else {
-            self.counters.rtp_malformed.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        self.last_rtp_at = now;
-        let is_dtmf = Some(header.payload_type) == self.negotiated.telephone_event_pt;
-        let verdict = if is_dtmf {
-            // RFC 4733 packets repeat one timestamp per key press: they must not feed the jitter estimate.
-            self.stats.on_packet_untimed(header.seq, header.ssrc)
-        } else {
-            let arrival = self.stats.to_rtp_units(now.duration_since(self.clock_origin));
-            self.stats.on_packet(header.seq, header.timestamp, arrival, header.ssrc)
-        };
-        if matches!(verdict, PacketVerdict::Invalid | PacketVerdict::Duplicate) {
-            self.counters.packets_ignored.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if verdict == PacketVerdict::SourceRestart {
-            self.reframer.reset();
-            self.dtmf.reset();
-        }
-        // Held to the negotiated rate before any decoding or hand-off (see call::police).
-        let verdict = if is_dtmf { self.policer.event(now) } else { self.policer.audio(payload.len(), now) };
-        if verdict == Verdict::Policed {
-            self.counters.policed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if is_dtmf {
-            if let Ok(event) = dtmf::parse_event(payload)
-                && let Some(digit) = self.dtmf.on_packet(header.timestamp, &event)
-            {
-                self.send_digit(digit);
-            }
-            return;
-        }
-        if header.payload_type != self.negotiated.pt {
-            self.counters.packets_ignored.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if payload.len() > 640 {
-            self.counters.rtp_malformed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let mut ulaw = [0u8; 640];
-        let ulaw = &mut ulaw[..payload.len()];
-        match self.negotiated.codec {
-            Codec::Pcmu => ulaw.copy_from_slice(payload),
-            Codec::Pcma => g711::alaw_to_ulaw_slice(payload, ulaw),
-        }
-        let (tenant, call) = (self.tenant, self.call);
-        let seq = &mut self.frame_seq;
-        let tx = &self.provider_tx;
-        let counters = &self.counters;
-        self.reframer.push(header.timestamp, ulaw, |ts, samples| {
-            let frame = Frame { tenant, call, seq: *seq, ts, payload: *samples, t_ingress: now };
-            *seq += 1;
-            counters.frames_in.fetch_add(1, Ordering::Relaxed);
-            if tx.try_send(ToAgent::Media(frame)).is_err() {
-                counters.dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
-
-    fn send_digit(&mut self, digit: char) {
-        self.dtmf_count += 1;
-        if self.provider_tx.try_send(ToAgent::Dtmf(digit)).is_err() {
-            self.counters.dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     fn on_rtcp(&mut self, packet: &[u8], from: SocketAddr) {
         if self.latched_rtcp.is_none() {
             self.latched_rtcp = Some(from);
         }
-        let stats = &mut self.stats;
+        let mut ingress = self.ingress.state.lock();
+        let stats = &mut ingress.stats;
         let now = Instant::now();
         let _ = rtcp::parse_compound(packet, |summary| {
             if let RtcpSummary::SenderReport { ntp_timestamp, .. } = summary {
@@ -472,10 +401,10 @@ impl CallMedia {
 
     /// Plays step `step` of the call's 20 ms grid. The RTP timestamp follows the grid whether or not earlier
     /// steps sent anything, so silence keeps timing intact.
-    async fn on_tick(&mut self, rtp: &UdpSocket, step: u64) {
+    async fn on_tick(&mut self, rtp: &UdpSocket, step: u64, lateness: Duration) {
         self.out_ts = self.ts_base.wrapping_add((step as u32).wrapping_mul(FRAME_SAMPLES as u32));
         let may_send = matches!(self.negotiated.answer_direction, Direction::SendRecv | Direction::SendOnly);
-        let dest = self.latched.or(self.negotiated.remote);
+        let dest = self.ingress.state.lock().latched.or(self.negotiated.remote);
         let mut frame = [0u8; FRAME_SAMPLES];
         let tx = &self.provider_tx;
         let has_audio = self.playout.next_frame(&mut frame, |mark| {
@@ -505,13 +434,16 @@ impl CallMedia {
             self.packets_out += 1;
             self.out_octets = self.out_octets.wrapping_add(FRAME_SAMPLES as u32);
             self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
+            self.metrics.frame(MetricDirection::Outbound);
+            self.metrics.frame_latency(MetricDirection::Outbound, lateness);
         }
     }
 
     async fn send_rtcp(&mut self, socket: &UdpSocket, cname: &str) {
-        let dest = self.latched_rtcp.or_else(|| {
-            self.latched.or(self.negotiated.remote).map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))
-        });
+        let latched = self.ingress.state.lock().latched;
+        let dest = self
+            .latched_rtcp
+            .or_else(|| latched.or(self.negotiated.remote).map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1))));
         let Some(dest) = dest else { return };
         let sender = (self.packets_out > 0).then(|| SenderInfo {
             ntp_timestamp: ntp_now(),
@@ -520,7 +452,20 @@ impl CallMedia {
             octet_count: self.out_octets,
         });
         let now = Instant::now();
-        let block = self.stats.ssrc().map(|_| self.stats.take_report_block_at(now));
+        let block = {
+            let mut ingress = self.ingress.state.lock();
+            let stats = &mut ingress.stats;
+            // Per-tenant loss and jitter, once per report interval.
+            let lost = stats.lost().max(0);
+            if lost > self.lost_reported {
+                self.metrics.rtp_packets_lost((lost - self.lost_reported) as u64);
+                self.lost_reported = lost;
+            }
+            if stats.ssrc().is_some() {
+                self.metrics.rtp_jitter(Duration::from_secs_f64(f64::from(stats.jitter()) / 8000.0));
+            }
+            stats.ssrc().map(|_| stats.take_report_block_at(now))
+        };
         let mut buf = [0u8; 256];
         if let Ok(n) = rtcp::write_report(&mut buf, self.ssrc, sender.as_ref(), block.as_ref(), cname) {
             let _ = socket.send_to(&buf[..n], dest).await;

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
@@ -23,9 +23,11 @@ use crate::call::CallId;
 use crate::call::record::{CallRecordSink, EndReason};
 use crate::call::uas::{CallGuards, SipEnd, Uas, UasConfig, UasEvent};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::proto::sip::transaction::{Peer, Timers, Transport};
 use crate::proto::sip::{self, Framed, Limits};
-use crate::tenant::Snapshot;
+use crate::tenant::{Snapshot, TenantId};
+use crate::transport::ingress::MediaWorkers;
 use crate::transport::media::{self, CallSetup, MediaCommand, MediaCounters, MediaReport};
 use crate::transport::rtp_ports::RtpPortPool;
 
@@ -50,6 +52,22 @@ pub struct SipDriver {
     /// Every call's media task, so that a drain can wait for their records.
     pub calls: TaskTracker,
     pub guards: CallGuards,
+    pub metrics: Arc<Metrics>,
+    /// The threads that read calls' RTP in scheduler order.
+    pub workers: Arc<MediaWorkers>,
+}
+
+impl SipDriver {
+    /// The tenant's plan `max_frame_queue_ms` (the plan default when the tenant is unknown, which routing rules out).
+    fn max_frame_age(&self, tenant: TenantId) -> Duration {
+        let ms = self
+            .config
+            .tenants
+            .get(tenant.0 as usize)
+            .and_then(|t| self.config.plans.get(&t.plan))
+            .map_or(crate::sched::plan::DEFAULT_MAX_FRAME_QUEUE_MS, |p| p.max_frame_queue_ms());
+        Duration::from_millis(u64::from(ms))
+    }
 }
 
 /// Bound sockets, so that start-up fails early and tests can read the real ports.
@@ -207,6 +225,9 @@ impl SipDriver {
                     connect_timeout: self.config.provider_connect_timeout,
                     playout_max_samples: self.config.playout_max_samples,
                     advertise_ip: self.config.advertise_ip(),
+                    workers: Arc::clone(&self.workers),
+                    metrics: self.metrics.tenant(incoming.tenant, &incoming.tenant_name),
+                    max_frame_age: self.max_frame_age(incoming.tenant),
                 };
                 self.calls.spawn(
                     media::run_call(setup, lease, crx, reports.clone(), self.sink.clone(), self.counters.clone())
