@@ -570,6 +570,18 @@ mod tests {
     }
 
     #[test]
+    fn media_workers_and_scheduler_default_parse_and_are_validated() {
+        let c = Config::from_toml("t.toml", "").unwrap();
+        assert_eq!((c.media_workers, c.scheduler), (0, SchedulerKind::Fair));
+        let c = Config::from_toml("t.toml", "[media]\nworkers = 1\nscheduler = \"fifo\"\n").unwrap();
+        assert_eq!((c.media_workers, c.scheduler), (1, SchedulerKind::Fifo));
+        let e = Config::from_toml("t.toml", "[media]\nscheduler = \"lottery\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("t.toml: media.scheduler: \"lottery\" must be"), "{e}");
+        let e = Config::from_toml("t.toml", "[media]\nworkers = 1000\n").unwrap_err().to_string();
+        assert!(e.starts_with("t.toml: media.workers: "), "{e}");
+    }
+
+    #[test]
     fn full_file_parses() {
         let c = Config::from_toml(
             "t.toml",

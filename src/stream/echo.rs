@@ -13,10 +13,11 @@ use tokio::sync::mpsc;
 
 use super::provider::{CloseReason, FromAgent, ProviderHandle, ProviderStats, ToAgent};
 use crate::call::FRAME_SAMPLES;
+use crate::metrics::{Direction as MetricDirection, TenantMetrics};
 
 /// Spawns the echo app with channels of `capacity` messages each. A full return channel drops the frame
 /// (counted in `dropped_slow_consumer`), as for a real agent.
-pub fn spawn_echo(capacity: usize) -> ProviderHandle {
+pub fn spawn_echo(capacity: usize, metrics: Option<TenantMetrics>) -> ProviderHandle {
     let capacity = capacity.max(1);
     let (to_tx, mut to_rx) = mpsc::channel::<ToAgent>(capacity);
     let (from_tx, from_rx) = mpsc::channel::<FromAgent>(capacity);
@@ -28,6 +29,10 @@ pub fn spawn_echo(capacity: usize) -> ProviderHandle {
             match cmd {
                 ToAgent::Media(frame) => {
                     stats.media_out.fetch_add(1, Relaxed);
+                    // The echo app is the agent: a frame has arrived when this task takes it.
+                    if let Some(m) = &metrics {
+                        m.frame_latency(MetricDirection::Inbound, frame.t_ingress.elapsed());
+                    }
                     match from_tx.try_send(FromAgent::Frame(frame.payload)) {
                         Ok(()) => {
                             stats.media_in.fetch_add(1, Relaxed);
@@ -71,7 +76,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_come_back_in_order_and_stop_closes() {
-        let mut h = spawn_echo(8);
+        let mut h = spawn_echo(8, None);
         for seq in 0..5 {
             h.tx.send(ToAgent::Media(frame(seq))).await.unwrap();
             h.tx.send(ToAgent::Dtmf('1')).await.unwrap();
@@ -89,14 +94,14 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_sender_closes() {
-        let ProviderHandle { tx, mut rx, .. } = spawn_echo(2);
+        let ProviderHandle { tx, mut rx, .. } = spawn_echo(2, None);
         drop(tx);
         assert_eq!(recv(&mut rx).await, Some(FromAgent::Closed(CloseReason::Stopped)));
     }
 
     #[tokio::test]
     async fn full_return_channel_drops_and_counts() {
-        let mut h = spawn_echo(2);
+        let mut h = spawn_echo(2, None);
         for seq in 0..2 {
             h.tx.send(ToAgent::Media(frame(seq))).await.unwrap();
         }

@@ -23,7 +23,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
@@ -40,6 +40,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::call::{FRAME_MS, FRAME_SAMPLES, Frame};
+use crate::metrics::{Direction as MetricDirection, TenantMetrics};
 use crate::proto::media_streams::{AgentMessage, AgentMessageError, StreamStart, StreamWriter, parse_agent_message};
 
 /// A single write (or batch of writes) to the agent taking longer than this ends the stream: the agent has
@@ -267,6 +268,12 @@ impl ProviderSocket {
     /// jittered on the way in; a gap appears only where frames were lost before this task (then `chunk`, which
     /// counts messages sent, runs on without a gap).
     pub fn spawn(self, start: StreamStart, capacity: usize) -> ProviderHandle {
+        self.spawn_metered(start, capacity, None)
+    }
+
+    /// [`ProviderSocket::spawn`], recording each media frame's inbound latency (its ingress instant to the flush
+    /// of the WebSocket write that carried it) and stream failures in the tenant's metrics.
+    pub fn spawn_metered(self, start: StreamStart, capacity: usize, metrics: Option<TenantMetrics>) -> ProviderHandle {
         let capacity = capacity.max(1);
         let (to_tx, to_rx) = mpsc::channel(capacity);
         let (from_tx, from_rx) = mpsc::channel(capacity);
@@ -282,6 +289,7 @@ impl ProviderSocket {
             from_tx,
             held: VecDeque::new(),
             stats: stats.clone(),
+            metrics,
         };
         tokio::spawn(task.run().instrument(span));
         ProviderHandle { tx: to_tx, rx: from_rx, stats }
@@ -301,6 +309,7 @@ struct StreamTask {
     /// Control messages waiting for room in `from_tx`, in order.
     held: VecDeque<FromAgent>,
     stats: Arc<ProviderStats>,
+    metrics: Option<TenantMetrics>,
 }
 
 /// What woke the loop.
@@ -336,7 +345,12 @@ impl StreamTask {
             Flow::Continue => unreachable!("stream() returns only on Stop or End"),
         };
         match &reason {
-            CloseReason::Error(e) => warn!(error = %e, "stream failed"),
+            CloseReason::Error(e) => {
+                if let Some(m) = &self.metrics {
+                    m.provider_stream_error("stream_failed");
+                }
+                warn!(error = %e, "stream failed")
+            }
             other => info!(reason = ?other, "stream ended"),
         }
         self.deliver_final(reason).await;
@@ -399,7 +413,9 @@ impl StreamTask {
     async fn write_batch(&mut self, first: ToAgent) -> Result<Flow, tungstenite::Error> {
         let mut cmd = first;
         let mut flow = Flow::Continue;
-        for _ in 0..MAX_BATCH {
+        // Ingress instants of the media frames in this batch, for their latency once flushed.
+        let mut ingress = [None::<Instant>; MAX_BATCH];
+        for slot in ingress.iter_mut() {
             match cmd {
                 ToAgent::Stop => {
                     flow = Flow::Stop;
@@ -409,6 +425,7 @@ impl StreamTask {
                     let timestamp_ms = frame.seq.saturating_mul(u64::from(FRAME_MS));
                     self.writer.media(timestamp_ms, &frame.payload, &mut self.out);
                     bump(&self.stats.media_out);
+                    *slot = Some(frame.t_ingress);
                 }
                 ToAgent::Dtmf(digit) => {
                     self.writer.dtmf(digit, &mut self.out);
@@ -431,6 +448,12 @@ impl StreamTask {
             };
         }
         self.ws.flush().await?;
+        if let Some(m) = &self.metrics {
+            let now = Instant::now();
+            for t in ingress.iter().flatten() {
+                m.frame_latency(MetricDirection::Inbound, now.saturating_duration_since(*t));
+            }
+        }
         Ok(flow)
     }
 
@@ -990,6 +1013,7 @@ mod tests {
             from_tx,
             held: VecDeque::new(),
             stats: Arc::default(),
+            metrics: None,
         };
         let base = task.bytes.as_ptr() as usize;
         for i in 0..1000u64 {

@@ -143,11 +143,11 @@ pub async fn run_call(
     };
     let connect = async {
         match &setup.app_kind {
-            AppKind::Echo => Ok(echo::spawn_echo(PROVIDER_CHANNEL)),
+            AppKind::Echo => Ok(echo::spawn_echo(PROVIDER_CHANNEL, Some(setup.metrics.clone()))),
             AppKind::Stream { url, auth_header } => {
                 provider::connect(url, auth_header.as_deref(), setup.connect_timeout)
                     .await
-                    .map(|socket| socket.spawn(start, PROVIDER_CHANNEL))
+                    .map(|socket| socket.spawn_metered(start, PROVIDER_CHANNEL, Some(setup.metrics.clone())))
             }
         }
     };
@@ -159,6 +159,7 @@ pub async fn run_call(
             }
             Err(e) => {
                 setup.guards.breakers.record_failure(setup.tenant, setup.app_index, Instant::now());
+                setup.metrics.provider_stream_error(e.label());
                 tracing::warn!(tenant = %setup.tenant_name, call_id = %call, error = %e, kind = e.label(), "agent unreachable at answer time");
                 let _ = reports.send(MediaReport::Failed { call, status: 480, reason: "Temporarily Unavailable - Agent Unreachable", retry_after: Some(30) }).await;
                 return record.finish(&*sink, EndReason::AgentUnavailable);
