@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::sched::admission::Admission;
 use crate::sched::breaker::{BreakerConfig, Breakers};
 use crate::tenant::TenantId;
-use crate::transport::ingress::MediaWorkers;
+use crate::transport::ingress::{BehindTracker, MediaWorkers};
 use crate::transport::media::MediaCounters;
 use crate::transport::rtp_ports::RtpPortPool;
 use crate::transport::sip::{SipDriver, SipSockets};
@@ -90,6 +90,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let workers = Arc::new(media_workers(&config)?);
     let metrics = Arc::new(Metrics::new(&config.metrics));
     tracing::info!(workers = workers.workers(), scheduler = workers.scheduler().label(), "media workers started");
+    tokio::spawn(watch_workers(Arc::clone(&workers), Arc::clone(&guards.admission), shutdown.clone()));
     let calls = TaskTracker::new();
     let driver = SipDriver { config, snapshot, sink, ports, counters, calls: calls.clone(), guards, metrics, workers };
     let sip_task = tokio::spawn(driver.run(sockets, shutdown.clone()));
@@ -100,6 +101,30 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     });
     Ok(Running { sip_addr, http_addr, shutdown, calls, sip_task, http_task })
+}
+
+/// Once a second, tells admission which tenants the media workers are persistently behind for, and whether they are
+/// behind for the whole node (see `transport::ingress::BehindTracker`).
+async fn watch_workers(workers: Arc<MediaWorkers>, admission: Arc<Admission>, shutdown: CancellationToken) {
+    let mut tracker = BehindTracker::default();
+    let mut was_node_behind = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let totals = workers.totals();
+        let (behind, node) = tracker.update(&totals);
+        for (i, &b) in behind.iter().enumerate() {
+            admission.set_tenant_behind(TenantId(i as u32), b);
+        }
+        admission.set_node_behind(node);
+        if node != was_node_behind {
+            tracing::warn!(behind = node, "media workers persistently behind for every busy tenant: new calls refused");
+            was_node_behind = node;
+        }
+    }
 }
 
 /// The media worker pool, each tenant given its plan's weight and queue room.

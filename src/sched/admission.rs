@@ -7,7 +7,9 @@
 //!
 //! [`Admission::admit`] checks, in this order, and stops at the first that refuses:
 //!
-//! 1. **node cap** (`limits.max_calls`): protects the box, whatever the plans add up to. `503`, `Retry-After: 5`.
+//! 1. **node cap** (`limits.max_calls`), or **media workers behind** (set from outside by the workers' monitor,
+//!    `transport::ingress::BehindTracker`: the node when every busy tenant's turns are late, a tenant when its own
+//!    are): protects the box, whatever the plans add up to. `503`, `Retry-After: 5`, reason `overload`.
 //! 2. **budget** (`monthly_minutes`): seconds used this month ≥ the plan's limit. `403`, no `Retry-After`.
 //! 3. **concurrency** (`max_concurrent_calls`): `486 Busy Here`, `Retry-After: 5`.
 //! 4. **rate** (`calls_per_second` refill, `burst` depth; GCRA via `governor`): `503`, `Retry-After` from the bucket.
@@ -58,7 +60,7 @@
 //! `t0 + offset` in tests.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -226,6 +228,8 @@ struct TenantSlot {
     /// The plan's monthly seconds, or [`UNLIMITED`]; 0 while unconfigured.
     limit_secs: AtomicU64,
     refusals: [AtomicU64; TENANT_REASONS],
+    /// The media workers persistently serve this tenant late (its share is used up).
+    behind: AtomicBool,
 }
 
 impl TenantSlot {
@@ -236,6 +240,7 @@ impl TenantSlot {
             used_secs: AtomicU64::new(0),
             limit_secs: AtomicU64::new(0),
             refusals: Default::default(),
+            behind: AtomicBool::new(false),
         }
     }
 
@@ -251,6 +256,8 @@ impl TenantSlot {
 struct Node {
     active: AtomicU32,
     max: AtomicU32,
+    /// The media workers are persistently behind for every busy tenant.
+    behind: AtomicBool,
 }
 
 /// Admission control for every tenant of the node. `Send + Sync`; share it through an `Arc`.
@@ -277,7 +284,11 @@ impl Admission {
     /// An admission table with no tenant yet. `node_max_calls` is `limits.max_calls`; 0 refuses every call.
     pub fn new(node_max_calls: u32) -> Admission {
         Admission {
-            node: Arc::new(Node { active: AtomicU32::new(0), max: AtomicU32::new(node_max_calls) }),
+            node: Arc::new(Node {
+                active: AtomicU32::new(0),
+                max: AtomicU32::new(node_max_calls),
+                behind: AtomicBool::new(false),
+            }),
             tenants: ArcSwap::from_pointee(Vec::new()),
             grow: Mutex::new(()),
             epoch: OnceLock::new(),
@@ -292,6 +303,18 @@ impl Admission {
 
     pub fn node_max_calls(&self) -> u32 {
         self.node.max.load(Ordering::Acquire)
+    }
+
+    /// Marks the node's media workers as persistently behind (new calls refused as `overload`) or not.
+    pub fn set_node_behind(&self, behind: bool) {
+        self.node.behind.store(behind, Ordering::Release);
+    }
+
+    /// Marks the media workers as persistently late for `tenant` (its new calls refused as `overload`) or not.
+    pub fn set_tenant_behind(&self, tenant: TenantId, behind: bool) {
+        if let Some(slot) = self.slot(tenant) {
+            slot.behind.store(behind, Ordering::Release);
+        }
     }
 
     /// Configures `tenant` with `plan`, or moves it to another plan. Usage this month, calls up and refusal counts
@@ -335,8 +358,11 @@ impl Admission {
             return Err(self.refuse_unconfigured());
         };
 
-        // 1. Node cap: a cheap look before taking any lock.
-        if self.node.active.load(Ordering::Acquire) >= self.node.max.load(Ordering::Acquire) {
+        // 1. Node cap, or media workers behind: a cheap look before taking any lock.
+        if self.node.active.load(Ordering::Acquire) >= self.node.max.load(Ordering::Acquire)
+            || self.node.behind.load(Ordering::Acquire)
+            || slot.behind.load(Ordering::Acquire)
+        {
             return Err(count(slot, Refusal::NodeOverload { retry_after: NODE_OVERLOAD_RETRY_AFTER_SECS }));
         }
 
@@ -568,6 +594,25 @@ mod tests {
         send_sync::<Admission>();
         send_sync::<CallPermit>();
         send_sync::<Refusal>();
+    }
+
+    #[test]
+    fn media_workers_behind_refuse_new_calls_as_overload_for_the_tenant_or_the_node() {
+        let adm = admission(1000, &[(A, &builtin("pro")), (B, &builtin("pro"))]);
+        let t0 = Instant::now();
+        adm.set_tenant_behind(A, true);
+        let refusal = adm.admit(A, t0).unwrap_err();
+        assert_eq!(refusal, Refusal::NodeOverload { retry_after: NODE_OVERLOAD_RETRY_AFTER_SECS });
+        assert_eq!(refusal.sip_status().0, 503);
+        let b_call = adm.admit(B, t0).expect("only A's share is used up");
+        adm.set_node_behind(true);
+        assert!(matches!(adm.admit(B, t0), Err(Refusal::NodeOverload { .. })));
+        adm.set_node_behind(false);
+        adm.set_tenant_behind(A, false);
+        let a_call = adm.admit(A, t0).expect("A is served on time again");
+        assert_eq!(adm.refusals(A).overload, 1);
+        assert_eq!(adm.refusals(B).overload, 1);
+        drop((a_call, b_call));
     }
 
     /// cps 5 burst 10 (the `pro` plan): ten calls at once, the eleventh refused with the bucket's wait.

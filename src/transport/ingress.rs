@@ -24,10 +24,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc};
@@ -56,10 +56,21 @@ const RELATCH_AFTER: Duration = Duration::from_secs(2);
 const MAX_GAP_SAMPLES: u32 = 1600;
 /// Turns a tenant may have queued beyond its concurrency cap (calls ending and starting overlap briefly).
 const QUEUE_SLACK: usize = 16;
+/// A turn that waited longer than one frame is late.
+pub const LATE_TURN: Duration = Duration::from_millis(20);
+
+/// Turns served for one tenant, and how many of them were late; read by [`BehindTracker`] once a second.
+#[derive(Default)]
+pub struct TurnCounts {
+    pub turns: AtomicU64,
+    pub late: AtomicU64,
+}
 
 /// The worker pool that serves calls' inbound media.
 pub struct MediaWorkers {
     pool: Bulkhead<IngressTurn>,
+    /// Per tenant, by `TenantId` (grown by `configure_tenant`).
+    counts: RwLock<Vec<Arc<TurnCounts>>>,
 }
 
 impl MediaWorkers {
@@ -67,11 +78,29 @@ impl MediaWorkers {
     pub fn start(workers: usize, scheduler: SchedulerKind) -> Result<MediaWorkers, BulkheadError> {
         let pool =
             Bulkhead::start(BulkheadConfig { workers, scheduler, quantum: 1 }, |_, turn: IngressTurn| turn.serve())?;
-        Ok(MediaWorkers { pool })
+        Ok(MediaWorkers { pool, counts: RwLock::new(Vec::new()) })
+    }
+
+    /// The tenant's turn counters (shared with its calls; a new set for a tenant not configured yet).
+    pub fn turn_counts(&self, tenant: TenantId) -> Arc<TurnCounts> {
+        if let Some(c) = self.counts.read().get(tenant.0 as usize) {
+            return Arc::clone(c);
+        }
+        let mut counts = self.counts.write();
+        while counts.len() <= tenant.0 as usize {
+            counts.push(Arc::default());
+        }
+        Arc::clone(&counts[tenant.0 as usize])
+    }
+
+    /// Every tenant's (turns, late) totals so far, indexed by `TenantId`.
+    pub fn totals(&self) -> Vec<(u64, u64)> {
+        self.counts.read().iter().map(|c| (c.turns.load(Ordering::Relaxed), c.late.load(Ordering::Relaxed))).collect()
     }
 
     /// Gives `tenant` its plan's share: weight, and room for one queued turn per call it may hold.
     pub fn configure_tenant(&self, tenant: TenantId, plan: &Plan) -> Result<(), ConfigError> {
+        let _ = self.turn_counts(tenant);
         self.pool.configure_tenant(
             tenant,
             TenantConfig {
@@ -113,6 +142,58 @@ impl MediaWorkers {
     }
 }
 
+/// Decides, from once-a-second samples of [`MediaWorkers::totals`], which tenants the workers are persistently
+/// behind for, and whether they are behind for the whole node. Sans-IO: the caller owns the clock.
+///
+/// A tenant is *late* in a second when it had at least [`BehindTracker::MIN_TURNS`] turns and more than 5% of them
+/// waited over [`LATE_TURN`]; it is *behind* after 3 late seconds in a row and stops being behind after 2 seconds
+/// that are not late. The node is behind when every tenant busy enough to judge is behind: while any tenant is still
+/// served on time the workers have room, and the late tenant is the one whose share is used up, so only its new
+/// calls are refused.
+#[derive(Debug, Default)]
+pub struct BehindTracker {
+    last: Vec<(u64, u64)>,
+    /// Per tenant: consecutive late seconds (positive) or on-time seconds (negative), capped.
+    streak: Vec<i8>,
+    behind: Vec<bool>,
+}
+
+impl BehindTracker {
+    pub const MIN_TURNS: u64 = 50;
+    const BEHIND_AFTER: i8 = 3;
+    const RECOVER_AFTER: i8 = 2;
+
+    /// Feeds one sample of totals; returns the tenants now behind (by index) and whether the node is.
+    pub fn update(&mut self, totals: &[(u64, u64)]) -> (&[bool], bool) {
+        self.last.resize(totals.len(), (0, 0));
+        self.streak.resize(totals.len(), 0);
+        self.behind.resize(totals.len(), false);
+        let (mut judged, mut judged_behind) = (0usize, 0usize);
+        for (i, &(turns, late)) in totals.iter().enumerate() {
+            let (t0, l0) = self.last[i];
+            let (dt, dl) = (turns.saturating_sub(t0), late.saturating_sub(l0));
+            self.last[i] = (turns, late);
+            let s = &mut self.streak[i];
+            if dt >= Self::MIN_TURNS && dl * 20 > dt {
+                *s = if *s > 0 { s.saturating_add(1).min(Self::BEHIND_AFTER) } else { 1 };
+            } else {
+                *s = if *s < 0 { s.saturating_sub(1).max(-Self::RECOVER_AFTER) } else { -1 };
+            }
+            if *s >= Self::BEHIND_AFTER {
+                self.behind[i] = true;
+            } else if *s <= -Self::RECOVER_AFTER {
+                self.behind[i] = false;
+            }
+            if dt >= Self::MIN_TURNS {
+                judged += 1;
+                judged_behind += usize::from(self.behind[i]);
+            }
+        }
+        let node = judged > 0 && judged_behind == judged;
+        (&self.behind, node)
+    }
+}
+
 /// What the call task's RTP arm is waiting for.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum TurnState {
@@ -134,6 +215,7 @@ pub struct CallIngress {
     counters: Arc<MediaCounters>,
     metrics: TenantMetrics,
     max_age: Duration,
+    turns: Arc<TurnCounts>,
 }
 
 impl CallIngress {
@@ -147,6 +229,7 @@ impl CallIngress {
         counters: Arc<MediaCounters>,
         metrics: TenantMetrics,
         max_age: Duration,
+        turns: Arc<TurnCounts>,
     ) -> Arc<CallIngress> {
         // Without kernel timestamps a packet's age is measured from its read: deadlines then miss the time spent
         // in the socket, nothing worse.
@@ -162,6 +245,7 @@ impl CallIngress {
             counters,
             metrics,
             max_age,
+            turns,
         })
     }
 
@@ -235,7 +319,12 @@ pub struct IngressTurn {
 
 impl IngressTurn {
     fn serve(self) {
-        self.call.metrics.sched_wait(self.queued_at.elapsed());
+        let wait = self.queued_at.elapsed();
+        self.call.metrics.sched_wait(wait);
+        self.call.turns.turns.fetch_add(1, Ordering::Relaxed);
+        if wait > LATE_TURN {
+            self.call.turns.late.fetch_add(1, Ordering::Relaxed);
+        }
         self.call.serve();
     }
 }

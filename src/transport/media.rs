@@ -240,6 +240,7 @@ impl CallMedia {
             Arc::clone(&counters),
             setup.metrics.clone(),
             setup.max_frame_age,
+            setup.workers.turn_counts(setup.tenant),
         );
         CallMedia {
             call: setup.call,

@@ -47,6 +47,7 @@ async fn rig(scheduler: SchedulerKind, max_age: Duration) -> Rig {
         Arc::clone(&counters),
         metrics.tenant(TenantId(0), "acme"),
         max_age,
+        workers.turn_counts(TenantId(0)),
     );
     let caller = StdUdpSocket::bind("127.0.0.1:0").unwrap();
     Rig { ingress, workers, rx, counters, metrics, caller, server_addr }
@@ -172,4 +173,52 @@ async fn after_shutdown_a_call_drains_its_socket_as_queue_full_and_does_not_spin
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(rig.counters.dropped_queue_full.load(Ordering::Relaxed), 10);
     task.abort();
+}
+
+#[test]
+fn behind_needs_three_late_seconds_and_clears_after_two_on_time() {
+    let mut t = BehindTracker::default();
+    // Tenant 0 late (10% of 100 turns a second), tenant 1 on time.
+    let mut totals = [(0u64, 0u64), (0, 0)];
+    let mut step = |t: &mut BehindTracker, late0: u64| {
+        totals[0].0 += 100;
+        totals[0].1 += late0;
+        totals[1].0 += 100;
+        let (behind, node) = t.update(&totals);
+        (behind.to_vec(), node)
+    };
+    assert_eq!(step(&mut t, 10), (vec![false, false], false));
+    assert_eq!(step(&mut t, 10), (vec![false, false], false));
+    assert_eq!(step(&mut t, 10), (vec![true, false], false), "third late second");
+    assert_eq!(step(&mut t, 0), (vec![true, false], false), "one on-time second is not enough");
+    assert_eq!(step(&mut t, 0), (vec![false, false], false));
+    // 5% exactly is not late.
+    for _ in 0..4 {
+        assert_eq!(step(&mut t, 5).0, vec![false, false]);
+    }
+}
+
+#[test]
+fn the_node_is_behind_only_when_every_busy_tenant_is() {
+    let mut t = BehindTracker::default();
+    let mut totals = [(0u64, 0u64), (0, 0), (0, 0)];
+    for second in 0..4 {
+        for (turns, late) in totals.iter_mut().take(2) {
+            *turns += 100;
+            *late += 50;
+        }
+        // Tenant 2 is idle (too few turns to judge) and does not keep the node "on time".
+        totals[2].0 += 3;
+        let (_, node) = t.update(&totals);
+        assert_eq!(node, second >= 2, "second {second}");
+    }
+    // One busy tenant served on time again: after its two on-time seconds the workers have room again, and only
+    // the still-late tenant is behind.
+    for second in 0..3 {
+        totals[0].0 += 100;
+        totals[1].0 += 100;
+        totals[1].1 += 50;
+        let (behind, node) = t.update(&totals);
+        assert_eq!((behind[0], behind[1], node), (second == 0, true, second == 0), "second {second}");
+    }
 }
