@@ -66,7 +66,10 @@ impl SqliteStore {
     }
 
     /// Opens (creating) the database at `path` and brings its schema up to date.
+    /// A new file is created readable by its owner only (it holds agents' auth headers); SQLite gives the `-wal`
+    /// and `-shm` files the same mode.
     pub fn open_file(path: &Path, pepper: KeyPepper, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
+        create_private(path)?;
         let mut writer = connect(path, false)?;
         let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -116,6 +119,19 @@ impl SqliteStore {
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
+    }
+}
+
+/// Creates an empty `path` with mode 0600 unless it exists.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(backend(format!("cannot create {}: {e}", path.display()))),
     }
 }
 

@@ -229,9 +229,24 @@ fn opening_a_data_dir_creates_the_database_and_a_private_pepper() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(data.join(super::sqlite::PEPPER_FILE)).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        for file in [super::sqlite::PEPPER_FILE, DB_FILE, &format!("{DB_FILE}-wal")] {
+            let mode = std::fs::metadata(data.join(file)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
     }
+}
+
+#[tokio::test]
+async fn async_callers_reach_the_store_through_the_blocking_pool() {
+    let h = Harness::new();
+    let a = h.tenant("alpha");
+    let op = h.op.clone();
+    let Harness { dir, store, .. } = h;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let app = blocking(store.clone(), move |s| s.create_app(&a, stream_app("agent", None))).await.unwrap();
+    let tenant = blocking(store.clone(), move |s| s.tenant(&op, &slug("alpha"))).await.unwrap();
+    assert_eq!((app.name.as_str(), tenant.id.as_str()), ("agent", "alpha"));
+    drop(dir);
 }
 
 // ---- tenants ----
