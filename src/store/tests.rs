@@ -119,32 +119,26 @@ fn call_record(
     }
 }
 
-fn all_calls(s: &dyn Store, scope: &TenantScope) -> Vec<CallView> {
+/// Every row of a paged listing, walked with small pages so that cursors are exercised.
+fn walk<T>(page_size: u32, mut fetch: impl FnMut(PageRequest) -> Page<T>) -> Vec<T> {
     let mut out = Vec::new();
     let mut cursor = None;
     loop {
-        let page = PageRequest::new(7, cursor).unwrap();
-        let p = s.list_calls(scope, CallQuery { page, ..CallQuery::default() }).unwrap();
-        out.extend(p.items);
-        match p.next {
+        let page = fetch(PageRequest::new(page_size, cursor).unwrap());
+        out.extend(page.items);
+        match page.next {
             Some(c) => cursor = Some(c),
             None => return out,
         }
     }
 }
 
+fn all_calls(s: &dyn Store, scope: &TenantScope) -> Vec<CallView> {
+    walk(7, |page| s.list_calls(scope, CallQuery { page, ..CallQuery::default() }).unwrap())
+}
+
 fn all_audit(s: &dyn Store, scope: &TenantScope) -> Vec<AuditEntry> {
-    let mut out = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = PageRequest::new(5, cursor).unwrap();
-        let p = s.list_audit(scope, AuditQuery { page, ..AuditQuery::default() }).unwrap();
-        out.extend(p.items);
-        match p.next {
-            Some(c) => cursor = Some(c),
-            None => return out,
-        }
-    }
+    walk(5, |page| s.list_audit(scope, AuditQuery { page, ..AuditQuery::default() }).unwrap())
 }
 
 fn all_usage(s: &dyn Store, scope: &TenantScope) -> Vec<UsageRow> {
@@ -260,16 +254,8 @@ fn tenants_are_created_listed_and_moved_through_their_life() {
     let dup = NewTenant { id: slug("alpha"), name: DisplayName::parse("x").unwrap(), plan: plan("free") };
     assert!(matches!(h.s().create_tenant(&h.op, dup), Err(StoreError::Conflict(Conflict::TenantExists))));
 
-    let mut ids = Vec::new();
-    let mut cursor = None;
-    loop {
-        let p = h.s().list_tenants(&h.op, PageRequest::new(3, cursor).unwrap()).unwrap();
-        ids.extend(p.items.into_iter().map(|t| t.id.to_string()));
-        match p.next {
-            Some(c) => cursor = Some(c),
-            None => break,
-        }
-    }
+    let ids: Vec<String> =
+        walk(3, |page| h.s().list_tenants(&h.op, page).unwrap()).into_iter().map(|t| t.id.to_string()).collect();
     assert_eq!(ids, ["alpha", "bravo", "charlie", "delta"]);
 
     let t = h.s().set_tenant_plan(&h.op, &slug("alpha"), plan("enterprise")).unwrap();
@@ -642,17 +628,11 @@ fn cursor_pagination_returns_every_call_exactly_once_in_order() {
 
     // With a time window, exactly the calls inside it.
     let (from, to) = (T0 + 3_000, T0 + 9_000);
-    let mut windowed = Vec::new();
-    let mut cursor = None;
-    loop {
-        let q = CallQuery { from_ms: Some(from), to_ms: Some(to), page: PageRequest::new(10, cursor).unwrap() };
-        let p = h.s().list_calls(&a, q).unwrap();
-        windowed.extend(p.items.into_iter().map(|c| c.call_sid));
-        match p.next {
-            Some(c) => cursor = Some(c),
-            None => break,
-        }
-    }
+    let windowed: Vec<String> =
+        walk(10, |page| h.s().list_calls(&a, CallQuery { from_ms: Some(from), to_ms: Some(to), page }).unwrap())
+            .into_iter()
+            .map(|c| c.call_sid)
+            .collect();
     let inside: HashSet<String> =
         got.iter().filter(|c| (from..to).contains(&c.invite_at_ms)).map(|c| c.call_sid.clone()).collect();
     assert_eq!(windowed.len(), inside.len());
