@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod proto;
 pub mod sched;
 pub mod server;
+pub mod store;
 pub mod stream;
 pub mod tenant;
 pub mod transport;

@@ -1,0 +1,145 @@
+//! The SQLite schema as ordered migrations, embedded in the binary. Version N is `PRAGMA user_version = N`; each
+//! migration runs in its own transaction together with the version bump, so a crash leaves the previous version.
+//! Migrations are append-only: never edit one that has shipped, add the next.
+//!
+//! Every table that holds a tenant's rows has a `tenant_id` column, and every query of the back end filters on
+//! it. Composite foreign keys (`(tenant_id, app_id) -> apps(tenant_id, id)`) make a cross-tenant reference
+//! impossible in the database itself, not only in the code.
+
+pub(super) struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub(super) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "control plane: tenants, apps, numbers, trunks, keys, calls, usage, audit",
+    sql: r#"
+CREATE TABLE tenants (
+    id            TEXT    PRIMARY KEY,
+    name          TEXT    NOT NULL,
+    plan          TEXT    NOT NULL,
+    status        TEXT    NOT NULL CHECK (status IN ('active', 'suspended', 'offboarding', 'deleted')),
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE apps (
+    tenant_id         TEXT    NOT NULL REFERENCES tenants (id),
+    id                TEXT    NOT NULL,
+    name              TEXT    NOT NULL,
+    kind              TEXT    NOT NULL CHECK (kind IN ('echo', 'stream')),
+    stream_url        TEXT,
+    auth_header       TEXT,
+    codecs            TEXT    NOT NULL,  -- JSON array of "PCMU" / "PCMA"
+    custom_parameters TEXT    NOT NULL,  -- JSON array of [key, value]
+    created_at_ms     INTEGER NOT NULL,
+    updated_at_ms     INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, id),
+    UNIQUE (tenant_id, name),
+    CHECK ((kind = 'stream') = (stream_url IS NOT NULL)),
+    CHECK (kind = 'stream' OR auth_header IS NULL)
+) STRICT;
+
+-- A number is held by at most one tenant: the primary key is the number alone.
+CREATE TABLE numbers (
+    number        TEXT    PRIMARY KEY,
+    tenant_id     TEXT    NOT NULL REFERENCES tenants (id),
+    app_id        TEXT    NOT NULL,
+    claimed_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    FOREIGN KEY (tenant_id, app_id) REFERENCES apps (tenant_id, id)
+) STRICT;
+CREATE INDEX numbers_by_tenant ON numbers (tenant_id, number);
+CREATE INDEX numbers_by_app ON numbers (tenant_id, app_id);
+
+CREATE TABLE number_releases (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant_id      TEXT    NOT NULL REFERENCES tenants (id),
+    number         TEXT    NOT NULL,
+    app_id         TEXT    NOT NULL,
+    claimed_at_ms  INTEGER NOT NULL,
+    released_at_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX number_releases_by_tenant ON number_releases (tenant_id, released_at_ms);
+
+CREATE TABLE trunks (
+    tenant_id       TEXT    NOT NULL REFERENCES tenants (id),
+    id              TEXT    NOT NULL,
+    name            TEXT    NOT NULL,
+    allowed_sources TEXT    NOT NULL,  -- JSON array of CIDR strings
+    created_at_ms   INTEGER NOT NULL,
+    updated_at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, id),
+    UNIQUE (tenant_id, name)
+) STRICT;
+
+-- The prefix is unique across the server: it is how a presented key is found. Only the keyed hash is stored.
+CREATE TABLE api_keys (
+    prefix          TEXT    PRIMARY KEY,
+    tenant_id       TEXT    NOT NULL REFERENCES tenants (id),
+    name            TEXT    NOT NULL,
+    hash            BLOB    NOT NULL CHECK (length(hash) = 32),
+    access          TEXT    NOT NULL CHECK (access IN ('read_only', 'read_write')),
+    created_at_ms   INTEGER NOT NULL,
+    expires_at_ms   INTEGER,
+    last_used_at_ms INTEGER,
+    revoked_at_ms   INTEGER
+) STRICT;
+CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, created_at_ms);
+
+CREATE TABLE calls (
+    tenant_id      TEXT    NOT NULL REFERENCES tenants (id),
+    call_sid       TEXT    NOT NULL,
+    sip_call_id    TEXT    NOT NULL,
+    from_uri       TEXT    NOT NULL,
+    to_uri         TEXT    NOT NULL,
+    app            TEXT    NOT NULL,
+    invite_at_ms   INTEGER NOT NULL,
+    answer_at_ms   INTEGER,
+    end_at_ms      INTEGER NOT NULL,
+    duration_secs  INTEGER NOT NULL CHECK (duration_secs >= 0),
+    billable_secs  INTEGER NOT NULL CHECK (billable_secs >= 0),
+    usage_day      TEXT    NOT NULL,
+    end_reason     TEXT    NOT NULL,
+    codec          TEXT    NOT NULL,
+    packets_in     INTEGER NOT NULL,
+    packets_out    INTEGER NOT NULL,
+    packets_lost   INTEGER NOT NULL,
+    dtmf_count     INTEGER NOT NULL,
+    recorded_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, call_sid)
+) STRICT;
+CREATE INDEX calls_by_start ON calls (tenant_id, invite_at_ms, call_sid);
+
+-- Written in the same transaction as each call record: the sum of billable_secs here equals the sum in calls.
+CREATE TABLE usage_daily (
+    tenant_id     TEXT    NOT NULL REFERENCES tenants (id),
+    day           TEXT    NOT NULL,  -- UTC, YYYY-MM-DD
+    app           TEXT    NOT NULL,
+    number        TEXT    NOT NULL,
+    calls         INTEGER NOT NULL CHECK (calls >= 0),
+    billable_secs INTEGER NOT NULL CHECK (billable_secs >= 0),
+    PRIMARY KEY (tenant_id, day, app, number)
+) STRICT;
+
+CREATE TABLE audit_log (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant_id TEXT    NOT NULL REFERENCES tenants (id),
+    at_ms     INTEGER NOT NULL,
+    actor     TEXT    NOT NULL,
+    action    TEXT    NOT NULL,
+    target    TEXT    NOT NULL,
+    detail    TEXT    NOT NULL  -- JSON object, never a secret
+) STRICT;
+CREATE INDEX audit_by_tenant ON audit_log (tenant_id, id);
+
+-- One row: bumped with every change to tenants, apps, numbers or trunks.
+CREATE TABLE routing_version (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    version   INTEGER NOT NULL
+) STRICT;
+INSERT INTO routing_version (singleton, version) VALUES (1, 0);
+"#,
+}];
