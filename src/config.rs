@@ -13,6 +13,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::logging::LogConfig;
 use crate::metrics::{MetricsConfig, OTHER, UNATTRIBUTED};
 use crate::sched::plan::{PlanSet, RawPlan, build_plans};
 use crate::sched::wfq::SchedulerKind;
@@ -52,6 +53,9 @@ pub struct Config {
     /// The built-in plans with the file's overrides and additions.
     pub plans: PlanSet,
     pub metrics: MetricsConfig,
+    pub log: LogConfig,
+    /// How long a drain (SIGTERM) lets active calls go on before it ends them.
+    pub drain_grace: Duration,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -104,6 +108,7 @@ pub struct Overrides {
     pub http_listen: Option<SocketAddr>,
     pub rtp_ports: Option<RtpPorts>,
     pub data_dir: Option<PathBuf>,
+    pub drain_grace: Option<Duration>,
 }
 
 impl Config {
@@ -132,6 +137,9 @@ impl Config {
         }
         if let Some(d) = &overrides.data_dir {
             config.data_dir = d.clone();
+        }
+        if let Some(g) = overrides.drain_grace {
+            config.drain_grace = g;
         }
         Ok(config)
     }
@@ -209,7 +217,17 @@ struct RawConfig {
     #[serde(default)]
     metrics: MetricsConfig,
     #[serde(default)]
+    log: LogConfig,
+    #[serde(default)]
+    drain: RawDrain,
+    #[serde(default)]
     tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrain {
+    grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -297,6 +315,8 @@ pub const DEFAULT_SIP_LISTEN: &str = "127.0.0.1:5060";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_RTP_PORTS: &str = "20000-29999";
 pub const DEFAULT_DATA_DIR: &str = "./fairvox-data";
+/// Seconds a drain lets active calls go on (`drain.grace_secs`).
+pub const DEFAULT_DRAIN_GRACE_SECS: u64 = 10;
 /// The plan of a tenant whose configuration names none.
 pub const DEFAULT_PLAN: &str = "pro";
 
@@ -381,6 +401,11 @@ impl RawConfig {
         let plans = build_plans(&raw_plans).map_err(|e| invalid(&e.key, e.reason.clone()))?;
         if self.metrics.max_tenants == 0 {
             return Err(invalid("metrics.max_tenants", "must be at least 1".into()));
+        }
+        self.log.check().map_err(|e| invalid("log.level", e.to_string()))?;
+        let drain_grace = self.drain.grace_secs.unwrap_or(DEFAULT_DRAIN_GRACE_SECS);
+        if drain_grace > 3600 {
+            return Err(invalid("drain.grace_secs", format!("{drain_grace} must be within 0..=3600")));
         }
 
         let mut tenants = Vec::with_capacity(self.tenants.len());
@@ -471,6 +496,8 @@ impl RawConfig {
             data_dir: PathBuf::from(self.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR)),
             plans,
             metrics: self.metrics.clone(),
+            log: self.log.clone(),
+            drain_grace: Duration::from_secs(drain_grace),
             tenants,
         })
     }
@@ -621,6 +648,30 @@ allowed_sources = ["10.0.0.0/8", "192.0.2.1"]
         assert_eq!(c.metrics.max_tenants, 1000, "default");
         let c = Config::from_toml("m.toml", "[metrics]\nmax_tenants = 50\n").unwrap();
         assert_eq!(c.metrics.max_tenants, 50);
+    }
+
+    #[test]
+    fn log_and_drain_sections() {
+        let c = Config::from_toml("d.toml", "").unwrap();
+        assert_eq!(c.log, LogConfig::default());
+        assert_eq!(c.drain_grace, Duration::from_secs(DEFAULT_DRAIN_GRACE_SECS));
+        let c = Config::from_toml(
+            "l.toml",
+            "[log]\nlevel = \"warn,fairvox=debug\"\nformat = \"text\"\n[drain]\ngrace_secs = 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.log.level, "warn,fairvox=debug");
+        assert_eq!(c.log.format, crate::logging::LogFormat::Text);
+        assert_eq!(c.drain_grace, Duration::ZERO);
+        let o = Overrides { drain_grace: Some(Duration::from_secs(3)), ..Overrides::default() };
+        let path = std::env::temp_dir().join(format!("fairvox-config-drain-{}.toml", std::process::id()));
+        std::fs::write(&path, "[drain]\ngrace_secs = 30\n").unwrap();
+        let c = Config::load(Some(&path), &o);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(c.unwrap().drain_grace, Duration::from_secs(3), "--drain-secs overrides the file");
+        assert!(err("[log]\nlevel = \"fairvox=loud\"\n").starts_with("bad.toml: log.level: "));
+        assert!(err("[log]\nformat = \"xml\"\n").starts_with("bad.toml: "));
+        assert_eq!(err("[drain]\ngrace_secs = 7200\n"), "bad.toml: drain.grace_secs: 7200 must be within 0..=3600");
     }
 
     fn err(text: &str) -> String {

@@ -8,6 +8,7 @@ pub mod call;
 pub mod codec;
 pub mod config;
 pub mod fuzzing;
+pub mod logging;
 pub mod metrics;
 pub mod proto;
 pub mod sched;

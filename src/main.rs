@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fairvox::config::{Config, Overrides, RtpPorts};
+use fairvox::logging::LogConfig;
 
 #[derive(Parser)]
 #[command(name = "fairvox", version, about = "Real-time audio media server for multi-tenant voice AI")]
@@ -43,9 +44,10 @@ struct ServeArgs {
     /// Data directory (default ./fairvox-data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Seconds to let active calls end after SIGTERM/SIGINT.
-    #[arg(long, default_value_t = 10)]
-    drain_secs: u64,
+    /// Seconds to let active calls end by themselves after SIGTERM/SIGINT before hanging them up (default
+    /// `drain.grace_secs` of the config, 10).
+    #[arg(long)]
+    drain_secs: Option<u64>,
 }
 
 fn parse_ports(s: &str) -> Result<RtpPorts, String> {
@@ -54,9 +56,9 @@ fn parse_ports(s: &str) -> Result<RtpPorts, String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging();
     match cli.command {
         Command::CheckConfig { config } => {
+            fairvox::logging::init(&LogConfig::default());
             Config::load(Some(&config), &Overrides::default())?;
             println!("{}: ok", config.display());
             Ok(())
@@ -67,10 +69,13 @@ fn main() -> anyhow::Result<()> {
                 http_listen: args.http_listen,
                 rtp_ports: args.rtp_ports,
                 data_dir: args.data_dir,
+                drain_grace: args.drain_secs.map(Duration::from_secs),
             };
             let config = Config::load(args.config.as_deref(), &overrides)?;
+            fairvox::logging::init(&config.log);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
-            runtime.block_on(serve(config, Duration::from_secs(args.drain_secs)))
+            let grace = config.drain_grace;
+            runtime.block_on(serve(config, grace))
         }
     }
 }
@@ -78,8 +83,9 @@ fn main() -> anyhow::Result<()> {
 async fn serve(config: Config, drain: Duration) -> anyhow::Result<()> {
     let running = fairvox::server::start(config).await?;
     wait_for_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!(grace_secs = drain.as_secs(), "shutting down: draining");
     running.shutdown(drain).await;
+    tracing::info!("drained; exiting");
     Ok(())
 }
 
@@ -101,17 +107,4 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-/// JSON lines when stderr is not a terminal, human lines when it is; level from `RUST_LOG` (default info).
-fn init_logging() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        builder.init();
-    } else {
-        builder.json().flatten_event(true).with_current_span(true).init();
-    }
 }

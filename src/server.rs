@@ -1,26 +1,37 @@
-//! Wiring: builds the routing snapshot, binds the SIP, RTP and HTTP listeners, runs them, and drains on shutdown.
+//! Wiring: builds the routing snapshot and the metrics, binds the SIP, RTP and HTTP listeners, runs them, and drains
+//! on shutdown.
+//!
+//! HTTP: `GET /healthz` (200 while the process runs), `GET /readyz` (200 while serving, 503 while starting or
+//! draining), `GET /metrics` (Prometheus text format 0.0.4, see `docs/metrics.md`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::call::record::{CallRecordSink, LogAndFileSink};
 use crate::call::uas::CallGuards;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::sched::admission::Admission;
 use crate::sched::breaker::{BreakerConfig, Breakers};
-use crate::tenant::TenantId;
+use crate::tenant::{Snapshot, TenantId};
 use crate::transport::ingress::{BehindTracker, MediaWorkers};
 use crate::transport::media::MediaCounters;
 use crate::transport::rtp_ports::RtpPortPool;
-use crate::transport::sip::{SipDriver, SipSockets};
+use crate::transport::sip::{SipDriver, SipShutdown, SipSockets};
+
+/// How long a drain waits, once its grace is over and the remaining calls are being ended, for their BYEs to be
+/// answered and their records written.
+const HANG_UP_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -37,28 +48,125 @@ pub enum StartError {
     MediaWorkers(#[from] crate::sched::bulkhead::BulkheadError),
 }
 
-/// A started server: its bound addresses, and the handle that stops it.
+/// Where the server is in its life, as `GET /readyz` reports it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Listeners bound, not taking calls yet.
+    Starting = 0,
+    /// Taking calls.
+    Serving = 1,
+    /// Shutdown requested: refusing new calls, letting (then making) the active ones end.
+    Draining = 2,
+}
+
+/// The server's [`Phase`], shared with the HTTP handlers.
+#[derive(Debug)]
+pub struct Readiness(AtomicU8);
+
+impl Readiness {
+    fn new() -> Readiness {
+        Readiness(AtomicU8::new(Phase::Starting as u8))
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.0.load(Ordering::Acquire) {
+            0 => Phase::Starting,
+            1 => Phase::Serving,
+            _ => Phase::Draining,
+        }
+    }
+
+    /// Moves to `phase`; never back out of `Draining`.
+    fn set(&self, phase: Phase) {
+        let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+            (now != Phase::Draining as u8).then_some(phase as u8)
+        });
+    }
+}
+
+/// A started server: its bound addresses, its metrics, and the handle that stops it.
 pub struct Running {
     pub sip_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    shutdown: CancellationToken,
+    pub metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    shutdown: SipShutdown,
     calls: TaskTracker,
     sip_task: tokio::task::JoinHandle<()>,
     http_task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
-    /// Stops taking calls, ends the active ones (BYE to callers, `stop` to agents), and waits up to `grace`.
+    pub fn phase(&self) -> Phase {
+        self.readiness.phase()
+    }
+
+    /// Drains: `/readyz` turns 503 and new INVITEs get 503 with Retry-After at once; active calls go on for up to
+    /// `grace`; those still up then are ended (BYE to callers, `stop` to agents), and their BYEs and records get
+    /// up to [`HANG_UP_WAIT`] more. Returns early when every call has ended.
     pub async fn shutdown(self, grace: Duration) {
-        self.shutdown.cancel();
+        self.readiness.set(Phase::Draining);
+        self.shutdown.drain.cancel();
         self.calls.close();
         let calls = self.calls;
-        let _ = tokio::time::timeout(grace, async move {
-            let _ = self.sip_task.await;
+        let mut sip_task = self.sip_task;
+        let ended = tokio::time::timeout(grace, async {
             calls.wait().await;
+            let _ = (&mut sip_task).await;
         })
-        .await;
+        .await
+        .is_ok();
+        if !ended {
+            self.shutdown.hang_up.cancel();
+            let _ = tokio::time::timeout(HANG_UP_WAIT, async {
+                let _ = (&mut sip_task).await;
+                calls.wait().await;
+            })
+            .await;
+        }
+        sip_task.abort();
         self.http_task.abort();
+    }
+}
+
+/// What the HTTP handlers read.
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    guards: CallGuards,
+}
+
+async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    match state.readiness.phase() {
+        Phase::Serving => (StatusCode::OK, "ready\n"),
+        Phase::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+        Phase::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+    }
+}
+
+async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
+    record_circuits(&state.metrics, &state.snapshot.load(), &state.guards, Instant::now());
+    // Encoding reads a few small files under /proc/self: quick, but file IO, so off the async workers.
+    let metrics = state.metrics.clone();
+    match tokio::task::spawn_blocking(move || metrics.encode()).await {
+        Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding metrics failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// Sets `fairvox_provider_circuit_open` for every (tenant, app) from its breaker, at scrape time: a breaker opens
+/// and half-opens with time, not only on events, so reading it when Prometheus asks is what is exact.
+pub fn record_circuits(metrics: &Metrics, snapshot: &Snapshot, guards: &CallGuards, now: Instant) {
+    for (id, app, open) in guards.breakers.open_flags(now) {
+        let Some(tenant) = snapshot.tenant(id) else { continue };
+        let Some(app) = tenant.apps.get(app) else { continue };
+        metrics.tenant(id, &tenant.name).set_provider_circuit_open(&app.name, open);
     }
 }
 
@@ -85,27 +193,63 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tenants = config.tenants.len(), data_dir = %config.data_dir.display(), "fairvox serving"
     );
 
-    let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new(&config.metrics));
+    // Each tenant's latency budget, which its p99 alert compares with (this also gives every configured tenant,
+    // up to `metrics.max_tenants` in config order, its label from the start).
+    for (index, tenant) in config.tenants.iter().enumerate() {
+        if let Some(plan) = config.plans.get(&tenant.plan) {
+            let budget = Duration::from_millis(u64::from(plan.max_frame_queue_ms()));
+            metrics.tenant(TenantId(index as u32), &tenant.id).set_latency_budget(budget);
+        }
+    }
+    let readiness = Arc::new(Readiness::new());
+    let shutdown = SipShutdown::default();
     let guards = call_guards(&config)?;
     let workers = Arc::new(media_workers(&config)?);
-    let metrics = Arc::new(Metrics::new(&config.metrics));
     tracing::info!(workers = workers.workers(), scheduler = workers.scheduler().label(), "media workers started");
-    tokio::spawn(watch_workers(Arc::clone(&workers), Arc::clone(&guards.admission), shutdown.clone()));
+    tokio::spawn(watch_workers(Arc::clone(&workers), Arc::clone(&guards.admission), shutdown.hang_up.clone()));
     let calls = TaskTracker::new();
-    let driver = SipDriver { config, snapshot, sink, ports, counters, calls: calls.clone(), guards, metrics, workers };
-    let sip_task = tokio::spawn(driver.run(sockets, shutdown.clone()));
-    let app = Router::new().route("/healthz", get(|| async { "ok\n" }));
+
+    let state = HttpState {
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        snapshot: snapshot.clone(),
+        guards: guards.clone(),
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .with_state(state);
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(http, app).await {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
-    Ok(Running { sip_addr, http_addr, shutdown, calls, sip_task, http_task })
+
+    let driver = SipDriver {
+        config,
+        snapshot,
+        sink,
+        ports,
+        counters,
+        calls: calls.clone(),
+        guards,
+        metrics: metrics.clone(),
+        workers,
+    };
+    let sip_task = tokio::spawn(driver.run(sockets, shutdown.clone()));
+    readiness.set(Phase::Serving);
+    Ok(Running { sip_addr, http_addr, metrics, readiness, shutdown, calls, sip_task, http_task })
 }
 
 /// Once a second, tells admission which tenants the media workers are persistently behind for, and whether they are
 /// behind for the whole node (see `transport::ingress::BehindTracker`).
-async fn watch_workers(workers: Arc<MediaWorkers>, admission: Arc<Admission>, shutdown: CancellationToken) {
+async fn watch_workers(
+    workers: Arc<MediaWorkers>,
+    admission: Arc<Admission>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let mut tracker = BehindTracker::default();
     let mut was_node_behind = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));

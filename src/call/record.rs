@@ -100,7 +100,7 @@ impl CallRecordSink for LogAndFileSink {
     fn record(&self, r: &CallRecord) {
         tracing::info!(
             tenant = %r.tenant,
-            call_id = %r.call_sid,
+            call_sid = %r.call_sid,
             sip_call_id = %r.sip_call_id,
             from = %r.from,
             to = %r.to,

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::call::CallId;
+use crate::metrics::{Metrics, SipMethod};
 use crate::proto::sdp::{self, Negotiated, SessionOffer};
 use crate::proto::sip::dialog::{CSeqCheck, Dialog, DialogKey, host_port};
 use crate::proto::sip::transaction::{Peer, ServerTxId, Timers, TransactionLayer, Transmit, TxEvent};
@@ -152,10 +153,16 @@ pub enum UasEvent {
         call: CallId,
         digit: char,
     },
+    /// A request was refused. `tenant` is the tenant the request was routed to, when routing got that far (for
+    /// [`Refusal::Forbidden`], the tenant owning the number: the source is not on its trunks); `new_call` is true
+    /// when the request was an INVITE outside any dialog, i.e. a call was refused.
     Refused {
         tenant: Option<TenantId>,
         status: u16,
         refusal: Refusal,
+        new_call: bool,
+        /// The request's Call-ID header, to tie the refusal to the carrier's logs.
+        sip_call_id: String,
     },
     /// A message that did not parse; `label` says how.
     Malformed {
@@ -221,6 +228,8 @@ pub struct Uas {
     rng: u64,
     draining: bool,
     pub stats: UasStats,
+    /// Where SIP messages in and out are counted (`fairvox_sip_messages_total`, `fairvox_sip_malformed_total`).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Uas {
@@ -238,7 +247,15 @@ impl Uas {
             next_call: 1,
             draining: false,
             stats: UasStats::default(),
+            metrics: None,
         }
+    }
+
+    /// Counts every SIP message received (by method and status, malformed ones apart) and sent, retransmissions
+    /// included, in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Uas {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Calls with SIP state (offered, answered or confirmed).
@@ -261,6 +278,9 @@ impl Uas {
         match sip::parse_message(bytes, &self.config.limits) {
             Err(err) => {
                 self.stats.malformed += 1;
+                if let Some(m) = &self.metrics {
+                    m.sip_malformed();
+                }
                 self.events.push_back(UasEvent::Malformed { label: err.kind.label(), source: source.addr });
                 if let Some(response) = sip::error_response(&err) {
                     self.tx.send_stateless(source, response);
@@ -268,11 +288,17 @@ impl Uas {
             }
             Ok(Message::Request(mut request)) => {
                 self.stats.requests += 1;
+                if let Some(m) = &self.metrics {
+                    m.sip_message(SipMethod::from(&request.method), None);
+                }
                 stamp_received(&mut request, source.addr);
                 self.tx.handle_request(now, request, source);
             }
             Ok(Message::Response(response)) => {
                 self.stats.responses += 1;
+                if let Some(m) = &self.metrics {
+                    m.sip_message(SipMethod::from(&response.cseq.method), Some(response.status));
+                }
                 self.tx.handle_response(now, response);
             }
         }
@@ -370,7 +396,13 @@ impl Uas {
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.tx.poll_transmit()
+        let transmit = self.tx.poll_transmit()?;
+        if let Some(m) = &self.metrics {
+            // Everything sent was written by us, so the start line and CSeq are there; `OTHER` if not.
+            let (method, status) = outgoing_kind(&transmit.bytes);
+            m.sip_message(method, status);
+        }
+        Some(transmit)
     }
 
     pub fn poll_event(&mut self) -> Option<UasEvent> {
@@ -413,7 +445,18 @@ impl Uas {
     fn refuse(&mut self, now: Instant, tx: ServerTxId, req: &Request, refusal: Refusal, tenant: Option<TenantId>) {
         let (status, reason) = refusal.status();
         self.respond(now, tx, req, status, reason);
-        self.events.push_back(UasEvent::Refused { tenant, status, refusal });
+        self.push_refused(req, tenant, status, refusal);
+    }
+
+    fn push_refused(&mut self, req: &Request, tenant: Option<TenantId>, status: u16, refusal: Refusal) {
+        let new_call = req.method == Method::Invite && req.to.tag().is_none();
+        self.events.push_back(UasEvent::Refused {
+            tenant,
+            status,
+            refusal,
+            new_call,
+            sip_call_id: req.call_id.clone(),
+        });
     }
 
     fn on_request(
@@ -437,11 +480,7 @@ impl Uas {
                 response = response.header(name, value);
             }
             let _ = self.tx.respond(now, tx, &response);
-            self.events.push_back(UasEvent::Refused {
-                tenant: None,
-                status: rejection.status,
-                refusal: Refusal::Unsupported,
-            });
+            self.push_refused(&req, None, rejection.status, Refusal::Unsupported);
             return;
         }
         if req.to.tag().is_some() {
@@ -464,7 +503,7 @@ impl Uas {
             .header("Allow", ALLOW)
             .header("Server", SERVER);
         let _ = self.tx.respond(now, tx, &response);
-        self.events.push_back(UasEvent::Refused { tenant: None, status: 405, refusal: Refusal::Unsupported });
+        self.push_refused(req, None, 405, Refusal::Unsupported);
     }
 
     fn on_options(&mut self, now: Instant, tx: ServerTxId, req: &Request) {
@@ -492,10 +531,11 @@ impl Uas {
             response = response.header("Retry-After", secs.to_string());
         }
         let _ = self.tx.respond(now, tx, &response);
-        self.events.push_back(UasEvent::Refused { tenant: Some(tenant), status, refusal: Refusal::Admission(refusal) });
+        self.push_refused(req, Some(tenant), status, Refusal::Admission(refusal));
     }
 
     fn on_invite(&mut self, now: Instant, tx: ServerTxId, req: Request, source: Peer, snapshot: &Snapshot) {
+        let number = req.uri.user.as_deref().and_then(|u| E164::parse(user_number(u)).ok());
         if self.draining || self.legs.len() >= self.config.max_calls {
             let tag = self.token();
             let response = OutgoingResponse::for_request(&req, 503, "Service Unavailable")
@@ -503,10 +543,16 @@ impl Uas {
                 .header("Retry-After", "5")
                 .header("Server", SERVER);
             let _ = self.tx.respond(now, tx, &response);
-            self.events.push_back(UasEvent::Refused { tenant: None, status: 503, refusal: Refusal::Overload });
+            // Refused before routing (overload protection comes first), but charged to the tenant the call was
+            // for when its number routes from an allowed source, so that an SRE sees whose calls a full or
+            // draining node turns away.
+            let tenant = number.as_ref().and_then(|n| match snapshot.route(n, source.addr.ip()) {
+                RouteDecision::Accept { tenant, .. } => Some(tenant.id),
+                _ => None,
+            });
+            self.push_refused(&req, tenant, 503, Refusal::Overload);
             return;
         }
-        let number = req.uri.user.as_deref().and_then(|u| E164::parse(user_number(u)).ok());
         let Some(number) = number else {
             return self.refuse(now, tx, &req, Refusal::UnknownNumber, None);
         };
@@ -796,6 +842,37 @@ fn contact(local: SocketAddr, transport: crate::proto::sip::transaction::Transpo
 /// The number part of a Request-URI user: drops `;params` (e.g. `;npdi`) that some carriers add.
 fn user_number(user: &str) -> &str {
     user.split(';').next().unwrap_or(user)
+}
+
+/// The `fairvox_sip_messages_total` labels of a message we send: the method of its CSeq and, for a response, its
+/// status. Reads the start line and the CSeq header only; anything unexpected is `OTHER` / no status.
+fn outgoing_kind(bytes: &[u8]) -> (SipMethod, Option<u16>) {
+    let head = &bytes[..bytes.len().min(4096)];
+    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let start = lines.next().unwrap_or_default();
+    let status = start
+        .strip_prefix(b"SIP/2.0 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| std::str::from_utf8(code).ok())
+        .and_then(|code| code.parse::<u16>().ok());
+    let method_name = |name: &[u8]| std::str::from_utf8(name).map(SipMethod::from_name).unwrap_or(SipMethod::Other);
+    let method = if start.starts_with(b"SIP/2.0 ") {
+        lines
+            .take_while(|l| !l.is_empty())
+            .find_map(|l| {
+                let (name, value) = l.split_at(l.iter().position(|&b| b == b':')?);
+                if !name.trim_ascii().eq_ignore_ascii_case(b"CSeq") {
+                    return None;
+                }
+                let method =
+                    value[1..].trim_ascii().split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).nth(1)?;
+                Some(method_name(method))
+            })
+            .unwrap_or(SipMethod::Other)
+    } else {
+        method_name(start.split(|&b| b == b' ').next().unwrap_or_default())
+    };
+    (method, status)
 }
 
 /// A digit carried by SIP INFO: `application/dtmf-relay` (`Signal=5`) or `application/dtmf` (`5`).
@@ -1356,6 +1433,105 @@ app = "e"
         h.sent();
         h.send(&invite("r4", "15550001", &offer("0")));
         assert_eq!(h.statuses(), vec![100]);
+    }
+
+    fn sip_count(m: &Metrics, method: &str, status: &str) -> u64 {
+        let prefix = format!("fairvox_sip_messages_total{{method=\"{method}\",status=\"{status}\"}} ");
+        m.encode().lines().find_map(|l| l.strip_prefix(prefix.as_str())?.parse().ok()).unwrap_or(0)
+    }
+
+    #[test]
+    fn sip_messages_in_and_out_are_counted_by_method_and_status() {
+        let metrics = Arc::new(Metrics::default());
+        let h = Harness::new();
+        let mut h = Harness { uas: h.uas.with_metrics(metrics.clone()), ..h };
+        let (_, tag) = h.answered_call("m1");
+        h.send(&request("ACK", "m1", "15550100", "ack-m1", 1, Some(&tag), "", "", ""));
+        h.send(&request("BYE", "m1", "15550100", "bye-m1", 2, Some(&tag), "", "", ""));
+        assert_eq!(h.statuses(), vec![200]);
+        h.events();
+        // A refused INVITE, its 404 retransmitted once (Timer G) and counted again.
+        h.send(&invite("m2", "15559999", &offer("0")));
+        assert_eq!(h.statuses(), vec![404]);
+        h.advance(Duration::from_millis(600));
+        assert_eq!(h.statuses(), vec![404]);
+        h.send("garbage\r\n\r\n");
+        h.sent();
+        h.events();
+        assert_eq!(sip_count(&metrics, "INVITE", "request"), 2);
+        assert_eq!(sip_count(&metrics, "ACK", "request"), 1);
+        assert_eq!(sip_count(&metrics, "BYE", "request"), 1);
+        assert_eq!(sip_count(&metrics, "INVITE", "100"), 1);
+        assert_eq!(sip_count(&metrics, "INVITE", "200"), 1);
+        assert_eq!(sip_count(&metrics, "BYE", "200"), 1);
+        assert_eq!(sip_count(&metrics, "INVITE", "404"), 2, "retransmissions are counted");
+        assert!(metrics.encode().contains("\nfairvox_sip_malformed_total 1\n"));
+        // Our own BYE and the caller's answer to it.
+        let (call, tag) = h.answered_call("m3");
+        h.send(&request("ACK", "m3", "15550100", "ack-m3", 1, Some(&tag), "", "", ""));
+        h.uas.hangup(h.now, call);
+        let bye = h.sent().remove(0).0;
+        let ok = format!(
+            "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: m3\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
+            header(&bye, "Via").unwrap(),
+            header(&bye, "From").unwrap(),
+            header(&bye, "To").unwrap(),
+            header(&bye, "CSeq").unwrap()
+        );
+        h.send(&ok);
+        assert_eq!(sip_count(&metrics, "BYE", "request"), 2, "the caller's BYE and ours");
+        assert_eq!(sip_count(&metrics, "BYE", "200"), 2, "our 200 to the caller's BYE and the caller's to ours");
+    }
+
+    #[test]
+    fn outgoing_kind_reads_start_line_and_cseq() {
+        assert_eq!(
+            outgoing_kind(b"SIP/2.0 486 Busy Here\r\nVia: x\r\ncseq:  7   INVITE\r\n\r\n"),
+            (SipMethod::Invite, Some(486))
+        );
+        assert_eq!(outgoing_kind(b"BYE sip:a@b SIP/2.0\r\nCSeq: 2 BYE\r\n\r\n"), (SipMethod::Bye, None));
+        assert_eq!(outgoing_kind(b"SIP/2.0 200 OK\r\n\r\nCSeq: 1 BYE\r\n"), (SipMethod::Other, Some(200)));
+        assert_eq!(outgoing_kind(b""), (SipMethod::Other, None));
+        assert_eq!(outgoing_kind(b"SIP/2.0 2x OK\r\nCSeq: 1 OPTIONS\r\n"), (SipMethod::Options, None));
+    }
+
+    #[test]
+    fn refusals_say_whether_a_call_was_refused_and_whose() {
+        let mut h = Harness::with_config(tiny_plan_config());
+        h.send(&invite("u1", "15559999", &offer("0")));
+        h.send(&request("BYE", "nd", "15550001", "bye-nd", 2, None, "", "", ""));
+        h.send(&invite("c1", "15550001", &offer("18")));
+        let refused: Vec<_> = h
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                UasEvent::Refused { tenant, refusal, new_call, sip_call_id, .. } => {
+                    Some((tenant, refusal, new_call, sip_call_id))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            refused,
+            vec![
+                (None, Refusal::UnknownNumber, true, "u1".to_owned()),
+                (None, Refusal::NoDialog, false, "nd".to_owned()),
+                (Some(TenantId(0)), Refusal::Codec, true, "c1".to_owned()),
+            ]
+        );
+        // Overload is refused before routing but charged to the tenant whose number was called.
+        h.uas.start_draining();
+        h.send(&invite("o1", "15550002", &offer("0")));
+        h.send(&invite("o2", "15559999", &offer("0")));
+        let overload: Vec<_> = h
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                UasEvent::Refused { tenant, refusal: Refusal::Overload, new_call: true, .. } => Some(tenant),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(overload, vec![Some(TenantId(1)), None]);
     }
 
     #[test]

@@ -31,11 +31,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
+use std::sync::atomic::AtomicU64;
 
 use crate::call::record::EndReason;
 use crate::tenant::TenantId;
@@ -102,6 +104,7 @@ struct Families {
     rtp_jitter: HistogramFamily<TenantLabels>,
     provider_stream_errors: Family<TenantKind, Counter>,
     provider_circuit_open: Family<TenantApp, Gauge>,
+    latency_budget: Family<TenantLabels, Gauge<f64, AtomicU64>>,
     billable_seconds: Family<TenantLabels, Counter>,
     sip_messages: Family<SipLabels, Counter>,
     sip_malformed: Counter,
@@ -122,6 +125,7 @@ impl Families {
             rtp_jitter: histogram_family(),
             provider_stream_errors: Family::default(),
             provider_circuit_open: Family::default(),
+            latency_budget: Family::default(),
             billable_seconds: Family::default(),
             sip_messages: Family::default(),
             sip_malformed: Counter::default(),
@@ -131,7 +135,7 @@ impl Families {
 
     /// Registers every family. Names are given without their unit and without `_total`: the encoder appends the
     /// unit (`with_unit`) and, for counters, `_total`. Help texts get a final `.` from the registry.
-    fn register(&self, r: &mut Registry) {
+    fn register(&self, r: &mut Registrar<'_>) {
         let s = Unit::Seconds;
         r.register_with_unit(
             "fairvox_frame_latency",
@@ -173,6 +177,12 @@ impl Families {
             self.provider_circuit_open.clone(),
         );
         r.register_with_unit(
+            "fairvox_tenant_latency_budget",
+            "The tenant's frame-latency budget: its plan's max_frame_queue_ms (alerts compare p99 latency with it)",
+            s.clone(),
+            self.latency_budget.clone(),
+        );
+        r.register_with_unit(
             "fairvox_billable",
             "Billable call time, in whole seconds",
             s,
@@ -207,6 +217,7 @@ impl Families {
         self.rtp_packets_lost.remove(&l);
         self.rtp_jitter.remove(&l);
         self.billable_seconds.remove(&l);
+        self.latency_budget.remove(&l);
         for series in dynamic {
             let tenant = tenant.clone();
             match series {
@@ -220,6 +231,38 @@ impl Families {
                 }
             };
         }
+    }
+}
+
+/// Registers families and notes the name each is exposed under in the text format 0.0.4 (unit and `_total`
+/// appended as the encoder does), so that [`Metrics::family_names`] lists them whether or not they have series yet
+/// (the encoder skips a family without series).
+struct Registrar<'a> {
+    registry: &'a mut Registry,
+    names: Vec<String>,
+}
+
+impl Registrar<'_> {
+    fn register(&mut self, name: &str, help: &str, metric: impl Metric) {
+        self.note(name, None, &metric);
+        self.registry.register(name, help, metric);
+    }
+
+    fn register_with_unit(&mut self, name: &str, help: &str, unit: Unit, metric: impl Metric) {
+        self.note(name, Some(&unit), &metric);
+        self.registry.register_with_unit(name, help, unit, metric);
+    }
+
+    fn note(&mut self, name: &str, unit: Option<&Unit>, metric: &impl Metric) {
+        let mut exposed = name.to_owned();
+        if let Some(unit) = unit {
+            exposed.push('_');
+            exposed.push_str(unit.as_str());
+        }
+        if matches!(metric.metric_type(), MetricType::Counter) {
+            exposed.push_str("_total");
+        }
+        self.names.push(exposed);
     }
 }
 
@@ -276,6 +319,8 @@ impl TenantTable {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Every family's exposed name, `process_*` included (see [`Metrics::family_names`]).
+    family_names: Vec<String>,
     families: Arc<Families>,
     table: Arc<Mutex<TenantTable>>,
     /// Handles by `TenantId` index, each with the name it was made for (an index may be reused by another tenant
@@ -295,7 +340,10 @@ impl Metrics {
     pub fn new(config: &MetricsConfig) -> Metrics {
         let families = Arc::new(Families::new());
         let mut registry = Registry::default();
-        families.register(&mut registry);
+        let mut registrar = Registrar { registry: &mut registry, names: Vec::new() };
+        families.register(&mut registrar);
+        let mut family_names = registrar.names;
+        family_names.extend(process::FAMILY_NAMES.iter().map(|n| (*n).to_owned()));
         registry.register_collector(Box::new(process::ProcessCollector));
         let table = Arc::new(Mutex::new(TenantTable::default()));
         let unattributed = {
@@ -305,6 +353,7 @@ impl Metrics {
         };
         Metrics {
             registry,
+            family_names,
             families,
             table,
             cache: RwLock::new(Vec::new()),
@@ -415,6 +464,14 @@ impl Metrics {
     /// Counts one SIP message that did not parse (it has no tenant).
     pub fn sip_malformed(&self) {
         self.families.sip_malformed.inc();
+    }
+
+    /// The name of every family this registry exports, as the `# TYPE` lines of [`Metrics::encode`] give them
+    /// (counters with their `_total`, histograms without `_bucket`, `_sum` and `_count`), `process_*` included:
+    /// what dashboards and rules may refer to. Noted as each family is registered, because the encoder prints no
+    /// `# TYPE` line for a family that has no series yet: a scrape alone does not list them all.
+    pub fn family_names(&self) -> &[String] {
+        &self.family_names
     }
 
     /// Every metric in the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]): what `GET /metrics` serves. Reads
@@ -587,6 +644,26 @@ impl TenantMetrics {
     pub fn provider_stream_error(&self, kind: &'static str) {
         let labels = TenantKind { tenant: self.0.label.clone(), kind };
         self.bump(&self.0.families.provider_stream_errors, &labels, || DynamicSeries::ProviderError(kind));
+    }
+
+    /// Sets the tenant's frame-latency budget (`fairvox_tenant_latency_budget_seconds`; its plan's
+    /// `max_frame_queue_ms`), which the `FairvoxTenantLatencyOverBudget` alert compares its p99 with. Not exported
+    /// for a folded tenant (`other` mixes tenants of several plans) nor for `unattributed`.
+    pub fn set_latency_budget(&self, budget: Duration) {
+        let inner = &*self.0;
+        if inner.folded || &*inner.label.0 == UNATTRIBUTED {
+            return;
+        }
+        let labels = TenantLabels { tenant: inner.label.clone() };
+        if let Some(gauge) = inner.families.latency_budget.get(&labels) {
+            gauge.set(budget.as_secs_f64());
+            return;
+        }
+        // First time: under the table lock, so that a forgotten tenant's handle does not make the series again.
+        let mut table = inner.table.lock();
+        if table.live(&inner.label.0, inner.generation).is_some() {
+            inner.families.latency_budget.get_or_create(&labels).set(budget.as_secs_f64());
+        }
     }
 
     /// Sets whether the circuit breaker of the tenant's app `app` is open (from `Breakers::open_flags`, on each

@@ -16,6 +16,16 @@ use prometheus_client::registry::Unit;
 /// needed to read it.
 const USER_HZ: f64 = 100.0;
 
+/// The exposed names of the metrics [`ProcessCollector`] writes (each only when its value could be read).
+pub(crate) const FAMILY_NAMES: [&str; 6] = [
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+];
+
 /// A snapshot of the process's resources; `None` where a value could not be read.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProcessStats {

@@ -212,7 +212,7 @@ fn tenant_samples<'a>(families: &'a [ParsedFamily], tenant: &str) -> Vec<&'a Sam
     families.iter().flat_map(|f| &f.samples).filter(|s| s.label("tenant") == Some(tenant)).collect()
 }
 
-const FAMILIES: [(&str, &str); 15] = [
+const FAMILIES: [(&str, &str); 16] = [
     ("fairvox_frame_latency_seconds", "histogram"),
     ("fairvox_sched_wait_seconds", "histogram"),
     ("fairvox_calls_active", "gauge"),
@@ -224,6 +224,7 @@ const FAMILIES: [(&str, &str); 15] = [
     ("fairvox_rtp_jitter_seconds", "histogram"),
     ("fairvox_provider_stream_errors_total", "counter"),
     ("fairvox_provider_circuit_open", "gauge"),
+    ("fairvox_tenant_latency_budget_seconds", "gauge"),
     ("fairvox_billable_seconds_total", "counter"),
     ("fairvox_sip_messages_total", "counter"),
     ("fairvox_sip_malformed_total", "counter"),
@@ -255,6 +256,46 @@ fn exercise(t: &TenantMetrics) {
     t.add_billable_seconds(61);
     t.provider_stream_error("timeout");
     t.set_provider_circuit_open("support", true);
+    t.set_latency_budget(ms(40));
+}
+
+#[test]
+fn family_names_lists_every_family_before_any_series() {
+    let m = Metrics::default();
+    let names = m.family_names();
+    let mut want: Vec<&str> = FAMILIES.iter().map(|(n, _)| *n).chain(process::FAMILY_NAMES).collect();
+    let mut have: Vec<&str> = names.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    have.sort_unstable();
+    assert_eq!(have, want);
+    // Every family a full scrape shows is listed, under the name its TYPE line gives.
+    exercise(&m.tenant(TenantId(0), "acme"));
+    m.unattributed().call_rejected(RejectReason::UnknownNumber);
+    m.sip_message(SipMethod::Invite, None);
+    m.sip_malformed();
+    let scraped: Vec<String> = parse(&m).into_iter().map(|f| f.name).collect();
+    assert_eq!(scraped.len(), names.len(), "{scraped:?}");
+    for name in &scraped {
+        assert!(names.contains(name), "{name} scraped but not in family_names");
+    }
+}
+
+#[test]
+fn latency_budget_is_per_labelled_tenant_only() {
+    let m = Metrics::new(&MetricsConfig { max_tenants: 1 });
+    let (acme, folded) = (m.tenant(TenantId(0), "acme"), m.tenant(TenantId(1), "globex"));
+    acme.set_latency_budget(ms(40));
+    acme.set_latency_budget(ms(60));
+    folded.set_latency_budget(ms(80));
+    m.unattributed().set_latency_budget(ms(80));
+    let f = parse(&m);
+    assert_eq!(value(&f, "fairvox_tenant_latency_budget_seconds", &[("tenant", "acme")]), Some(0.06));
+    let budgets = f.iter().find(|f| f.name == "fairvox_tenant_latency_budget_seconds").unwrap();
+    assert_eq!(budgets.samples.len(), 1, "{:?}", budgets.samples);
+    assert!(m.forget_tenant("acme"));
+    acme.set_latency_budget(ms(40));
+    let f = parse(&m);
+    assert!(f.iter().all(|f| f.name != "fairvox_tenant_latency_budget_seconds"), "no budget series left");
 }
 
 #[test]

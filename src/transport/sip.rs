@@ -20,10 +20,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::call::CallId;
-use crate::call::record::{CallRecordSink, EndReason};
-use crate::call::uas::{CallGuards, SipEnd, Uas, UasConfig, UasEvent};
+use crate::call::record::{CallRecord, CallRecordSink, EndReason};
+use crate::call::uas::{CallGuards, Refusal, SipEnd, Uas, UasConfig, UasEvent};
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RejectReason, TenantMetrics};
 use crate::proto::sip::transaction::{Peer, Timers, Transport};
 use crate::proto::sip::{self, Framed, Limits};
 use crate::tenant::{Snapshot, TenantId};
@@ -52,6 +52,8 @@ pub struct SipDriver {
     /// Every call's media task, so that a drain can wait for their records.
     pub calls: TaskTracker,
     pub guards: CallGuards,
+    /// The node's metrics. The driver records SIP messages (through the UAS core), refusals, calls in progress,
+    /// and each finished call's outcome and billable seconds.
     pub metrics: Arc<Metrics>,
     /// The threads that read calls' RTP in scheduler order.
     pub workers: Arc<MediaWorkers>,
@@ -70,6 +72,15 @@ impl SipDriver {
     }
 }
 
+/// When the driver stops: [`SipShutdown::drain`] stops taking calls (new INVITEs get 503 + Retry-After) and lets the
+/// active ones go on; [`SipShutdown::hang_up`] then ends those left (BYE to callers, `stop` to agents). The driver
+/// returns once it is draining and no call or BYE transaction is left.
+#[derive(Clone, Debug, Default)]
+pub struct SipShutdown {
+    pub drain: CancellationToken,
+    pub hang_up: CancellationToken,
+}
+
 /// Bound sockets, so that start-up fails early and tests can read the real ports.
 pub struct SipSockets {
     pub udp: UdpSocket,
@@ -86,11 +97,29 @@ impl SipSockets {
 
 struct CallEntry {
     commands: mpsc::Sender<MediaCommand>,
+    /// The call's tenant, for a refusal reported by its media task.
+    tenant: TenantMetrics,
+}
+
+/// Counts each finished call in its tenant's `fairvox_calls_total{outcome}` and `fairvox_billable_seconds_total`,
+/// then hands the record on. One per call, made with the call's tenant handle, so no name is looked up.
+struct MeteredSink {
+    inner: Arc<dyn CallRecordSink>,
+    tenant: TenantMetrics,
+}
+
+impl CallRecordSink for MeteredSink {
+    fn record(&self, record: &CallRecord) {
+        self.tenant.call_ended(record.end_reason);
+        self.tenant.add_billable_seconds(record.duration_secs);
+        self.inner.record(record);
+    }
 }
 
 impl SipDriver {
-    /// Serves SIP until `shutdown`, then ends every call (BYE, `stop` to agents) before returning.
-    pub async fn run(self, sockets: SipSockets, shutdown: CancellationToken) {
+    /// Serves SIP until `shutdown.drain`; then refuses new calls, lets the active ones end, ends those left at
+    /// `shutdown.hang_up` (BYE, `stop` to agents), and returns when no call is left.
+    pub async fn run(self, sockets: SipSockets, shutdown: SipShutdown) {
         let SipSockets { udp, tcp } = sockets;
         let local = SocketAddr::new(self.config.advertise_ip(), udp.local_addr().map(|a| a.port()).unwrap_or(5060));
         let mut uas = Uas::new(
@@ -102,7 +131,8 @@ impl SipDriver {
                 seed: rand::random(),
             },
             self.guards.clone(),
-        );
+        )
+        .with_metrics(self.metrics.clone());
         let (tcp_in_tx, mut tcp_in_rx) = mpsc::channel::<TcpInbound>(TCP_INBOUND);
         let (report_tx, mut report_rx) = mpsc::channel::<MediaReport>(1024);
         let mut tcp_writers: HashMap<u64, mpsc::Sender<Vec<u8>>> = HashMap::new();
@@ -111,6 +141,7 @@ impl SipDriver {
         let mut buf = vec![0u8; 65_536];
         let limits = Limits { max_message_bytes: self.config.sip_max_message_bytes, ..Limits::default() };
         let mut draining = false;
+        let mut hanging_up = false;
 
         loop {
             let deadline = uas.poll_timeout().map(tokio::time::Instant::from_std);
@@ -143,7 +174,14 @@ impl SipDriver {
                     MediaReport::Ready { call, port } => uas.answer(Instant::now(), call, port),
                     MediaReport::Failed { call, status, reason, retry_after } => {
                         uas.reject(Instant::now(), call, status, reason, retry_after);
-                        calls.remove(&call);
+                        if let Some(entry) = calls.remove(&call) {
+                            let refusal = media_failure_reason(status);
+                            entry.tenant.call_rejected(refusal);
+                            tracing::info!(
+                                tenant = entry.tenant.name(), call_id = %call, status, reason = refusal.label(),
+                                "call refused by its media setup"
+                            );
+                        }
                     }
                     MediaReport::Ended { call } => {
                         uas.hangup(Instant::now(), call);
@@ -151,10 +189,14 @@ impl SipDriver {
                     }
                 },
                 _ = sleep_until(deadline) => uas.handle_timeout(Instant::now(), &snapshot),
-                _ = shutdown.cancelled(), if !draining => {
+                _ = shutdown.drain.cancelled(), if !draining => {
                     draining = true;
                     uas.start_draining();
-                    tracing::info!(calls = calls.len(), "draining: ending active calls");
+                    tracing::info!(calls = calls.len(), "draining: refusing new calls, letting active calls end");
+                }
+                _ = shutdown.hang_up.cancelled(), if draining && !hanging_up => {
+                    hanging_up = true;
+                    tracing::info!(calls = calls.len(), "drain grace over: ending active calls");
                     for (call, entry) in calls.drain() {
                         let _ = entry.commands.try_send(MediaCommand::Stop(EndReason::ServerDrain));
                         uas.hangup(Instant::now(), call);
@@ -186,6 +228,18 @@ impl SipDriver {
         }
     }
 
+    /// The tenant a refusal is charged to: the one the request was routed to, except for a source not on the
+    /// tenant's trunks (the unauthenticated source chose the number), and `unattributed` when routing did not
+    /// get that far.
+    fn refused_tenant(&self, tenant: Option<TenantId>, refusal: &Refusal) -> TenantMetrics {
+        let routed = tenant.filter(|_| *refusal != Refusal::Forbidden);
+        let snapshot = self.snapshot.load();
+        match routed.and_then(|id| snapshot.tenant(id).map(|t| (id, t))) {
+            Some((id, t)) => self.metrics.tenant(id, &t.name),
+            None => self.metrics.unattributed(),
+        }
+    }
+
     fn on_event(
         &self,
         event: UasEvent,
@@ -196,15 +250,17 @@ impl SipDriver {
         match event {
             UasEvent::IncomingCall(incoming) => {
                 let call = incoming.call;
+                let tenant = self.metrics.tenant(incoming.tenant, &incoming.tenant_name);
                 let Some(lease) = self.ports.lease() else {
-                    tracing::warn!(tenant = %incoming.tenant_name, call_id = %call, "no free RTP port");
+                    tracing::warn!(tenant = %incoming.tenant_name, call_id = %call, sip_call_id = %incoming.sip_call_id, "no free RTP port");
                     uas.reject(Instant::now(), call, 503, "Service Unavailable - No Media Port", Some(5));
+                    tenant.call_rejected(RejectReason::Overload);
                     return;
                 };
                 let (ctx, crx) = mpsc::channel(CALL_COMMANDS);
-                calls.insert(call, CallEntry { commands: ctx });
+                calls.insert(call, CallEntry { commands: ctx, tenant: tenant.clone() });
                 let span = tracing::info_span!("call", tenant = %incoming.tenant_name, call_id = %call);
-                tracing::info!(parent: &span, from = %incoming.from, to = %incoming.to, app = %incoming.app.name, codec = ?incoming.negotiated.codec, "incoming call");
+                tracing::info!(parent: &span, sip_call_id = %incoming.sip_call_id, from = %incoming.from, to = %incoming.to, app = %incoming.app.name, codec = ?incoming.negotiated.codec, "incoming call");
                 let incoming = *incoming;
                 let setup = CallSetup {
                     call,
@@ -226,12 +282,19 @@ impl SipDriver {
                     playout_max_samples: self.config.playout_max_samples,
                     advertise_ip: self.config.advertise_ip(),
                     workers: Arc::clone(&self.workers),
-                    metrics: self.metrics.tenant(incoming.tenant, &incoming.tenant_name),
+                    metrics: tenant.clone(),
                     max_frame_age: self.max_frame_age(incoming.tenant),
                 };
+                let sink: Arc<dyn CallRecordSink> =
+                    Arc::new(MeteredSink { inner: self.sink.clone(), tenant: tenant.clone() });
+                let media = media::run_call(setup, lease, crx, reports.clone(), sink, self.counters.clone());
                 self.calls.spawn(
-                    media::run_call(setup, lease, crx, reports.clone(), self.sink.clone(), self.counters.clone())
-                        .instrument(span),
+                    async move {
+                        // In progress for as long as its media task runs, however the call ends.
+                        let _active = tenant.call_started();
+                        media.await
+                    }
+                    .instrument(span),
                 );
             }
             UasEvent::Confirmed { call } => send_command(calls, call, MediaCommand::Confirmed),
@@ -247,17 +310,24 @@ impl SipDriver {
             }
             UasEvent::MediaUpdate { call, negotiated } => send_command(calls, call, MediaCommand::Update(negotiated)),
             UasEvent::Dtmf { call, digit } => send_command(calls, call, MediaCommand::Dtmf(digit)),
-            UasEvent::Refused { tenant, status, refusal } => {
-                let tenant = tenant
-                    .and_then(|t| self.snapshot.load().tenant(t).map(|t| t.name.to_string()))
-                    .unwrap_or_else(|| "unattributed".to_owned());
-                tracing::info!(tenant = %tenant, status, reason = refusal.label(), "request refused");
+            UasEvent::Refused { tenant, status, refusal, new_call, sip_call_id } => {
+                let handle = self.refused_tenant(tenant, &refusal);
+                if new_call {
+                    handle.call_rejected(&refusal);
+                }
+                tracing::info!(tenant = handle.name(), sip_call_id = %sip_call_id, status, reason = refusal.label(), new_call, "request refused");
             }
             UasEvent::Malformed { label, source } => {
                 tracing::debug!(%source, kind = label, "malformed SIP message");
             }
         }
     }
+}
+
+/// The rejection reason of a call its media task could not set up: `480` is the agent that could not be reached
+/// (`provider_unavailable`); anything else (`503`: no media socket) is the node's lack of resources (`overload`).
+fn media_failure_reason(status: u16) -> RejectReason {
+    if status == 480 { RejectReason::ProviderUnavailable } else { RejectReason::Overload }
 }
 
 fn send_command(calls: &HashMap<CallId, CallEntry>, call: CallId, command: MediaCommand) {
