@@ -451,7 +451,7 @@ async fn run_step(
     out_dir: &std::path::Path,
 ) -> StepResult {
     let cores: Vec<usize> = if pin { vec![args.server_core, args.gen_core] } else { vec![0, 1] };
-    let waited = wait_quiet(&cores, Duration::from_secs_f64(args.quiet_wait)).await;
+    let waited = server::wait_quiet(&cores, Duration::from_secs_f64(args.quiet_wait)).await;
     let shared = Arc::new(Shared::new(n, args.late_ms * 1_000_000));
     let mut r = StepResult {
         mode,
@@ -795,27 +795,6 @@ async fn tear_down_calls(dialogs: Vec<Dialog>, rate: f64, uac: &Arc<Uac>, genera
         }
     }
     t
-}
-
-/// Waits (at most `limit`) until every core in `cores` is below 25% busy over a second; returns the time waited.
-async fn wait_quiet(cores: &[usize], limit: Duration) -> Duration {
-    let started = Instant::now();
-    let mut said = false;
-    while started.elapsed() < limit {
-        let before = server::core_ticks();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let load = server::core_load(&before, &server::core_ticks());
-        let busy: Vec<f64> = cores.iter().filter_map(|&c| load.get(c).map(|l| l.busy_pct)).collect();
-        if busy.iter().all(|&b| b < 25.0) {
-            return started.elapsed();
-        }
-        if !said {
-            println!("  waiting up to {limit:?} for cores {cores:?} to go quiet (busy now {busy:.0?} %)");
-            said = true;
-        }
-    }
-    println!("  cores still busy after {limit:?}: running anyway, see the background figures");
-    started.elapsed()
 }
 
 fn fail(mut r: StepResult, why: String) -> StepResult {

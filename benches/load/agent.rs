@@ -1,9 +1,12 @@
 //! The tenant's agent: a WebSocket server speaking the Twilio Media Streams protocol. It decodes every inbound
 //! `media` payload to find the frame's marker (hop latency = now − send instant, same process and clock) and, when
-//! talk-back is on, returns the same payload as outbound `media` so the server plays it to the caller.
+//! talk-back is on, returns the same payload as outbound `media` so the server plays it to the caller. A slow agent
+//! ([`serve_with`] and a read delay) sleeps before each read once the call's `start` is in, so the server's stream to
+//! it backs up.
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
@@ -61,21 +64,26 @@ fn call_of(from: &str) -> Option<u32> {
 
 /// Accepts agent connections until aborted; each connection runs in `conns`' tasks.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, talk_back: bool) {
+    serve_with(listener, shared, talk_back, Duration::ZERO).await
+}
+
+/// [`serve`], with each connection sleeping `read_delay` before every read after its `start` (zero: never).
+pub async fn serve_with(listener: TcpListener, shared: Arc<Shared>, talk_back: bool, read_delay: Duration) {
     let mut conns = JoinSet::new();
     loop {
         match listener.accept().await {
             Ok((tcp, _)) => {
                 let _ = tcp.set_nodelay(true);
                 shared.agent.lock().connections += 1;
-                conns.spawn(connection(tcp, shared.clone(), talk_back));
+                conns.spawn(connection(tcp, shared.clone(), talk_back, read_delay));
             }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
         while conns.try_join_next().is_some() {}
     }
 }
 
-async fn connection(tcp: TcpStream, shared: Arc<Shared>, talk_back: bool) {
+async fn connection(tcp: TcpStream, shared: Arc<Shared>, talk_back: bool, read_delay: Duration) {
     let mut ws = match tokio_tungstenite::accept_async(tcp).await {
         Ok(ws) => ws,
         Err(_) => {
@@ -88,6 +96,9 @@ async fn connection(tcp: TcpStream, shared: Arc<Shared>, talk_back: bool) {
     let mut last_seq: Option<u64> = None;
     let mut payload = [0u8; 4 * PAYLOAD_LEN];
     loop {
+        if !read_delay.is_zero() && owner.is_some() {
+            tokio::time::sleep(read_delay).await;
+        }
         let msg = match ws.next().await {
             Some(Ok(m)) => m,
             Some(Err(_)) => {

@@ -1,5 +1,7 @@
 //! Caller-side RTP: one timer loop sends every call's 20 ms PCMU frames (spread over the 20 ms period by call
-//! index, like independent phones), and one receive task per call socket accounts what comes back.
+//! index, like independent phones), and one receive task per call socket accounts what comes back. A generator made
+//! with [`Generator::with_flood`] sends each call's packets k times faster than its 20 ms packetization (a flooding
+//! sender: every packet still a 20 ms PCMU packet with the next sequence number and timestamp).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,11 +42,19 @@ pub struct Generator {
     senders: Mutex<Vec<Sender>>,
     shared: Arc<Shared>,
     path: SentPath,
+    /// Time between two packets of one call: 20 ms, or 20 ms / k for a flood of k packets per 20 ms.
+    period: Duration,
 }
 
 impl Generator {
     pub fn new(shared: Arc<Shared>, path: SentPath) -> Arc<Self> {
-        Arc::new(Generator { senders: Mutex::new(Vec::new()), shared, path })
+        Self::with_flood(shared, path, 1)
+    }
+
+    /// A generator whose calls send `packets_per_ptime` 20 ms packets every 20 ms (1 = a well-behaved phone).
+    pub fn with_flood(shared: Arc<Shared>, path: SentPath, packets_per_ptime: u32) -> Arc<Self> {
+        let period = PTIME / packets_per_ptime.max(1);
+        Arc::new(Generator { senders: Mutex::new(Vec::new()), shared, path, period })
     }
 
     /// Starts sending call `call`'s frames from `sock` to `dst`, in the 1 ms slot `call % 20` of the 20 ms grid.
@@ -81,6 +91,7 @@ impl Generator {
 
     /// The timer loop: wakes every millisecond and sends each frame that is due. Runs until aborted.
     pub async fn run(self: Arc<Self>) {
+        let period = self.period;
         let mut tick = tokio::time::interval(Duration::from_millis(1));
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut pkt = [0u8; HEADER_LEN + PAYLOAD_LEN];
@@ -97,7 +108,7 @@ impl Generator {
                     while s.next_due <= now {
                         if burst == MAX_CATCH_UP {
                             while s.next_due <= now {
-                                s.next_due += PTIME;
+                                s.next_due += period;
                                 s.k += 1;
                                 s.seq = s.seq.wrapping_add(1);
                                 s.ts = s.ts.wrapping_add(PAYLOAD_LEN as u32);
@@ -125,7 +136,7 @@ impl Generator {
                             }
                             Err(_) => errors += 1,
                         }
-                        s.next_due += PTIME;
+                        s.next_due += period;
                         s.k += 1;
                         s.seq = s.seq.wrapping_add(1);
                         s.ts = s.ts.wrapping_add(PAYLOAD_LEN as u32);

@@ -81,13 +81,18 @@ pub fn write_config(spec: &ServerSpec) -> std::io::Result<PathBuf> {
 impl Server {
     pub fn start(bin: &str, spec: &ServerSpec) -> std::io::Result<Server> {
         let config = write_config(spec)?;
+        Self::start_with_config(bin, spec, &config)
+    }
+
+    /// Starts the server on a config file written by the caller; `spec`'s mode, agent and max_calls are not used.
+    pub fn start_with_config(bin: &str, spec: &ServerSpec, config: &Path) -> std::io::Result<Server> {
         let data = spec.dir.join("data");
         std::fs::create_dir_all(&data)?;
         let log = std::fs::File::create(spec.log)?;
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .arg("--sip-listen")
             .arg(spec.sip.to_string())
             .arg("--http-listen")
@@ -320,13 +325,24 @@ pub fn core_load(before: &[CoreTicks], after: &[CoreTicks]) -> Vec<CoreLoad> {
 
 /// CPU seconds used so far by every process, by pid, with its command name.
 pub fn all_processes_cpu() -> std::collections::HashMap<u32, (String, f64)> {
+    cpu_by_id("/proc")
+}
+
+/// CPU seconds used so far by each thread of process `pid`, by thread id, with the thread's name.
+#[allow(dead_code)] // used by benches/isolation.rs, not by benches/load.rs
+pub fn threads_cpu(pid: u32) -> std::collections::HashMap<u32, (String, f64)> {
+    cpu_by_id(&format!("/proc/{pid}/task"))
+}
+
+/// utime + stime of every numbered entry of `root` (`/proc`, or `/proc/PID/task`), with its `comm`.
+fn cpu_by_id(root: &str) -> std::collections::HashMap<u32, (String, f64)> {
     let mut out = std::collections::HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    let Ok(dir) = std::fs::read_dir(root) else { return out };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     for entry in dir.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("{root}/{pid}/stat")) else { continue };
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
         let comm = stat[open + 1..close].to_owned();
         let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
@@ -367,4 +383,25 @@ pub fn top_consumers(
     v.sort_by(|a, b| b.cpu_pct.total_cmp(&a.cpu_pct));
     v.truncate(n);
     v
+}
+
+/// Waits (at most `limit`) until every core in `cores` is below 25% busy over a second; returns the time waited.
+pub async fn wait_quiet(cores: &[usize], limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut said = false;
+    while started.elapsed() < limit {
+        let before = core_ticks();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let load = core_load(&before, &core_ticks());
+        let busy: Vec<f64> = cores.iter().filter_map(|&c| load.get(c).map(|l| l.busy_pct)).collect();
+        if busy.iter().all(|&b| b < 25.0) {
+            return started.elapsed();
+        }
+        if !said {
+            println!("  waiting up to {limit:?} for cores {cores:?} to go quiet (busy now {busy:.0?} %)");
+            said = true;
+        }
+    }
+    println!("  cores still busy after {limit:?}: running anyway, see the background figures");
+    started.elapsed()
 }

@@ -130,6 +130,8 @@ pub struct Uac {
     local: SocketAddr,
     server: SocketAddr,
     run: String,
+    /// The number every INVITE calls (the Request-URI user).
+    number: String,
     calls: Mutex<HashMap<String, Entry>>,
     pub counters: Mutex<SipCounters>,
     branch: AtomicU64,
@@ -168,6 +170,11 @@ impl std::fmt::Display for SetupError {
 
 impl Uac {
     pub async fn bind(server: SocketAddr, run: &str) -> std::io::Result<Arc<Uac>> {
+        Self::bind_calling(server, run, "+15550100").await
+    }
+
+    /// A UAC whose calls go to `number` (E.164 as written in the server's config).
+    pub async fn bind_calling(server: SocketAddr, run: &str, number: &str) -> std::io::Result<Arc<Uac>> {
         let sock = UdpSocket::bind("127.0.0.1:0").await?;
         let local = sock.local_addr()?;
         Ok(Arc::new(Uac {
@@ -175,6 +182,7 @@ impl Uac {
             local,
             server,
             run: run.to_owned(),
+            number: number.to_owned(),
             calls: Mutex::new(HashMap::new()),
             counters: Mutex::new(SipCounters::default()),
             branch: AtomicU64::new(1),
@@ -291,7 +299,7 @@ impl Uac {
     ) -> Result<Dialog, SetupError> {
         let server = self.server;
         let user = from_number(idx);
-        let ruri = format!("sip:+15550100@{server}");
+        let ruri = format!("sip:{}@{server}", self.number);
         let from = format!("<sip:{user}@{}>;tag=fvl{idx}", self.local);
         let to = format!("<{ruri}>");
         let sdp = format!(
