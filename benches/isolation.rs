@@ -84,8 +84,6 @@ usage: cargo bench --bench isolation -- [options]
                        agent's receive timestamps
   --quiet-wait S       before each phase wait up to S seconds for the two cores to fall below 25% busy from others'
                        work; the phase runs anyway after that, its background load recorded (default 30)
-  --no-media-section   write no [media] section (a server that does not know it yet); phases b and c then differ
-                       in nothing but N's presence
   --server-bin PATH    benchmark this binary instead of the one cargo built
   --out PATH           JSON report (default <target>/bench/isolation.json)";
 
@@ -155,7 +153,6 @@ struct Args {
     pin: bool,
     nice: i32,
     quiet_wait: f64,
-    media_section: bool,
     server_bin: String,
     out: PathBuf,
 }
@@ -185,7 +182,6 @@ impl Args {
             pin: true,
             nice: 0,
             quiet_wait: 30.0,
-            media_section: true,
             server_bin: env!("CARGO_BIN_EXE_fairvox").to_owned(),
             out: target.join("bench").join("isolation.json"),
         };
@@ -238,7 +234,6 @@ impl Args {
                 "--no-pin" => a.pin = false,
                 "--nice" => a.nice = num(&flag, value(&flag)?)?,
                 "--quiet-wait" => a.quiet_wait = num(&flag, value(&flag)?)?,
-                "--no-media-section" => a.media_section = false,
                 "--server-bin" => a.server_bin = value(&flag)?,
                 "--out" => a.out = PathBuf::from(value(&flag)?),
                 "--smoke" => a.out = target.join("bench").join("isolation-smoke.json"),
@@ -265,7 +260,7 @@ impl Args {
 struct PhaseResult {
     phase: Phase,
     title: &'static str,
-    /// The `[media] scheduler` written into the server's config; `None` with `--no-media-section`.
+    /// The `[media] scheduler` written into the server's config.
     scheduler: Option<&'static str>,
     workers: Option<usize>,
     /// "ok", or why the phase could not run.
@@ -374,7 +369,6 @@ fn main() {
     let smoke = raw.is_empty();
     let raw = if smoke {
         println!("isolation: no arguments (cargo test?): smoke run; `cargo bench --bench isolation` to measure");
-        // TODO(media): drop --no-media-section once the server reads [media].
         [
             "--q-calls",
             "3",
@@ -388,7 +382,6 @@ fn main() {
             "0.5",
             "--quiet-wait",
             "0",
-            "--no-media-section",
             "--smoke",
         ]
         .map(String::from)
@@ -450,14 +443,8 @@ fn main() {
     );
     println!(
         "isolation: Q {} calls x 1 packet/20 ms | N tries {} calls (quota {}), {} packets/20 ms each, agent read delay \
-         {} ms, weight {} | [media] {}",
-        args.q_calls,
-        args.n_calls,
-        args.n_quota,
-        args.n_flood,
-        args.n_agent_delay_ms,
-        args.n_weight,
-        if args.media_section { format!("workers = {}", args.workers) } else { "not written".to_owned() },
+         {} ms, weight {} | [media] workers = {}",
+        args.q_calls, args.n_calls, args.n_quota, args.n_flood, args.n_agent_delay_ms, args.n_weight, args.workers,
     );
     let mut phases = Vec::new();
     for &phase in &args.phases {
@@ -688,8 +675,8 @@ async fn run_phase(args: &Args, phase: Phase, pin: bool, out_dir: &Path) -> Phas
     let mut r = PhaseResult {
         phase,
         title: phase.title(),
-        scheduler: args.media_section.then_some(phase.scheduler()),
-        workers: args.media_section.then_some(args.workers),
+        scheduler: Some(phase.scheduler()),
+        workers: Some(args.workers),
         status: "ok".to_owned(),
         measured_s: 0.0,
         q: tenant_result("q", args.q_calls, args.q_calls, 1, 0),
@@ -775,12 +762,7 @@ async fn run_phase(args: &Args, phase: Phase, pin: bool, out_dir: &Path) -> Phas
         Err(e) => {
             r.server.exit = srv.stop(Duration::from_secs(5));
             scan_log(&mut r.server);
-            let hint = if args.media_section && log_mentions(&r.server.log, "media") {
-                " (the server's log mentions [media]: a server that does not read it yet needs --no-media-section)"
-            } else {
-                ""
-            };
-            return fail(r, format!("{e}{hint}; see {}", log.display()));
+            return fail(r, format!("{e}; see {}", log.display()));
         }
     }
     let idle_ticks = server::core_ticks();
@@ -993,11 +975,7 @@ fn write_config(
     q_agent: SocketAddr,
     n_agent: SocketAddr,
 ) -> std::io::Result<PathBuf> {
-    let media = if args.media_section {
-        format!("[media]\nworkers = {}\nscheduler = \"{}\"\n\n", args.workers, phase.scheduler())
-    } else {
-        String::new()
-    };
+    let media = format!("[media]\nworkers = {}\nscheduler = \"{}\"\n\n", args.workers, phase.scheduler());
     let tenant = |id: &str, plan: &str, agent: SocketAddr, number: &str| {
         format!(
             "[[tenants]]\nid = \"{id}\"\nplan = \"{plan}\"\n\n[[tenants.apps]]\nname = \"agent\"\nkind = \"stream\"\n\
@@ -1044,10 +1022,6 @@ fn scan_log(s: &mut ServerFigures) {
         s.log_panics = text.lines().filter(|l| l.contains("panicked")).count();
         s.log_errors = text.lines().filter(|l| l.contains("\"level\":\"ERROR\"") || l.contains(" ERROR ")).count();
     }
-}
-
-fn log_mentions(log: &str, word: &str) -> bool {
-    std::fs::read_to_string(log).is_ok_and(|t| t.contains(word))
 }
 
 // ---- targets ----
