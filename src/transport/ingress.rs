@@ -16,10 +16,7 @@
 //!   tenant's `max_frame_queue_ms` when a worker reads it is dropped and counted as `deadline`: the time it spent
 //!   in the socket while its tenant's turns queued is the tenant's own backlog, and forwarding it would only make
 //!   the agent's audio later. The same receive time is each frame's ingress instant for latency figures.
-//! * **Policing** runs right after the read, before parsing beyond the header, framing or any hand-off. A call
-//!   that went over its rate in a turn then *rests* for one frame before it asks for another, so a flood is read
-//!   in batches, one turn and one wake-up of its task per 20 ms, instead of costing wake-ups per packet on the
-//!   shared runtime; the excess ages in the flooder's own socket and is dropped as `policed` or `deadline`.
+//! * **Policing** runs right after the read, before parsing beyond the header, framing or any hand-off.
 //! * **Bounds**: a tenant's queue holds one turn per call, sized from its plan's concurrency; a refused turn (the
 //!   pool shut down, say) makes the call drain its socket itself and count those packets as `queue_full`.
 //! * **No allocation** per packet or turn: a turn is an `Arc` clone, buffers live on the worker's stack, and the
@@ -27,7 +24,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -50,12 +47,9 @@ use crate::stream::provider::ToAgent;
 use crate::tenant::{Codec, TenantId};
 use crate::transport::media::MediaCounters;
 
-/// Most packets one turn reads: a turn is the unit the fair queue charges (cost 1), so it is kept short. Eight
-/// covers a 10 ms packetization with slack, and lets a call that rests after going over its rate (see
-/// [`TurnState::Resting`]) read what queued meanwhile; a call with more queued gets another turn at once.
-pub const TURN_PACKETS: usize = 8;
-/// How long a call that went over its negotiated rate waits before its next turn: one frame.
-const REST: Duration = Duration::from_millis(20);
+/// Most packets one turn reads: a turn is the unit the fair queue charges (cost 1), so it is kept short. Four
+/// covers a 10 ms packetization with a frame of slack; a call with more queued gets another turn at once.
+pub const TURN_PACKETS: usize = 4;
 /// A latched source silent this long may be replaced by a new one (the carrier moved media).
 const RELATCH_AFTER: Duration = Duration::from_secs(2);
 /// Gap filled with silence by the re-framer before it resynchronises: 200 ms.
@@ -207,8 +201,6 @@ pub enum TurnState {
     Idle,
     /// For the worker to finish the turn it queued.
     Queued,
-    /// Over its rate in the last turn: waits until then before watching the socket again.
-    Resting(tokio::time::Instant),
 }
 
 /// One call's inbound media: shared by its task (which queues turns, and reads the latch and statistics for
@@ -224,8 +216,6 @@ pub struct CallIngress {
     metrics: TenantMetrics,
     max_age: Duration,
     turns: Arc<TurnCounts>,
-    /// Set by a turn that policed a packet; read by the call's task when the turn is over.
-    over_rate: AtomicBool,
 }
 
 impl CallIngress {
@@ -256,7 +246,6 @@ impl CallIngress {
             metrics,
             max_age,
             turns,
-            over_rate: AtomicBool::new(false),
         })
     }
 
@@ -277,14 +266,6 @@ impl CallIngress {
             }
             TurnState::Queued => {
                 self.turn_over.notified().await;
-                if self.over_rate.swap(false, Ordering::AcqRel) {
-                    TurnState::Resting(tokio::time::Instant::now() + REST)
-                } else {
-                    TurnState::Idle
-                }
-            }
-            TurnState::Resting(until) => {
-                tokio::time::sleep_until(until).await;
                 TurnState::Idle
             }
         }
@@ -304,7 +285,6 @@ impl CallIngress {
     fn serve(&self) {
         let mut buf = [0u8; 2048];
         let mut state = self.state.lock();
-        let policed_before = state.policer.policed();
         for _ in 0..TURN_PACKETS {
             let read = self.socket.try_io(Interest::READABLE, || recv_stamped(&self.socket, &mut buf));
             let Ok((n, from, age)) = read else { break };
@@ -316,9 +296,6 @@ impl CallIngress {
             }
             let received = now.checked_sub(age).unwrap_or(now);
             state.on_rtp(&buf[..n], from, received, now, &self.provider_tx, &self.counters, &self.metrics);
-        }
-        if state.policer.policed() > policed_before {
-            self.over_rate.store(true, Ordering::Release);
         }
     }
 

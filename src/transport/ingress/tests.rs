@@ -142,40 +142,24 @@ async fn packets_older_than_the_deadline_by_kernel_time_are_dropped_as_deadline(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_is_policed_on_the_worker_in_batches_and_counted_for_its_tenant() {
+async fn a_flood_is_policed_on_the_worker_and_counted_for_its_tenant() {
     let mut rig = rig(SchedulerKind::Fair, Duration::from_millis(500)).await;
     let task = rig.drive();
-    let start = Instant::now();
-    // 200 packets of 20 ms at once: the policer's burst (240 ms) passes 12, then one per 20 ms of refill.
+    // 200 packets of 20 ms at once: the policer's burst (240 ms) passes about 12, the rest are policed.
     for seq in 0..200u16 {
         rig.send(seq, 3);
     }
-    let mut forwarded = 0u64;
-    let accounted = |rig: &Rig, forwarded: u64| {
-        let c = &rig.counters;
-        c.policed.load(Ordering::Relaxed) + c.dropped_deadline.load(Ordering::Relaxed) + forwarded
-    };
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while accounted(&rig, forwarded) < 200 && Instant::now() < deadline {
-        // The re-framer fills the gaps policing leaves with silence (0xFF): count only the caller's audio.
-        while let Ok(ToAgent::Media(f)) = rig.rx.try_recv() {
-            forwarded += u64::from(f.payload[0] == 3);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let elapsed = start.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     task.abort();
     let policed = rig.counters.policed.load(Ordering::Relaxed);
-    assert_eq!(accounted(&rig, forwarded), 200, "every packet forwarded, policed or too old");
-    let allowed = 12 + 50 * elapsed.as_millis() as u64 / 1000 + 1;
-    assert!(forwarded <= allowed, "{forwarded} forwarded in {elapsed:?}, the rate allows {allowed}");
-    assert!(policed >= 100, "{policed} policed");
+    let mut forwarded = 0;
+    while let Ok(ToAgent::Media(_)) = rig.rx.try_recv() {
+        forwarded += 1;
+    }
+    assert_eq!(policed + forwarded, 200, "{policed} policed, {forwarded} forwarded");
+    assert!(policed >= 150, "{policed} policed");
     let text = rig.metrics.encode();
     assert_eq!(sample(&text, "fairvox_frames_dropped_total{tenant=\"acme\",reason=\"policed\"}"), policed as f64);
-    // Over its rate, the call rests a frame between turns and reads the flood in batches: far fewer turns than
-    // packets (one per packet would be 200).
-    let turns = sample(&text, "fairvox_sched_wait_seconds_count{tenant=\"acme\"}");
-    assert!(turns <= 60.0, "{turns} turns for 200 packets");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
