@@ -83,6 +83,18 @@ fn prometheus_sees_each_tenants_calls_and_evaluates_the_rules() {
         has_every_tenant(r, |v| v == 1.0)
     });
     assert_eq!(by_tenant(&calls), BTreeMap::from([("tenant-a".into(), 1.0), ("tenant-b".into(), 1.0)]), "{calls:?}");
+    // The frame path, per tenant: 3.76 s of RTP each way is 188 frames; RTP quality reported at the call's end.
+    let frames = prometheus.query_until(
+        "sum by (tenant) (fairvox_frames_total{direction=\"inbound\"})",
+        Duration::from_secs(20),
+        |r| has_every_tenant(r, |v| v >= 150.0),
+    );
+    assert!(has_every_tenant(&frames, |v| (150.0..=200.0).contains(&v)), "{frames:?}");
+    let jitter =
+        prometheus.query_until("sum by (tenant) (fairvox_rtp_jitter_seconds_count)", Duration::from_secs(20), |r| {
+            has_every_tenant(r, |v| v >= 1.0)
+        });
+    assert!(has_every_tenant(&jitter, |v| v >= 1.0), "{jitter:?}");
     let billable = prometheus.query("sum by (tenant) (fairvox_billable_seconds_total)");
     assert!(has_every_tenant(&billable, |v| v >= 4.0), "calls of ~8 s each: {billable:?}");
 

@@ -185,6 +185,7 @@ pub async fn run_call(
     media.stop_provider().await;
     {
         let ingress = media.ingress.state.lock();
+        CallMedia::report_quality(&media.metrics, &mut media.lost_reported, &ingress.stats);
         record.packets_in = ingress.stats.received();
         record.packets_lost = ingress.stats.lost().max(0) as u64;
         record.dtmf_count = ingress.dtmf_count;
@@ -441,6 +442,18 @@ impl CallMedia {
         }
     }
 
+    /// Per-tenant loss (new since the last report) and jitter: at each RTCP interval and once at the end.
+    fn report_quality(metrics: &TenantMetrics, lost_reported: &mut i64, stats: &rtp::ReceiveStats) {
+        let lost = stats.lost().max(0);
+        if lost > *lost_reported {
+            metrics.rtp_packets_lost((lost - *lost_reported) as u64);
+            *lost_reported = lost;
+        }
+        if stats.ssrc().is_some() {
+            metrics.rtp_jitter(Duration::from_secs_f64(f64::from(stats.jitter()) / 8000.0));
+        }
+    }
+
     async fn send_rtcp(&mut self, socket: &UdpSocket, cname: &str) {
         let latched = self.ingress.state.lock().latched;
         let dest = self
@@ -457,15 +470,7 @@ impl CallMedia {
         let block = {
             let mut ingress = self.ingress.state.lock();
             let stats = &mut ingress.stats;
-            // Per-tenant loss and jitter, once per report interval.
-            let lost = stats.lost().max(0);
-            if lost > self.lost_reported {
-                self.metrics.rtp_packets_lost((lost - self.lost_reported) as u64);
-                self.lost_reported = lost;
-            }
-            if stats.ssrc().is_some() {
-                self.metrics.rtp_jitter(Duration::from_secs_f64(f64::from(stats.jitter()) / 8000.0));
-            }
+            Self::report_quality(&self.metrics, &mut self.lost_reported, stats);
             stats.ssrc().map(|_| stats.take_report_block_at(now))
         };
         let mut buf = [0u8; 256];
