@@ -17,6 +17,7 @@ use crate::logging::LogConfig;
 use crate::metrics::{MetricsConfig, OTHER, UNATTRIBUTED};
 use crate::sched::plan::{PlanSet, RawPlan, build_plans};
 use crate::sched::wfq::SchedulerKind;
+use crate::store::{AuthHeader, CustomParameters, ResourceName, StreamUrl};
 use crate::tenant::{App, AppKind, Codec, E164, Route, Snapshot, Tenant, TenantId, Trunk};
 
 /// A configuration problem, located by file and key.
@@ -56,7 +57,21 @@ pub struct Config {
     pub log: LogConfig,
     /// How long a drain (SIGTERM) lets active calls go on before it ends them.
     pub drain_grace: Duration,
+    pub api: ApiSettings,
     pub tenants: Vec<TenantConfig>,
+}
+
+/// The control-plane API's settings (`[api]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiSettings {
+    /// A live API key unused for this many days is listed as `stale` (`api.stale_key_days`, 1..=3650).
+    pub stale_key_days: u32,
+}
+
+impl Default for ApiSettings {
+    fn default() -> ApiSettings {
+        ApiSettings { stale_key_days: DEFAULT_STALE_KEY_DAYS }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -221,6 +236,8 @@ struct RawConfig {
     #[serde(default)]
     drain: RawDrain,
     #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
     tenants: Vec<RawTenant>,
 }
 
@@ -228,6 +245,12 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawDrain {
     grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    stale_key_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -319,6 +342,8 @@ pub const DEFAULT_DATA_DIR: &str = "./fairvox-data";
 pub const DEFAULT_DRAIN_GRACE_SECS: u64 = 10;
 /// The plan of a tenant whose configuration names none.
 pub const DEFAULT_PLAN: &str = "pro";
+/// `api.stale_key_days` by default: a key unused for 30 days is flagged stale.
+pub const DEFAULT_STALE_KEY_DAYS: u32 = 30;
 
 impl RawConfig {
     fn embedded_demo() -> RawConfig {
@@ -407,6 +432,10 @@ impl RawConfig {
         if drain_grace > 3600 {
             return Err(invalid("drain.grace_secs", format!("{drain_grace} must be within 0..=3600")));
         }
+        let stale_key_days = self.api.stale_key_days.unwrap_or(DEFAULT_STALE_KEY_DAYS);
+        if !(1..=3650).contains(&stale_key_days) {
+            return Err(invalid("api.stale_key_days", format!("{stale_key_days} must be within 1..=3650")));
+        }
 
         let mut tenants = Vec::with_capacity(self.tenants.len());
         let mut tenant_ids = HashSet::new();
@@ -468,7 +497,16 @@ impl RawConfig {
                 numbers.push((number, n.app.clone()));
             }
             let mut trunks = Vec::with_capacity(t.trunks.len());
+            let mut trunk_names = HashSet::new();
             for (ri, r) in t.trunks.iter().enumerate() {
+                let rkey = format!("{tkey}.trunks[{ri}]");
+                ResourceName::parse(&r.name).map_err(|e| invalid(&format!("{rkey}.name"), e.reason))?;
+                if !trunk_names.insert(r.name.clone()) {
+                    return Err(invalid(&format!("{rkey}.name"), format!("trunk {:?} is declared twice", r.name)));
+                }
+                if r.allowed_sources.len() > 64 {
+                    return Err(invalid(&format!("{rkey}.allowed_sources"), "at most 64 networks".into()));
+                }
                 let mut allowed = Vec::with_capacity(r.allowed_sources.len());
                 for (ci, c) in r.allowed_sources.iter().enumerate() {
                     allowed
@@ -498,6 +536,7 @@ impl RawConfig {
             metrics: self.metrics.clone(),
             log: self.log.clone(),
             drain_grace: Duration::from_secs(drain_grace),
+            api: ApiSettings { stale_key_days },
             tenants,
         })
     }
@@ -517,14 +556,16 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{s:?} is not a CIDR (e.g. 192.0.2.0/24) or an IP address"))
 }
 
+/// Apps are held to the same rules as the store's (`store::model`), so every config tenant can be seeded into it.
 fn validate_app(a: &RawApp, key: &str) -> Result<AppConfig, (String, String)> {
-    if a.name.is_empty() || a.name.len() > 64 {
-        return Err((format!("{key}.name"), "must be 1-64 characters".into()));
-    }
+    ResourceName::parse(&a.name).map_err(|e| (format!("{key}.name"), e.reason))?;
     let kind = match a.kind.as_str() {
         "echo" => {
             if a.stream_url.is_some() {
                 return Err((format!("{key}.stream_url"), "an echo app takes no stream_url".into()));
+            }
+            if a.auth_header.is_some() {
+                return Err((format!("{key}.auth_header"), "an echo app takes no auth_header".into()));
             }
             AppKind::Echo
         }
@@ -532,8 +573,9 @@ fn validate_app(a: &RawApp, key: &str) -> Result<AppConfig, (String, String)> {
             let Some(url) = &a.stream_url else {
                 return Err((format!("{key}.stream_url"), "required for kind = \"stream\"".into()));
             };
-            if !(url.starts_with("ws://") || url.starts_with("wss://")) || url.len() < 8 {
-                return Err((format!("{key}.stream_url"), format!("{url:?} must be a ws:// or wss:// URL")));
+            StreamUrl::parse(url).map_err(|e| (format!("{key}.stream_url"), format!("{url:?} {}", e.reason)))?;
+            if let Some(h) = &a.auth_header {
+                AuthHeader::parse(h).map_err(|e| (format!("{key}.auth_header"), e.reason))?;
             }
             AppKind::Stream { url: url.clone(), auth_header: a.auth_header.clone() }
         }
@@ -573,6 +615,7 @@ fn validate_app(a: &RawApp, key: &str) -> Result<AppConfig, (String, String)> {
         }
         custom_parameters.push((k.clone(), value));
     }
+    CustomParameters::new(custom_parameters.clone()).map_err(|e| (format!("{key}.custom_parameters"), e.reason))?;
     Ok(AppConfig { name: a.name.clone(), kind, codecs, custom_parameters })
 }
 

@@ -572,6 +572,7 @@ mod tests {
             burst: Some(burst),
             monthly_minutes: Some(minutes.map_or(RawMinutes::Unlimited, RawMinutes::Limited)),
             max_frame_queue_ms: None,
+            price_per_minute_cents: None,
         };
         build_plans(&[("t".to_owned(), raw)]).unwrap().get("t").unwrap().clone()
     }

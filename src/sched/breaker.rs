@@ -1,7 +1,7 @@
 //! The per (tenant, app) circuit breaker: stops sending a tenant's calls to its agent after the agent failed several
 //! times in a row, so callers get a fast `503` with a `Retry-After` instead of each waiting out a connect timeout,
 //! and probes the agent with one trial call once the cool-down is over. Owns the breaker state machine
-//! ([`CircuitBreaker`], sans-IO) and a fixed table of breakers per (tenant, app) ([`Breakers`]).
+//! ([`CircuitBreaker`], sans-IO) and a table of breakers per (tenant, app) that only grows ([`Breakers`]).
 //!
 //! # States
 //!
@@ -40,7 +40,7 @@
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::sched::admission::{Refusal, retry_after_secs};
 use crate::tenant::TenantId;
@@ -184,11 +184,14 @@ impl CircuitBreaker {
 }
 
 /// A breaker per (tenant, app), shaped like the routing snapshot: `apps_per_tenant[t]` breakers for `TenantId(t)`,
-/// indexed by the app's position (`Route::app`). Built from `snapshot.tenants().iter().map(|t| t.apps.len())`; a
-/// rebuilt table (config reload) starts closed. Each breaker has its own short lock: tenants never contend.
+/// indexed by the app's position (`Route::app`). Built from `snapshot.tenants().iter().map(|t| t.apps.len())`, and
+/// grown with [`Breakers::ensure`] when a tenant or an app appears (the control plane keeps positions stable: an app
+/// keeps its position for the life of the process). Each breaker has its own short lock: tenants never contend; the
+/// table's read lock is taken for one breaker operation, and its write lock only to grow.
 #[derive(Debug)]
 pub struct Breakers {
-    table: Vec<Box<[Mutex<CircuitBreaker>]>>,
+    config: BreakerConfig,
+    table: RwLock<Vec<Box<[Mutex<CircuitBreaker>]>>>,
 }
 
 impl Breakers {
@@ -197,45 +200,66 @@ impl Breakers {
             .into_iter()
             .map(|apps| (0..apps).map(|_| Mutex::new(CircuitBreaker::new(config))).collect())
             .collect();
-        Breakers { table }
+        Breakers { config, table: RwLock::new(table) }
     }
 
-    fn get(&self, tenant: TenantId, app: usize) -> Option<&Mutex<CircuitBreaker>> {
-        self.table.get(tenant.0 as usize)?.get(app)
+    /// Makes room for `apps` breakers of `tenant` (and for every tenant before it), keeping the state of the
+    /// breakers that exist. Never shrinks.
+    pub fn ensure(&self, tenant: TenantId, apps: usize) {
+        let t = tenant.0 as usize;
+        if self.table.read().get(t).is_some_and(|row| row.len() >= apps) {
+            return;
+        }
+        let mut table = self.table.write();
+        while table.len() <= t {
+            table.push(Box::new([]));
+        }
+        if table[t].len() < apps {
+            let mut row = std::mem::take(&mut table[t]).into_vec();
+            row.extend((row.len()..apps).map(|_| Mutex::new(CircuitBreaker::new(self.config))));
+            table[t] = row.into_boxed_slice();
+        }
+    }
+
+    /// Runs `f` on the (tenant, app)'s breaker; `None` when it has none.
+    fn with<T>(&self, tenant: TenantId, app: usize, f: impl FnOnce(&mut CircuitBreaker) -> T) -> Option<T> {
+        let table = self.table.read();
+        let breaker = table.get(tenant.0 as usize)?.get(app)?;
+        Some(f(&mut breaker.lock()))
     }
 
     /// [`CircuitBreaker::check`]; a (tenant, app) outside the table has no breaker and passes.
     pub fn check(&self, tenant: TenantId, app: usize, now: Instant) -> Result<Pass, Refusal> {
-        self.get(tenant, app).map_or(Ok(Pass::Normal), |b| b.lock().check(now))
+        self.with(tenant, app, |b| b.check(now)).unwrap_or(Ok(Pass::Normal))
     }
 
     pub fn record_success(&self, tenant: TenantId, app: usize, now: Instant) {
-        if let Some(b) = self.get(tenant, app) {
-            b.lock().record_success(now);
-        }
+        self.with(tenant, app, |b| b.record_success(now));
     }
 
     pub fn record_failure(&self, tenant: TenantId, app: usize, now: Instant) {
-        if let Some(b) = self.get(tenant, app) {
-            b.lock().record_failure(now);
-        }
+        self.with(tenant, app, |b| b.record_failure(now));
     }
 
     pub fn cancel_trial(&self, tenant: TenantId, app: usize) {
-        if let Some(b) = self.get(tenant, app) {
-            b.lock().cancel_trial();
-        }
+        self.with(tenant, app, |b| b.cancel_trial());
     }
 
     pub fn is_open(&self, tenant: TenantId, app: usize, now: Instant) -> bool {
-        self.get(tenant, app).is_some_and(|b| b.lock().is_open(now))
+        self.with(tenant, app, |b| b.is_open(now)).unwrap_or(false)
     }
 
     /// Every (tenant, app) with its open flag at `now`, for the gauge.
-    pub fn open_flags(&self, now: Instant) -> impl Iterator<Item = (TenantId, usize, bool)> + '_ {
-        self.table.iter().enumerate().flat_map(move |(t, apps)| {
-            apps.iter().enumerate().map(move |(a, b)| (TenantId(t as u32), a, b.lock().is_open(now)))
-        })
+    pub fn open_flags(&self, now: Instant) -> impl Iterator<Item = (TenantId, usize, bool)> + use<> {
+        let table = self.table.read();
+        let flags: Vec<_> = table
+            .iter()
+            .enumerate()
+            .flat_map(|(t, apps)| {
+                apps.iter().enumerate().map(move |(a, b)| (TenantId(t as u32), a, b.lock().is_open(now)))
+            })
+            .collect();
+        flags.into_iter()
     }
 }
 
@@ -393,6 +417,25 @@ mod tests {
         assert_eq!(set.check(TenantId(0), 1, t0 + secs(30)), Ok(Pass::Trial));
         set.record_success(TenantId(0), 1, t0 + secs(31));
         assert_eq!(set.check(TenantId(0), 1, t0 + secs(31)), Ok(Pass::Normal));
+    }
+
+    #[test]
+    fn breakers_grow_and_keep_their_state() {
+        let t0 = Instant::now();
+        let set = Breakers::new(BreakerConfig::default(), [1]);
+        for _ in 0..5 {
+            set.record_failure(TenantId(0), 0, t0);
+        }
+        set.ensure(TenantId(0), 2);
+        set.ensure(TenantId(2), 1);
+        set.ensure(TenantId(0), 1);
+        assert!(set.is_open(TenantId(0), 0, t0), "growing keeps the open circuit");
+        let flags: Vec<_> = set.open_flags(t0).collect();
+        assert_eq!(flags, vec![(TenantId(0), 0, true), (TenantId(0), 1, false), (TenantId(2), 0, false)]);
+        for _ in 0..5 {
+            set.record_failure(TenantId(2), 0, t0);
+        }
+        assert!(set.is_open(TenantId(2), 0, t0), "a grown breaker works");
     }
 
     #[test]

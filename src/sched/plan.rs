@@ -3,17 +3,20 @@
 //!
 //! A plan owns, for one tenant: its share of media work (`weight`, read by the fair scheduler), how many calls it
 //! may hold at once, how fast new calls may arrive (a token bucket: `calls_per_second` refill, `burst` depth), how
-//! many minutes it may use per month, and how much of its audio may queue before frames are shed.
+//! many minutes it may use per month, how much of its audio may queue before frames are shed, and what a minute
+//! costs on the invoice (`price_per_minute_cents`).
 //!
 //! # Built-in plans
 //!
 //! These exist with no config at all; a config file may override any field of them, or add plans of its own.
 //!
-//! | plan         | weight | max_concurrent_calls | calls_per_second | burst | monthly_minutes | max_frame_queue_ms |
-//! |--------------|-------:|---------------------:|-----------------:|------:|----------------:|-------------------:|
-//! | `free`       |      1 |                    2 |                1 |     2 |             100 |                 40 |
-//! | `pro`        |      4 |                   50 |                5 |    10 |          10 000 |                 40 |
-//! | `enterprise` |     16 |                  500 |               50 |   100 |       unlimited |                 40 |
+//! | plan         | weight | max_concurrent_calls | calls_per_second | burst | monthly_minutes | max_frame_queue_ms | price_per_minute_cents |
+//! |--------------|-------:|---------------------:|-----------------:|------:|----------------:|-------------------:|-----------------------:|
+//! | `free`       |      1 |                    2 |                1 |     2 |             100 |                 40 |                      0 |
+//! | `pro`        |      4 |                   50 |                5 |    10 |          10 000 |                 40 |                      0 |
+//! | `enterprise` |     16 |                  500 |               50 |   100 |       unlimited |                 40 |                      0 |
+//!
+//! Prices default to 0: fairvox does not choose the operator's prices. Set them per plan in config.
 //!
 //! # Fields and their ranges
 //!
@@ -25,6 +28,7 @@
 //! | `burst`                | integer                       | 1..=100 000                    | bucket depth: calls that may arrive back to back |
 //! | `monthly_minutes`      | integer or `"unlimited"`      | 0..=1 000 000 000              | minutes per month; 0 admits no call (every INVITE gets 403) |
 //! | `max_frame_queue_ms`   | integer                       | 5..=1000, default 40           | audio queued per call before the oldest frames are shed |
+//! | `price_per_minute_cents` | integer                     | 0..=1 000 000, default 0       | invoice price of a billable minute, in cents of the operator's currency |
 //!
 //! `calls_per_second` is an `f64` so that slow plans can be written directly (`0.5` = one call every 2 s); it is
 //! turned into a whole number of nanoseconds between tokens ([`Plan::replenish_interval`]).
@@ -35,7 +39,7 @@
 //! [plans.pro]             # override one field of a built-in; the others keep their built-in value
 //! max_concurrent_calls = 80
 //!
-//! [plans.gold]            # a new plan must set every field but max_frame_queue_ms
+//! [plans.gold]            # a new plan must set every field but max_frame_queue_ms and price_per_minute_cents
 //! weight = 8
 //! max_concurrent_calls = 200
 //! calls_per_second = 20
@@ -69,6 +73,7 @@ pub const CALLS_PER_SECOND_RANGE: (f64, f64) = (0.001, 10_000.0);
 pub const BURST_RANGE: (u32, u32) = (1, 100_000);
 pub const MONTHLY_MINUTES_MAX: u64 = 1_000_000_000;
 pub const MAX_FRAME_QUEUE_MS_RANGE: (u32, u32) = (5, 1000);
+pub const PRICE_PER_MINUTE_CENTS_MAX: u32 = 1_000_000;
 
 /// Names of the built-in plans, in the order [`PlanSet::builtin`] lists them.
 pub const BUILTIN_PLANS: [&str; 3] = ["free", "pro", "enterprise"];
@@ -83,6 +88,7 @@ pub struct Plan {
     burst: u32,
     monthly_minutes: Option<u64>,
     max_frame_queue_ms: u32,
+    price_per_minute_cents: u32,
 }
 
 impl Plan {
@@ -121,6 +127,11 @@ impl Plan {
         self.max_frame_queue_ms
     }
 
+    /// What one billable minute costs on an invoice, in cents (0..=1 000 000; default 0).
+    pub fn price_per_minute_cents(&self) -> u32 {
+        self.price_per_minute_cents
+    }
+
     /// Time between two rate tokens: `1 / calls_per_second`, in whole nanoseconds (at least 1).
     pub fn replenish_interval(&self) -> Duration {
         // calls_per_second lies in 0.001..=10_000, so this is 100 µs..=1000 s: no overflow, no zero.
@@ -143,6 +154,7 @@ impl Plan {
             burst,
             monthly_minutes,
             max_frame_queue_ms: DEFAULT_MAX_FRAME_QUEUE_MS,
+            price_per_minute_cents: 0,
         })
     }
 }
@@ -190,6 +202,7 @@ pub struct RawPlan {
     pub burst: Option<u32>,
     pub monthly_minutes: Option<RawMinutes>,
     pub max_frame_queue_ms: Option<u32>,
+    pub price_per_minute_cents: Option<u32>,
 }
 
 /// `monthly_minutes` in config: a whole number of minutes, or the string `"unlimited"`.
@@ -250,7 +263,7 @@ impl PlanError {
 /// Builds the plan set from config's `[plans.NAME]` tables, in file order.
 ///
 /// A name that is a built-in overrides the fields it sets and keeps the others. Any other name adds a plan, which
-/// must set every field except `max_frame_queue_ms` (default 40): in particular `monthly_minutes` is required, so a
+/// must set every field except `max_frame_queue_ms` (default 40) and `price_per_minute_cents` (default 0): in particular `monthly_minutes` is required, so a
 /// forgotten budget is an error rather than an unlimited plan. Names follow the tenant id rule: 1-64 characters of
 /// `a-z`, `0-9`, `-`, `_`. A name may appear once.
 pub fn build_plans(raw: &[(String, RawPlan)]) -> Result<PlanSet, PlanError> {
@@ -298,6 +311,7 @@ fn new_plan(name: &str, r: &RawPlan, key: &str) -> Result<Plan, PlanError> {
             RawMinutes::Unlimited => None,
         },
         max_frame_queue_ms: DEFAULT_MAX_FRAME_QUEUE_MS,
+        price_per_minute_cents: 0,
     };
     merge(&base, r, key)
 }
@@ -316,6 +330,7 @@ fn merge(base: &Plan, r: &RawPlan, key: &str) -> Result<Plan, PlanError> {
             Some(RawMinutes::Unlimited) => None,
         },
         max_frame_queue_ms: r.max_frame_queue_ms.unwrap_or(base.max_frame_queue_ms),
+        price_per_minute_cents: r.price_per_minute_cents.unwrap_or(base.price_per_minute_cents),
     };
     validate(&plan, key)?;
     Ok(plan)
@@ -349,6 +364,7 @@ fn validate(p: &Plan, key: &str) -> Result<(), PlanError> {
         ));
     }
     in_range(p.max_frame_queue_ms, MAX_FRAME_QUEUE_MS_RANGE, key, "max_frame_queue_ms")?;
+    in_range(p.price_per_minute_cents, (0, PRICE_PER_MINUTE_CENTS_MAX), key, "price_per_minute_cents")?;
     Ok(())
 }
 
@@ -384,6 +400,7 @@ mod tests {
             assert_eq!(p.burst(), burst, "{name}");
             assert_eq!(p.monthly_minutes(), minutes, "{name}");
             assert_eq!(p.max_frame_queue_ms(), 40, "{name}");
+            assert_eq!(p.price_per_minute_cents(), 0, "{name}");
             // The built-ins pass the same validation as config plans.
             validate(p, name).unwrap();
         }
@@ -433,7 +450,11 @@ mod tests {
             (gold.weight(), gold.max_concurrent_calls(), gold.calls_per_second(), gold.burst()),
             (8, 200, 20.0, 40)
         );
-        assert_eq!((gold.monthly_minutes(), gold.max_frame_queue_ms()), (None, 40));
+        assert_eq!((gold.monthly_minutes(), gold.max_frame_queue_ms(), gold.price_per_minute_cents()), (None, 40, 0));
+        let priced = build(&[("gold", &format!("{full}\nprice_per_minute_cents = 2"))]).unwrap();
+        assert_eq!(priced.get("gold").unwrap().price_per_minute_cents(), 2);
+        let e = build(&[("pro", "price_per_minute_cents = 1_000_001")]).unwrap_err();
+        assert_eq!(e.key, "plans.pro.price_per_minute_cents");
 
         let e = build(&[("gold", "weight = 8")]).unwrap_err();
         assert_eq!(e.key, "plans.gold.max_concurrent_calls");
