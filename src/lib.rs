@@ -4,6 +4,7 @@
 //! are streamed to the tenant's agent over a WebSocket speaking the Twilio Media Streams protocol, and the agent's
 //! audio is paced back to the caller. See `docs/architecture.md` for the path of a frame and the module map.
 
+pub mod api;
 pub mod call;
 pub mod codec;
 pub mod config;

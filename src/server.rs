@@ -46,6 +46,8 @@ pub enum StartError {
     Tenant { tenant: String, reason: String },
     #[error("cannot start the media workers: {0}")]
     MediaWorkers(#[from] crate::sched::bulkhead::BulkheadError),
+    #[error("control plane: {0}")]
+    ControlPlane(#[from] crate::api::ControlPlaneError),
 }
 
 /// Where the server is in its life, as `GET /readyz` reports it.
@@ -95,6 +97,7 @@ pub struct Running {
     calls: TaskTracker,
     sip_task: tokio::task::JoinHandle<()>,
     http_task: tokio::task::JoinHandle<()>,
+    control: crate::api::ControlPlane,
 }
 
 impl Running {
@@ -126,6 +129,7 @@ impl Running {
             .await;
         }
         sip_task.abort();
+        self.control.shutdown(Duration::from_secs(5)).await;
         self.http_task.abort();
     }
 }
@@ -206,6 +210,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let shutdown = SipShutdown::default();
     let guards = call_guards(&config)?;
     let workers = Arc::new(media_workers(&config)?);
+    let control = crate::api::ControlPlane::start(&config, &snapshot, &guards, &workers)?;
+    let sink = control.call_record_sink(sink);
     tracing::info!(workers = workers.workers(), scheduler = workers.scheduler().label(), "media workers started");
     tokio::spawn(watch_workers(Arc::clone(&workers), Arc::clone(&guards.admission), shutdown.hang_up.clone()));
     let calls = TaskTracker::new();
@@ -220,7 +226,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
-        .with_state(state);
+        .with_state(state)
+        .merge(control.router());
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(http, app).await {
             tracing::error!(error = %e, "HTTP server stopped");
@@ -240,7 +247,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let sip_task = tokio::spawn(driver.run(sockets, shutdown.clone()));
     readiness.set(Phase::Serving);
-    Ok(Running { sip_addr, http_addr, metrics, readiness, shutdown, calls, sip_task, http_task })
+    Ok(Running { sip_addr, http_addr, metrics, readiness, shutdown, calls, sip_task, http_task, control })
 }
 
 /// Once a second, tells admission which tenants the media workers are persistently behind for, and whether they are

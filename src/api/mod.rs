@@ -1,0 +1,278 @@
+//! The control plane's HTTP API (JSON under `/v1`, described by `GET /openapi.json`) and its wiring into the media
+//! core: the store opened under the data dir, config tenants seeded into it, the routing snapshot refreshed from it,
+//! and call records written to it. `docs/api.md` is the user's guide.
+//!
+//! Owns: authentication (the operator token, tenant API keys), the mapping of store errors to HTTP, the route table
+//! and the OpenAPI document that must match it. Must not: read a tenant's rows without a `TenantScope` (every
+//! tenant route goes through [`extract::ReadScope`] or [`extract::WriteScope`]), or log a secret.
+//!
+//! # Routes
+//!
+//! Everything a tenant owns lives under `/v1/tenants/{tenant_id}/...` (the operator for any tenant, a key for its
+//! own: any other id is `404`, like one that does not exist). The same routes are also mounted under `/v1/...`
+//! for a key's own tenant (`GET /v1/calls` is `GET /v1/tenants/{own id}/calls`). The table is built once, by
+//! [`router`], which also records every (method, path) for the test that holds it equal to the document.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+mod openapi;
+mod reports;
+mod resources;
+pub mod routing;
+mod seed;
+pub mod sink;
+mod tenants;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::MethodRouter;
+
+use crate::call::record::CallRecordSink;
+use crate::call::uas::CallGuards;
+use crate::config::Config;
+use crate::sched::plan::PlanSet;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{OperatorToken, Store, StoreError};
+use crate::tenant::Snapshot;
+use crate::transport::ingress::MediaWorkers;
+
+pub use openapi::document;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<StateInner>,
+}
+
+struct StateInner {
+    store: Arc<dyn Store>,
+    operator: OperatorToken,
+    plans: PlanSet,
+    stale_key_days: u32,
+    routing: routing::Nudge,
+}
+
+impl ApiState {
+    /// `routing` is nudged after every successful write, so the snapshot refresh runs at once instead of at its
+    /// next poll.
+    pub fn new(
+        store: Arc<dyn Store>,
+        operator: OperatorToken,
+        plans: PlanSet,
+        stale_key_days: u32,
+        routing: routing::Nudge,
+    ) -> ApiState {
+        ApiState { inner: Arc::new(StateInner { store, operator, plans, stale_key_days, routing }) }
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.inner.store)
+    }
+
+    pub(crate) fn operator_token(&self) -> &OperatorToken {
+        &self.inner.operator
+    }
+
+    pub(crate) fn plans(&self) -> &PlanSet {
+        &self.inner.plans
+    }
+
+    pub(crate) fn stale_key_days(&self) -> u32 {
+        self.inner.stale_key_days
+    }
+
+    /// Tells the routing refresh that something it reads may have changed.
+    pub(crate) fn routing_changed(&self) {
+        self.inner.routing.nudge();
+    }
+}
+
+/// The API router: `/v1/...` and `/openapi.json`, with request ids, spans, a body limit and JSON errors for
+/// unknown paths and methods under `/v1`.
+pub fn router(state: ApiState) -> Router {
+    build().router.with_state(state)
+}
+
+/// Every (method, path) the router serves, in the order they are added.
+pub fn routes() -> Vec<(Method, String)> {
+    build().routes
+}
+
+/// Where a tenant route is mounted: the canonical form and the key's own-tenant short form.
+const TENANT_PREFIXES: [&str; 2] = ["/tenants/{tenant_id}", ""];
+
+struct Built {
+    router: Router<ApiState>,
+    routes: Vec<(Method, String)>,
+}
+
+fn build() -> Built {
+    use reports as r;
+    use resources as res;
+    use tenants as t;
+    let mut v1 = Table::default()
+        .add(Method::POST, "/tenants", t::create)
+        .add(Method::GET, "/tenants", t::list)
+        .add(Method::GET, "/tenants/{tenant_id}", t::get)
+        .add(Method::PATCH, "/tenants/{tenant_id}", t::update);
+    for prefix in TENANT_PREFIXES {
+        v1 = v1
+            .add(Method::POST, &format!("{prefix}/apps"), res::create_app)
+            .add(Method::GET, &format!("{prefix}/apps"), res::list_apps)
+            .add(Method::GET, &format!("{prefix}/apps/{{app_id}}"), res::get_app)
+            .add(Method::PATCH, &format!("{prefix}/apps/{{app_id}}"), res::update_app)
+            .add(Method::DELETE, &format!("{prefix}/apps/{{app_id}}"), res::delete_app)
+            .add(Method::POST, &format!("{prefix}/numbers"), res::claim_number)
+            .add(Method::GET, &format!("{prefix}/numbers"), res::list_numbers)
+            .add(Method::GET, &format!("{prefix}/numbers/{{number}}"), res::get_number)
+            .add(Method::PATCH, &format!("{prefix}/numbers/{{number}}"), res::assign_number)
+            .add(Method::DELETE, &format!("{prefix}/numbers/{{number}}"), res::release_number)
+            .add(Method::GET, &format!("{prefix}/number-releases"), res::list_releases)
+            .add(Method::POST, &format!("{prefix}/trunks"), res::create_trunk)
+            .add(Method::GET, &format!("{prefix}/trunks"), res::list_trunks)
+            .add(Method::GET, &format!("{prefix}/trunks/{{trunk_id}}"), res::get_trunk)
+            .add(Method::PATCH, &format!("{prefix}/trunks/{{trunk_id}}"), res::update_trunk)
+            .add(Method::DELETE, &format!("{prefix}/trunks/{{trunk_id}}"), res::delete_trunk)
+            .add(Method::POST, &format!("{prefix}/keys"), res::create_key)
+            .add(Method::GET, &format!("{prefix}/keys"), res::list_keys)
+            .add(Method::GET, &format!("{prefix}/keys/{{prefix}}"), res::get_key)
+            .add(Method::DELETE, &format!("{prefix}/keys/{{prefix}}"), res::revoke_key)
+            .add(Method::GET, &format!("{prefix}/calls"), r::list_calls)
+            .add(Method::GET, &format!("{prefix}/calls/{{call_sid}}"), r::get_call)
+            .add(Method::GET, &format!("{prefix}/usage"), r::usage)
+            .add(Method::GET, &format!("{prefix}/invoices"), r::invoice)
+            .add(Method::GET, &format!("{prefix}/audit"), r::list_audit);
+    }
+    let mut routes: Vec<(Method, String)> = v1.routes.into_iter().map(|(m, p)| (m, format!("/v1{p}"))).collect();
+    routes.push((Method::GET, "/openapi.json".to_owned()));
+    let v1 = v1.router.method_not_allowed_fallback(error::method_not_allowed).fallback(error::no_route);
+    let router = Router::new()
+        .nest("/v1", v1)
+        .route("/openapi.json", axum::routing::get(openapi::serve))
+        .layer(axum::middleware::from_fn(extract::request_span))
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES));
+    Built { router, routes }
+}
+
+/// Adds routes to a router and remembers them.
+#[derive(Default)]
+struct Table {
+    router: Router<ApiState>,
+    routes: Vec<(Method, String)>,
+}
+
+impl Table {
+    fn add<H, T>(mut self, method: Method, path: &str, handler: H) -> Table
+    where
+        H: Handler<T, ApiState>,
+        T: 'static,
+    {
+        let method_router: MethodRouter<ApiState> = match method {
+            Method::GET => axum::routing::get(handler),
+            Method::POST => axum::routing::post(handler),
+            Method::PATCH => axum::routing::patch(handler),
+            Method::DELETE => axum::routing::delete(handler),
+            _ => unreachable!("the table only uses GET, POST, PATCH and DELETE"),
+        };
+        self.router = self.router.route(path, method_router);
+        self.routes.push((method, path.to_owned()));
+        self
+    }
+}
+
+// ---- wiring ----
+
+/// Why the control plane did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlPlaneError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("operator token: {0}")]
+    Token(#[from] auth::TokenError),
+    #[error("seeding config tenant {tenant} into the store: {reason}")]
+    Seed { tenant: String, reason: String },
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
+}
+
+/// The started control plane: the store, the API state, the routing refresh and the call record writer.
+pub struct ControlPlane {
+    state: ApiState,
+    refresh: routing::RefreshThread,
+    writer: sink::StoreWriter,
+}
+
+impl ControlPlane {
+    /// Opens the store in `config.data_dir`, seeds the config's tenants into it (see `docs/store.md`, "Config and
+    /// store"), builds the routing snapshot from it and swaps it into `snapshot`, configures admission, media
+    /// workers and breakers for its tenants, and starts the refresh thread and the call record writer. Blocks on
+    /// the store for a moment: call it at start-up, before the SIP driver runs.
+    pub fn start(
+        config: &Config,
+        snapshot: &Arc<ArcSwap<Snapshot>>,
+        guards: &CallGuards,
+        workers: &Arc<MediaWorkers>,
+    ) -> Result<ControlPlane, ControlPlaneError> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir)?);
+        let (operator, source) = auth::operator_token(std::env::var(auth::ADMIN_TOKEN_ENV).ok(), &config.data_dir)?;
+        match &source {
+            auth::TokenSource::Env => tracing::info!("operator token from {}", auth::ADMIN_TOKEN_ENV),
+            auth::TokenSource::File { path, created: true } => {
+                tracing::info!(path = %path.display(), "operator token generated and written (mode 0600)")
+            }
+            auth::TokenSource::File { path, created: false } => {
+                tracing::info!(path = %path.display(), "operator token read")
+            }
+        }
+        seed::seed_config_tenants(store.as_ref(), config)?;
+        let mut sync = routing::RoutingSync::new(
+            Arc::clone(&store),
+            Arc::clone(snapshot),
+            routing::Targets {
+                admission: Arc::clone(&guards.admission),
+                breakers: Arc::clone(&guards.breakers),
+                workers: Arc::clone(workers),
+            },
+            config.plans.clone(),
+            config.tenants.iter().map(|t| t.id.as_str()),
+        );
+        sync.refresh()?;
+        let refresh = routing::RefreshThread::start(sync).map_err(|e| ControlPlaneError::Thread("routing", e))?;
+        let writer = sink::StoreWriter::start(Arc::clone(&store), sink::QUEUE_CAPACITY)
+            .map_err(|e| ControlPlaneError::Thread("call record writer", e))?;
+        let state = ApiState::new(store, operator, config.plans.clone(), config.api.stale_key_days, refresh.nudge());
+        Ok(ControlPlane { state, refresh, writer })
+    }
+
+    /// The API, to merge into the server's router.
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// `next` followed by the store: each record goes to `next` (the log and the JSONL file), then is queued for
+    /// the store's writer thread.
+    pub fn call_record_sink(&self, next: Arc<dyn CallRecordSink>) -> Arc<dyn CallRecordSink> {
+        Arc::new(self.writer.sink(next))
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.state.store()
+    }
+
+    /// Stops the refresh and waits up to `grace` for queued call records to reach the store.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.refresh.stop();
+        self.writer.flush(grace).await;
+    }
+}
