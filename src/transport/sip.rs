@@ -145,11 +145,12 @@ impl SipDriver {
 
         loop {
             let deadline = uas.poll_timeout().map(tokio::time::Instant::from_std);
-            let snapshot = self.snapshot.load();
+            // The snapshot is loaded when an event arrives, not before waiting for one: the control plane swaps it
+            // while this loop waits, and an INVITE must see the routing of its arrival.
             tokio::select! {
                 received = udp.recv_from(&mut buf) => {
                     if let Ok((n, from)) = received {
-                        uas.handle_message(Instant::now(), &buf[..n], Peer { addr: from, transport: Transport::Udp }, &snapshot);
+                        uas.handle_message(Instant::now(), &buf[..n], Peer { addr: from, transport: Transport::Udp }, &self.snapshot.load());
                     }
                 }
                 accepted = tcp.accept(), if !draining => {
@@ -163,11 +164,11 @@ impl SipDriver {
                 }
                 Some(inbound) = tcp_in_rx.recv() => match inbound {
                     TcpInbound::Message { conn, peer, bytes } => {
-                        uas.handle_message(Instant::now(), &bytes, Peer { addr: peer, transport: Transport::Tcp { conn } }, &snapshot);
+                        uas.handle_message(Instant::now(), &bytes, Peer { addr: peer, transport: Transport::Tcp { conn } }, &self.snapshot.load());
                     }
                     TcpInbound::Closed { conn } => {
                         tcp_writers.remove(&conn);
-                        uas.handle_connection_lost(Instant::now(), conn, &snapshot);
+                        uas.handle_connection_lost(Instant::now(), conn, &self.snapshot.load());
                     }
                 },
                 Some(report) = report_rx.recv() => match report {
@@ -188,7 +189,7 @@ impl SipDriver {
                         calls.remove(&call);
                     }
                 },
-                _ = sleep_until(deadline) => uas.handle_timeout(Instant::now(), &snapshot),
+                _ = sleep_until(deadline) => uas.handle_timeout(Instant::now(), &self.snapshot.load()),
                 _ = shutdown.drain.cancelled(), if !draining => {
                     draining = true;
                     uas.start_draining();
