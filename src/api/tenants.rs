@@ -2,14 +2,15 @@
 //! (`GET /v1/tenants/{own id}`); any other tenant id is 404 for it, and the operator-only actions are 403.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::{Body, Caller, Ids, Params};
+use super::extract::{Body, Caller, Ids, Params, path_param};
 use super::reports::page_request;
 use crate::config::DEFAULT_PLAN;
 use crate::store::{self, DisplayName, NewTenant, Operator, PlanName, TenantSlug, TenantStatus, TenantView};
@@ -29,10 +30,37 @@ pub struct UpdateTenant {
     status: Option<String>,
 }
 
-fn operator_only(caller: Caller) -> Result<Operator, ApiError> {
-    match caller {
-        Caller::Operator(op) => Ok(op),
-        Caller::Tenant(_) => Err(ApiError::Forbidden("only the operator may do this")),
+/// The operator, for operator-only routes: a tenant key is 403 (before its body is read).
+pub struct OperatorOnly(Operator);
+
+impl FromRequestParts<ApiState> for OperatorOnly {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<OperatorOnly, ApiError> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Operator(op) => Ok(OperatorOnly(op)),
+            Caller::Tenant(_) => Err(ApiError::Forbidden("only the operator may do this")),
+        }
+    }
+}
+
+/// The operator, on a route that names a tenant: a key is 403 on its own tenant and 404 on any other (exactly as
+/// on a tenant that does not exist), before its body is read.
+pub struct OperatorOn(Operator);
+
+impl FromRequestParts<ApiState> for OperatorOn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<OperatorOn, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let named = path_param(parts, "tenant_id").await?;
+        match caller {
+            Caller::Operator(op) => Ok(OperatorOn(op)),
+            Caller::Tenant(scope) if named.as_deref() == Some(scope.tenant().as_str()) => {
+                Err(ApiError::Forbidden("only the operator may change a tenant"))
+            }
+            Caller::Tenant(_) => Err(ApiError::NotFound("tenant")),
+        }
     }
 }
 
@@ -52,10 +80,9 @@ pub fn tenant_json(t: &TenantView) -> Value {
 
 pub async fn create(
     State(state): State<ApiState>,
-    caller: Caller,
+    OperatorOnly(operator): OperatorOnly,
     Body(body): Body<CreateTenant>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let operator = operator_only(caller)?;
     let new = NewTenant {
         id: TenantSlug::parse(&body.id)?,
         name: DisplayName::parse(&body.name)?,
@@ -66,8 +93,11 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(tenant_json(&view))))
 }
 
-pub async fn list(State(state): State<ApiState>, caller: Caller, mut params: Params) -> Result<Json<Value>, ApiError> {
-    let operator = operator_only(caller)?;
+pub async fn list(
+    State(state): State<ApiState>,
+    OperatorOnly(operator): OperatorOnly,
+    mut params: Params,
+) -> Result<Json<Value>, ApiError> {
     let page = page_request(&mut params)?;
     params.finish()?;
     let page = store::blocking(state.store(), move |s| s.list_tenants(&operator, page)).await?;
@@ -91,18 +121,11 @@ pub async fn get(State(state): State<ApiState>, caller: Caller, ids: Ids) -> Res
 
 pub async fn update(
     State(state): State<ApiState>,
-    caller: Caller,
+    OperatorOn(operator): OperatorOn,
     ids: Ids,
     Body(body): Body<UpdateTenant>,
 ) -> Result<Json<Value>, ApiError> {
     let id = ids.get("tenant_id");
-    let operator = match caller {
-        Caller::Operator(op) => op,
-        Caller::Tenant(scope) if scope.tenant().as_str() == id => {
-            return Err(ApiError::Forbidden("only the operator may change a tenant"));
-        }
-        Caller::Tenant(_) => return Err(ApiError::NotFound("tenant")),
-    };
     let slug = TenantSlug::parse(id).map_err(|_| ApiError::NotFound("tenant"))?;
     let plan = body.plan.as_deref().map(|p| plan(&state, p)).transpose()?;
     let status = match body.status.as_deref() {

@@ -246,6 +246,55 @@ pub fn http_request(
     Some((status, body))
 }
 
+/// An HTTP answer: status, headers (names lowercased) and body.
+#[derive(Clone, Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// One HTTP/1.1 request with `Authorization: Bearer <bearer>` (when given) and a raw body sent with
+/// `content_type` (when given).
+pub fn http_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<(&str, &[u8])>,
+    timeout: Duration,
+) -> Option<HttpReply> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(b) = bearer {
+        req.push_str(&format!("Authorization: Bearer {b}\r\n"));
+    }
+    let payload: &[u8] = match body {
+        Some((content_type, bytes)) => {
+            req.push_str(&format!("Content-Type: {content_type}\r\n"));
+            bytes
+        }
+        None => b"",
+    };
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", payload.len()));
+    s.write_all(req.as_bytes()).ok()?;
+    s.write_all(payload).ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.strip_prefix("HTTP/1.")?.get(2..5)?.parse::<u16>().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Some(HttpReply { status, headers, body: body.to_owned() })
+}
+
 // ================================================================================================ Server
 
 /// Where the fairvox binary is: `FAIRVOX_TEST_BIN` if set, else the one cargo built for these tests.
