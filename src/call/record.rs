@@ -1,8 +1,8 @@
 //! Call records: the facts of one finished call, and the sinks that keep them.
 //!
-//! Every call that reached media setup ends in exactly one record. The server logs it as one structured line and
-//! appends it to `call-records.jsonl` in the data directory; the control plane will persist it through the same
-//! [`CallRecordSink`] trait.
+//! Every call that reached media setup ends in exactly one record. The server logs it as one structured line,
+//! appends it to `call-records.jsonl` in the data directory, and stores it with its usage through the control
+//! plane's sink (`api::sink::StoreSink`), all through the same [`CallRecordSink`] trait.
 
 use std::io::Write;
 use std::path::PathBuf;

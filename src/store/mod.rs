@@ -191,8 +191,6 @@ pub struct Operator {
 impl Operator {
     /// Operator authority for a server component, recorded in the audit log as `system:<component>`. For wiring
     /// (the call record writer, the offboarding job), never for a request: requests prove themselves with a token.
-    // Only the tests call it until the wiring piece does.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn system(component: &'static str) -> Operator {
         Operator { actor: Actor::System(component) }
     }
