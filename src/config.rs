@@ -721,6 +721,23 @@ allowed_sources = ["10.0.0.0/8", "192.0.2.1"]
         Config::from_toml("bad.toml", text).unwrap_err().to_string()
     }
 
+    /// Config apps and trunks obey the store's rules, so that every config tenant can be seeded into the store.
+    #[test]
+    fn apps_and_trunks_follow_the_store_rules() {
+        let app = |fields: &str| err(&format!("[[tenants]]\nid = \"a\"\n[[tenants.apps]]\n{fields}\n"));
+        assert!(app("name = \" x\"\nkind = \"echo\"").starts_with("bad.toml: tenants[0].apps[0].name: "));
+        assert!(app("name = \"x\"\nkind = \"stream\"\nstream_url = \"ws://\"").contains("apps[0].stream_url: "));
+        assert!(app("name = \"x\"\nkind = \"echo\"\nauth_header = \"Bearer t\"").contains("apps[0].auth_header: "));
+        let e = app("name = \"x\"\nkind = \"stream\"\nstream_url = \"ws://h/\"\nauth_header = \"a\\nb\"");
+        assert!(e.contains("apps[0].auth_header: "), "{e}");
+        let e = app("name = \"x\"\nkind = \"echo\"\ncustom_parameters = { \"a b\" = \"1\" }");
+        assert!(e.contains("apps[0].custom_parameters: "), "{e}");
+        let e = err("[[tenants]]\nid = \"a\"\n[[tenants.trunks]]\nname = \"t\"\n[[tenants.trunks]]\nname = \"t\"\n");
+        assert_eq!(e, "bad.toml: tenants[0].trunks[1].name: trunk \"t\" is declared twice");
+        assert_eq!(err("[api]\nstale_key_days = 0\n"), "bad.toml: api.stale_key_days: 0 must be within 1..=3650");
+        assert_eq!(Config::from_toml("t.toml", "").unwrap().api.stale_key_days, 30);
+    }
+
     #[test]
     fn errors_name_file_key_and_reason() {
         assert_eq!(err("[sip]\nlisten = \"nope\"\n"), "bad.toml: sip.listen: \"nope\" is not an IP:port address");

@@ -121,37 +121,37 @@ fn build() -> Built {
     use resources as res;
     use tenants as t;
     let mut v1 = Table::default()
-        .add(Method::POST, "/tenants", t::create)
-        .add(Method::GET, "/tenants", t::list)
-        .add(Method::GET, "/tenants/{tenant_id}", t::get)
-        .add(Method::PATCH, "/tenants/{tenant_id}", t::update);
+        .post("/tenants", t::create)
+        .get("/tenants", t::list)
+        .get("/tenants/{tenant_id}", t::get)
+        .patch("/tenants/{tenant_id}", t::update);
     for prefix in TENANT_PREFIXES {
         v1 = v1
-            .add(Method::POST, &format!("{prefix}/apps"), res::create_app)
-            .add(Method::GET, &format!("{prefix}/apps"), res::list_apps)
-            .add(Method::GET, &format!("{prefix}/apps/{{app_id}}"), res::get_app)
-            .add(Method::PATCH, &format!("{prefix}/apps/{{app_id}}"), res::update_app)
-            .add(Method::DELETE, &format!("{prefix}/apps/{{app_id}}"), res::delete_app)
-            .add(Method::POST, &format!("{prefix}/numbers"), res::claim_number)
-            .add(Method::GET, &format!("{prefix}/numbers"), res::list_numbers)
-            .add(Method::GET, &format!("{prefix}/numbers/{{number}}"), res::get_number)
-            .add(Method::PATCH, &format!("{prefix}/numbers/{{number}}"), res::assign_number)
-            .add(Method::DELETE, &format!("{prefix}/numbers/{{number}}"), res::release_number)
-            .add(Method::GET, &format!("{prefix}/number-releases"), res::list_releases)
-            .add(Method::POST, &format!("{prefix}/trunks"), res::create_trunk)
-            .add(Method::GET, &format!("{prefix}/trunks"), res::list_trunks)
-            .add(Method::GET, &format!("{prefix}/trunks/{{trunk_id}}"), res::get_trunk)
-            .add(Method::PATCH, &format!("{prefix}/trunks/{{trunk_id}}"), res::update_trunk)
-            .add(Method::DELETE, &format!("{prefix}/trunks/{{trunk_id}}"), res::delete_trunk)
-            .add(Method::POST, &format!("{prefix}/keys"), res::create_key)
-            .add(Method::GET, &format!("{prefix}/keys"), res::list_keys)
-            .add(Method::GET, &format!("{prefix}/keys/{{prefix}}"), res::get_key)
-            .add(Method::DELETE, &format!("{prefix}/keys/{{prefix}}"), res::revoke_key)
-            .add(Method::GET, &format!("{prefix}/calls"), r::list_calls)
-            .add(Method::GET, &format!("{prefix}/calls/{{call_sid}}"), r::get_call)
-            .add(Method::GET, &format!("{prefix}/usage"), r::usage)
-            .add(Method::GET, &format!("{prefix}/invoices"), r::invoice)
-            .add(Method::GET, &format!("{prefix}/audit"), r::list_audit);
+            .post(&format!("{prefix}/apps"), res::create_app)
+            .get(&format!("{prefix}/apps"), res::list_apps)
+            .get(&format!("{prefix}/apps/{{app_id}}"), res::get_app)
+            .patch(&format!("{prefix}/apps/{{app_id}}"), res::update_app)
+            .delete(&format!("{prefix}/apps/{{app_id}}"), res::delete_app)
+            .post(&format!("{prefix}/numbers"), res::claim_number)
+            .get(&format!("{prefix}/numbers"), res::list_numbers)
+            .get(&format!("{prefix}/numbers/{{number}}"), res::get_number)
+            .patch(&format!("{prefix}/numbers/{{number}}"), res::assign_number)
+            .delete(&format!("{prefix}/numbers/{{number}}"), res::release_number)
+            .get(&format!("{prefix}/number-releases"), res::list_releases)
+            .post(&format!("{prefix}/trunks"), res::create_trunk)
+            .get(&format!("{prefix}/trunks"), res::list_trunks)
+            .get(&format!("{prefix}/trunks/{{trunk_id}}"), res::get_trunk)
+            .patch(&format!("{prefix}/trunks/{{trunk_id}}"), res::update_trunk)
+            .delete(&format!("{prefix}/trunks/{{trunk_id}}"), res::delete_trunk)
+            .post(&format!("{prefix}/keys"), res::create_key)
+            .get(&format!("{prefix}/keys"), res::list_keys)
+            .get(&format!("{prefix}/keys/{{prefix}}"), res::get_key)
+            .delete(&format!("{prefix}/keys/{{prefix}}"), res::revoke_key)
+            .get(&format!("{prefix}/calls"), r::list_calls)
+            .get(&format!("{prefix}/calls/{{call_sid}}"), r::get_call)
+            .get(&format!("{prefix}/usage"), r::usage)
+            .get(&format!("{prefix}/invoices"), r::invoice)
+            .get(&format!("{prefix}/audit"), r::list_audit);
     }
     let mut routes: Vec<(Method, String)> = v1.routes.into_iter().map(|(m, p)| (m, format!("/v1{p}"))).collect();
     routes.push((Method::GET, "/openapi.json".to_owned()));
@@ -172,18 +172,23 @@ struct Table {
 }
 
 impl Table {
-    fn add<H, T>(mut self, method: Method, path: &str, handler: H) -> Table
-    where
-        H: Handler<T, ApiState>,
-        T: 'static,
-    {
-        let method_router: MethodRouter<ApiState> = match method {
-            Method::GET => axum::routing::get(handler),
-            Method::POST => axum::routing::post(handler),
-            Method::PATCH => axum::routing::patch(handler),
-            Method::DELETE => axum::routing::delete(handler),
-            _ => unreachable!("the table only uses GET, POST, PATCH and DELETE"),
-        };
+    fn get<H: Handler<T, ApiState>, T: 'static>(self, path: &str, handler: H) -> Table {
+        self.push(Method::GET, path, axum::routing::get(handler))
+    }
+
+    fn post<H: Handler<T, ApiState>, T: 'static>(self, path: &str, handler: H) -> Table {
+        self.push(Method::POST, path, axum::routing::post(handler))
+    }
+
+    fn patch<H: Handler<T, ApiState>, T: 'static>(self, path: &str, handler: H) -> Table {
+        self.push(Method::PATCH, path, axum::routing::patch(handler))
+    }
+
+    fn delete<H: Handler<T, ApiState>, T: 'static>(self, path: &str, handler: H) -> Table {
+        self.push(Method::DELETE, path, axum::routing::delete(handler))
+    }
+
+    fn push(mut self, method: Method, path: &str, method_router: MethodRouter<ApiState>) -> Table {
         self.router = self.router.route(path, method_router);
         self.routes.push((method, path.to_owned()));
         self
