@@ -210,7 +210,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let shutdown = SipShutdown::default();
     let guards = call_guards(&config)?;
     let workers = Arc::new(media_workers(&config)?);
-    let control = crate::api::ControlPlane::start(&config, &snapshot, &guards, &workers)?;
+    let control = crate::api::ControlPlane::start(&config, &snapshot, &guards, &workers, &metrics)?;
     let sink = control.call_record_sink(sink);
     tracing::info!(workers = workers.workers(), scheduler = workers.scheduler().label(), "media workers started");
     tokio::spawn(watch_workers(Arc::clone(&workers), Arc::clone(&guards.admission), shutdown.hang_up.clone()));

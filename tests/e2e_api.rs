@@ -185,6 +185,12 @@ fn a_tenant_onboarded_over_http_takes_a_call_within_a_second_and_is_billed_for_i
     let invoice = api.expect(200, "GET", &format!("/v1/invoices?period={month}"), Some(&key), None);
     assert_eq!(invoice["billable_secs"].as_i64(), Some(call_sum));
     assert_eq!(invoice["amount_cents"], 0, "built-in plans are priced 0 until the operator sets a price");
+    // The tenant made over the API has its metrics like a config tenant: its latency budget is set from its plan.
+    let (_, scrape) = server.http_get("/metrics").expect("/metrics");
+    assert!(
+        scrape.lines().any(|l| l.starts_with("fairvox_tenant_latency_budget_seconds{tenant=\"acme\"} 0.04")),
+        "{scrape}"
+    );
     // Bravo was billed nothing.
     let b_usage = api.expect(200, "GET", &format!("/v1/usage?month={month}"), Some(&bravo), None);
     assert_eq!(b_usage["total"]["billable_secs"], 0);

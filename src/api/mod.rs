@@ -40,6 +40,7 @@ use axum::routing::MethodRouter;
 use crate::call::record::CallRecordSink;
 use crate::call::uas::CallGuards;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::sched::plan::PlanSet;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{OperatorToken, Store, StoreError};
@@ -221,13 +222,14 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Opens the store in `config.data_dir`, seeds the config's tenants into it (see `docs/store.md`, "Config and
     /// store"), builds the routing snapshot from it and swaps it into `snapshot`, configures admission, media
-    /// workers and breakers for its tenants, and starts the refresh thread and the call record writer. Blocks on
-    /// the store for a moment: call it at start-up, before the SIP driver runs.
+    /// workers, breakers and latency-budget metrics for its tenants, and starts the refresh thread and the call
+    /// record writer. Blocks on the store for a moment: call it at start-up, before the SIP driver runs.
     pub fn start(
         config: &Config,
         snapshot: &Arc<ArcSwap<Snapshot>>,
         guards: &CallGuards,
         workers: &Arc<MediaWorkers>,
+        metrics: &Arc<Metrics>,
     ) -> Result<ControlPlane, ControlPlaneError> {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir)?);
         let (operator, source) = auth::operator_token(std::env::var(auth::ADMIN_TOKEN_ENV).ok(), &config.data_dir)?;
@@ -248,6 +250,7 @@ impl ControlPlane {
                 admission: Arc::clone(&guards.admission),
                 breakers: Arc::clone(&guards.breakers),
                 workers: Arc::clone(workers),
+                metrics: Arc::clone(metrics),
             },
             config.plans.clone(),
             config.tenants.iter().map(|t| t.id.as_str()),

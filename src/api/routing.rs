@@ -1,6 +1,7 @@
 //! Keeps the SIP path's routing snapshot equal to the store: a thread polls `Store::routing_version` every
 //! [`POLL_INTERVAL`] (and at once when the API nudges it after a write), and when the version moved it loads the
-//! routing table, configures admission, media workers and breakers for tenants that are new or changed plan, then
+//! routing table, configures admission, media workers, breakers and the tenant's latency budget metric for tenants
+//! that are new or changed plan, then
 //! swaps the snapshot. A change is live for new calls within a poll interval; no query runs on the INVITE path.
 //!
 //! # Stable ids
@@ -20,6 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::metrics::Metrics;
 use crate::sched::admission::Admission;
 use crate::sched::breaker::Breakers;
 use crate::sched::plan::PlanSet;
@@ -35,6 +37,8 @@ pub struct Targets {
     pub admission: Arc<Admission>,
     pub breakers: Arc<Breakers>,
     pub workers: Arc<MediaWorkers>,
+    /// Its latency budget series (what its p99 alert compares with) and its label.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Rebuilds the snapshot from the store when its routing version moves.
@@ -98,6 +102,8 @@ impl RoutingSync {
         };
         let admission = self.targets.admission.set_tenant(change.id, plan);
         let workers = self.targets.workers.configure_tenant(change.id, plan);
+        let budget = Duration::from_millis(u64::from(plan.max_frame_queue_ms()));
+        self.targets.metrics.tenant(change.id, &change.name).set_latency_budget(budget);
         match (admission, workers) {
             (Ok(()), Ok(())) => {
                 self.ids.configured(change.id, &change.plan);
