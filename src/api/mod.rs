@@ -256,6 +256,7 @@ impl ControlPlane {
             config.tenants.iter().map(|t| t.id.as_str()),
         );
         sync.refresh()?;
+        sync.sync_budgets(crate::store::UtcDay::from_unix_ms(crate::store::Clock::now_ms(&crate::store::SystemClock)))?;
         let refresh = routing::RefreshThread::start(sync).map_err(|e| ControlPlaneError::Thread("routing", e))?;
         let writer = sink::StoreWriter::start(Arc::clone(&store), sink::QUEUE_CAPACITY)
             .map_err(|e| ControlPlaneError::Thread("call record writer", e))?;

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::sched::admission::Admission;
 use crate::sched::breaker::Breakers;
 use crate::sched::plan::PlanSet;
-use crate::store::{AppId, Operator, RoutingTable, Store, StoreError};
+use crate::store::{AppId, Clock, Operator, RoutingTable, Store, StoreError, TenantSlug, UsageQuery, UtcDay};
 use crate::tenant::{App, AppKind, Route, Snapshot, Tenant, TenantId};
 use crate::transport::ingress::MediaWorkers;
 
@@ -50,6 +50,8 @@ pub struct RoutingSync {
     ids: TenantIds,
     operator: Operator,
     version: Option<u64>,
+    /// The month admission's budgets were last set from the store for (`None`: not yet).
+    budget_month: Option<UtcDay>,
 }
 
 impl RoutingSync {
@@ -69,6 +71,7 @@ impl RoutingSync {
             ids: TenantIds::new(config_tenants),
             operator: Operator::system("routing"),
             version: None,
+            budget_month: None,
         }
     }
 
@@ -89,6 +92,30 @@ impl RoutingSync {
         self.snapshot.store(Arc::new(built.snapshot));
         tracing::info!(version = table.version, tenants = table.tenants.len(), "routing snapshot refreshed");
         self.version = Some(table.version);
+        Ok(true)
+    }
+
+    /// Sets every tenant's monthly seconds in admission to its usage in the store for the month of `today`, the
+    /// first time and whenever the month changed since (UTC calendar months, as `docs/billing.md` bills). So a
+    /// restart does not hand a tenant a fresh budget, and the budget rolls over with the month. Whether it ran.
+    pub fn sync_budgets(&mut self, today: UtcDay) -> Result<bool, StoreError> {
+        let month = today.month_start();
+        if self.budget_month == Some(month) {
+            return Ok(false);
+        }
+        let query = UsageQuery { from: month, to: month.next_month_start() };
+        for (id, name) in self.ids.named() {
+            let Ok(slug) = TenantSlug::parse(name) else { continue };
+            let scope = match self.store.operator_scope(&self.operator, &slug) {
+                Ok(scope) => scope,
+                Err(StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let used: i64 = self.store.usage(&scope, query.clone())?.iter().map(|u| u.billable_secs).sum();
+            self.targets.admission.set_used_seconds(id, u64::try_from(used).unwrap_or(0));
+        }
+        tracing::info!(month = %month.month(), "monthly budgets set from the store's usage");
+        self.budget_month = Some(month);
         Ok(true)
     }
 
@@ -154,7 +181,8 @@ impl RefreshThread {
                 if stopped.load(Ordering::Acquire) {
                     return;
                 }
-                match sync.refresh() {
+                let today = UtcDay::from_unix_ms(crate::store::SystemClock.now_ms());
+                match sync.refresh().and_then(|_| sync.sync_budgets(today)) {
                     Ok(_) if failing => {
                         failing = false;
                         tracing::info!("routing refresh works again");
@@ -239,6 +267,11 @@ impl TenantIds {
         self.slots.push(Slot { name: Arc::from(name), plan: Arc::from(plan), apps: Vec::new(), configured: None });
         self.by_name.insert(name.to_owned(), i);
         i
+    }
+
+    /// Every tenant that has an id, with its name.
+    pub fn named(&self) -> impl Iterator<Item = (TenantId, &str)> {
+        self.slots.iter().enumerate().map(|(i, slot)| (TenantId(i as u32), &*slot.name))
     }
 
     /// The id of a tenant, if it has one.
@@ -403,5 +436,78 @@ mod tests {
         let b3 = ids.build(&t3);
         assert_eq!(b3.snapshot.tenants().len(), 3);
         assert_eq!(routed(&b3.snapshot, "+15550300"), None);
+    }
+
+    fn call(tenant: &str, sid: &str, answer_at_ms: u64, secs: u64) -> crate::call::record::CallRecord {
+        crate::call::record::CallRecord {
+            tenant: tenant.into(),
+            call_sid: sid.into(),
+            sip_call_id: format!("{sid}@carrier"),
+            from: "+15559990000".into(),
+            to: "+15551230001".into(),
+            app: "rx".into(),
+            invite_at_ms: answer_at_ms - 500,
+            answer_at_ms: Some(answer_at_ms),
+            end_at_ms: answer_at_ms + secs * 1000,
+            duration_secs: secs,
+            end_reason: crate::call::record::EndReason::CallerBye,
+            codec: "PCMU",
+            packets_in: 1,
+            packets_out: 1,
+            packets_lost: 0,
+            dtmf_count: 0,
+        }
+    }
+
+    #[test]
+    fn monthly_budgets_come_from_the_store_at_start_and_roll_over_with_the_month() {
+        use crate::sched::breaker::{BreakerConfig, Breakers};
+        use crate::sched::wfq::SchedulerKind;
+        use crate::store::sqlite::SqliteStore;
+        use crate::store::{DisplayName, NewTenant, PlanName};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let op = Operator::system("test");
+        for slug in ["acme", "zeta"] {
+            let tenant = NewTenant {
+                id: TenantSlug::parse(slug).unwrap(),
+                name: DisplayName::parse(slug).unwrap(),
+                plan: PlanName::parse("pro").unwrap(),
+            };
+            store.create_tenant(&op, tenant).unwrap();
+        }
+        let acme = store.operator_scope(&op, &TenantSlug::parse("acme").unwrap()).unwrap();
+        let nov_23 = UtcDay::parse("2026-11-23").unwrap();
+        let oct_31 = UtcDay::parse("2026-10-31").unwrap();
+        let dec_01 = UtcDay::parse("2026-12-01").unwrap();
+        store.record_call(&acme, &call("acme", "CA1", nov_23.start_unix_ms() as u64 + 3_600_000, 90)).unwrap();
+        store.record_call(&acme, &call("acme", "CA2", nov_23.start_unix_ms() as u64 + 7_200_000, 31)).unwrap();
+        store.record_call(&acme, &call("acme", "CA3", oct_31.start_unix_ms() as u64 + 3_600_000, 600)).unwrap();
+        store.record_call(&acme, &call("acme", "CA4", dec_01.start_unix_ms() as u64 + 3_600_000, 7)).unwrap();
+
+        let admission = Arc::new(Admission::new(1000));
+        let workers = Arc::new(MediaWorkers::start(1, SchedulerKind::Fair).unwrap());
+        let targets = Targets {
+            admission: Arc::clone(&admission),
+            breakers: Arc::new(Breakers::new(BreakerConfig::default(), [])),
+            workers: Arc::clone(&workers),
+            metrics: Arc::new(Metrics::new(&Default::default())),
+        };
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let mut sync = RoutingSync::new(Arc::clone(&store), snapshot, targets, PlanSet::builtin(), []);
+        assert!(sync.refresh().unwrap());
+        let (a, z) = (sync.ids.id("acme").unwrap(), sync.ids.id("zeta").unwrap());
+        // A restart mid-month: the budget is charged with what the month's calls used, not started afresh.
+        assert!(sync.sync_budgets(nov_23).unwrap());
+        assert_eq!((admission.used_seconds(a), admission.used_seconds(z)), (121, 0));
+        // Live billing adds on top; the same month does not reset it.
+        admission.add_billed_seconds(a, 5);
+        assert!(!sync.sync_budgets(nov_23.next()).unwrap());
+        assert_eq!(admission.used_seconds(a), 126);
+        // The month rolls over: the new month's usage only.
+        assert!(sync.sync_budgets(dec_01).unwrap());
+        assert_eq!((admission.used_seconds(a), admission.used_seconds(z)), (7, 0));
+        workers.shutdown();
     }
 }

@@ -49,8 +49,10 @@
 //! plan's `monthly_minutes * 60`. Calls already up are ended cleanly: the media side reads the remaining seconds (the
 //! return value of `add_billed_seconds`, or [`Admission::remaining_seconds`]) and sends BYE to every active call of
 //! the tenant when it reaches 0. Billing saturates at the limit, so a tenant is never billed past it; the budget is
-//! shared by all of a tenant's calls, so with N calls up it drains N seconds per second. Month rollover is the
-//! caller's: it calls [`Admission::reset_usage`] for each tenant at the start of the billing month. A plan change
+//! shared by all of a tenant's calls, so with N calls up it drains N seconds per second. The month's count is
+//! the caller's: the control plane sets it from the store's usage ([`Admission::set_used_seconds`]) at start, so a
+//! restart hands no tenant a fresh budget, and again when the UTC calendar month rolls over
+//! (`api::routing::RoutingSync::sync_budgets`). A plan change
 //! ([`Admission::set_tenant`] on a configured tenant) keeps the usage, the calls up and the refusal counts.
 //!
 //! # Time
@@ -437,6 +439,14 @@ impl Admission {
     /// Seconds billed this month.
     pub fn used_seconds(&self, tenant: TenantId) -> u64 {
         self.slot(tenant).map_or(0, |s| s.used_secs.load(Ordering::Acquire))
+    }
+
+    /// Sets the seconds billed this month to what the store recorded: at start (so a restart does not hand a tenant
+    /// a fresh budget) and at the month's rollover. Calls still up keep billing on top of it.
+    pub fn set_used_seconds(&self, tenant: TenantId, secs: u64) {
+        if let Some(slot) = self.slot(tenant) {
+            slot.used_secs.store(secs, Ordering::Release);
+        }
     }
 
     /// Month rollover: the caller invokes this for each tenant at the start of its billing month.

@@ -78,6 +78,19 @@ impl UtcDay {
         UtcDay((self.0 + 1).min(Self::MAX))
     }
 
+    /// The first day of this day's calendar month.
+    pub fn month_start(&self) -> UtcDay {
+        let (y, m, _) = civil_from_days(self.0 as i64);
+        UtcDay(days_from_civil(y, m, 1) as i32)
+    }
+
+    /// The first day of the following calendar month (clamped like every day).
+    pub fn next_month_start(&self) -> UtcDay {
+        let (y, m, _) = civil_from_days(self.0 as i64);
+        let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+        UtcDay((days_from_civil(y, m, 1)).clamp(Self::MIN as i64, Self::MAX as i64) as i32)
+    }
+
     /// The month as `YYYY-MM`, for grouping usage by month.
     pub fn month(&self) -> String {
         let (y, m, _) = civil_from_days(self.0 as i64);
@@ -186,5 +199,15 @@ mod tests {
         }
         assert_eq!(UtcDay::parse("2024-05-31").unwrap().month(), "2024-05");
         assert_eq!(UtcDay::parse("2024-12-31").unwrap().next().to_string(), "2025-01-01");
+    }
+
+    #[test]
+    fn month_bounds() {
+        let d = |t: &str| UtcDay::parse(t).unwrap();
+        assert_eq!(d("2024-02-29").month_start(), d("2024-02-01"));
+        assert_eq!(d("2024-02-01").month_start(), d("2024-02-01"));
+        assert_eq!(d("2024-02-29").next_month_start(), d("2024-03-01"));
+        assert_eq!(d("2024-12-31").next_month_start(), d("2025-01-01"));
+        assert_eq!(d("2026-11-23").next_month_start(), d("2026-12-01"));
     }
 }
