@@ -205,6 +205,7 @@ impl Config {
                 apps,
                 trunks: t.trunks.clone(),
                 plan: Arc::from(t.plan.as_str()),
+                suspended: false,
             });
         }
         Snapshot::new(tenants, numbers)

@@ -97,6 +97,8 @@ pub enum Refusal {
     Overload,
     Unsupported,
     NoDialog,
+    /// The number's tenant is suspended or being offboarded.
+    Suspended,
     /// Refused by the tenant's plan (rate, concurrency, budget), the node, or the app's circuit breaker.
     Admission(admission::Refusal),
 }
@@ -113,6 +115,7 @@ impl Refusal {
             Refusal::Overload => (503, "Service Unavailable"),
             Refusal::Unsupported => (405, "Method Not Allowed"),
             Refusal::NoDialog => (481, "Call/Transaction Does Not Exist"),
+            Refusal::Suspended => (403, "Tenant Suspended"),
             Refusal::Admission(r) => r.sip_status(),
         }
     }
@@ -127,6 +130,7 @@ impl Refusal {
             Refusal::Overload => "overload",
             Refusal::Unsupported => "unsupported",
             Refusal::NoDialog => "no_dialog",
+            Refusal::Suspended => "suspended",
             Refusal::Admission(r) => r.label(),
         }
     }
@@ -564,6 +568,10 @@ impl Uas {
             RouteDecision::ForbiddenSource { tenant } => {
                 let id = tenant.id;
                 return self.refuse(now, tx, &req, Refusal::Forbidden, Some(id));
+            }
+            RouteDecision::Suspended { tenant } => {
+                let id = tenant.id;
+                return self.refuse(now, tx, &req, Refusal::Suspended, Some(id));
             }
         };
         let body = req.sdp().unwrap_or_default();
@@ -1119,6 +1127,29 @@ mod tests {
         assert_eq!(h.statuses(), vec![403]);
         h.send_from(&invite("f2", "15550100", &offer("0")), "10.1.2.3:5060");
         assert_eq!(h.statuses(), vec![100]);
+    }
+
+    #[test]
+    fn a_suspended_tenants_number_is_refused_with_403_tenant_suspended() {
+        let mut h = Harness::new();
+        let mut tenants = h.snapshot.tenants().to_vec();
+        tenants[0].suspended = true;
+        let numbers = [(E164::parse("+15550100").unwrap(), crate::tenant::Route { tenant: TenantId(0), app: 0 })];
+        h.snapshot = Snapshot::new(tenants, numbers.into_iter().collect());
+        h.send(&invite("s1", "15550100", &offer("0")));
+        let sent = h.sent();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!(sent[0].0.starts_with("SIP/2.0 403 Tenant Suspended\r\n"), "{}", sent[0].0);
+        let refused: Vec<_> = h
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                UasEvent::Refused { tenant, refusal, new_call, .. } => Some((tenant, refusal, new_call)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refused, vec![(Some(TenantId(0)), Refusal::Suspended, true)], "charged to the tenant");
+        assert_eq!(crate::metrics::RejectReason::from(&Refusal::Suspended).label(), "suspended");
     }
 
     #[test]

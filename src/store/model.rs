@@ -912,13 +912,12 @@ pub struct RoutingTenant {
 }
 
 impl RoutingTable {
-    /// The SIP path's [`Snapshot`]: tenants that take calls (status `active`), numbered in table order. A
-    /// suspended tenant's numbers are left out, so its calls are refused as unknown (404) until the SIP path learns
-    /// a tenant status and answers 403 instead.
+    /// The SIP path's [`Snapshot`]: every tenant of the table, numbered in table order; those that take no calls
+    /// (suspended, offboarding) flagged, so that their calls are refused with 403 `Tenant Suspended`.
     pub fn to_snapshot(&self) -> Snapshot {
         let mut tenants = Vec::new();
         let mut numbers = std::collections::HashMap::new();
-        for t in self.tenants.iter().filter(|t| t.status.takes_calls()) {
+        for t in &self.tenants {
             let id = TenantId(tenants.len() as u32);
             for (number, app) in &t.numbers {
                 numbers.insert(number.clone(), Route { tenant: id, app: *app });
@@ -929,6 +928,7 @@ impl RoutingTable {
                 apps: t.apps.clone(),
                 trunks: t.trunks.clone(),
                 plan: Arc::from(t.plan.as_str()),
+                suspended: !t.status.takes_calls(),
             });
         }
         Snapshot::new(tenants, numbers)

@@ -786,15 +786,25 @@ fn the_routing_table_builds_the_sip_snapshot() {
     assert!(matches!(snapshot.route(&e164("+15550002"), "10.1.1.1".parse().unwrap()), RouteDecision::Accept { .. }));
     assert!(matches!(snapshot.route(&e164("+15550009"), "10.1.1.1".parse().unwrap()), RouteDecision::UnknownNumber));
 
-    // A key does not route; a suspension does, and a suspended tenant's numbers route nowhere.
+    // A key does not route; a suspension does, and a suspended tenant's numbers route to its refusal.
     h.s().create_key(&a, new_key("ci", Access::ReadWrite, None)).unwrap();
     assert_eq!(h.s().routing_version(&h.op).unwrap(), v1);
+    h.s().create_trunk(&a, new_trunk("carrier", &["10.0.0.0/8"])).unwrap();
     h.s().set_tenant_status(&h.op, &slug("alpha"), TenantStatus::Suspended).unwrap();
     let table = h.s().load_routing(&h.op).unwrap();
     assert!(table.version > v1);
     let snapshot = table.to_snapshot();
-    assert_eq!(snapshot.tenants().len(), 1);
-    assert!(matches!(snapshot.route(&e164("+15550001"), "10.1.1.1".parse().unwrap()), RouteDecision::UnknownNumber));
+    assert!(matches!(
+        snapshot.route(&e164("+15550001"), "10.1.1.1".parse().unwrap()),
+        RouteDecision::Suspended { tenant } if &*tenant.name == "alpha"
+    ));
+    assert!(
+        matches!(
+            snapshot.route(&e164("+15550001"), "192.0.2.1".parse().unwrap()),
+            RouteDecision::ForbiddenSource { .. }
+        ),
+        "a source the tenant does not admit is refused as such, learning nothing of the suspension"
+    );
     assert_eq!(table.tenants.iter().find(|t| t.id == slug("alpha")).unwrap().status, TenantStatus::Suspended);
 }
 
