@@ -27,7 +27,7 @@ use crate::tenant::{Snapshot, TenantId};
 use crate::transport::ingress::{BehindTracker, MediaWorkers};
 use crate::transport::media::MediaCounters;
 use crate::transport::rtp_ports::RtpPortPool;
-use crate::transport::sip::{SipDriver, SipShutdown, SipSockets};
+use crate::transport::sip::{SipControl, SipDriver, SipShutdown, SipSockets};
 
 /// How long a drain waits, once its grace is over and the remaining calls are being ended, for their BYEs to be
 /// answered and their records written.
@@ -210,7 +210,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let shutdown = SipShutdown::default();
     let guards = call_guards(&config)?;
     let workers = Arc::new(media_workers(&config)?);
-    let control = crate::api::ControlPlane::start(&config, &snapshot, &guards, &workers, &metrics)?;
+    let (sip_control, sip_commands) = SipControl::channel();
+    let control = crate::api::ControlPlane::start(&config, &snapshot, &guards, &workers, &metrics, sip_control)?;
     let sink = control.call_record_sink(sink);
     tracing::info!(workers = workers.workers(), scheduler = workers.scheduler().label(), "media workers started");
     tokio::spawn(watch_workers(Arc::clone(&workers), Arc::clone(&guards.admission), shutdown.hang_up.clone()));
@@ -244,6 +245,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         guards,
         metrics: metrics.clone(),
         workers,
+        control: sip_commands,
     };
     let sip_task = tokio::spawn(driver.run(sockets, shutdown.clone()));
     readiness.set(Phase::Serving);

@@ -86,6 +86,17 @@ pub enum SipEnd {
     AckTimeout,
 }
 
+/// A BYE written for later: see [`Uas::bye_for_later`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedBye {
+    /// The whole request, top Via carrying `branch`.
+    pub bytes: Vec<u8>,
+    pub branch: String,
+    pub dest: Peer,
+    /// The dialog's Call-ID, for logs.
+    pub sip_call_id: String,
+}
+
 /// Why a request was refused, as a stable label.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -387,6 +398,28 @@ impl Uas {
         }
         let _ = self.tx.respond(now, invite_tx, &response.header("Server", SERVER));
         self.remove_leg(call);
+    }
+
+    /// The BYE that would end an answered call, written now to be sent by a later process if this one dies before
+    /// it ends the call (the offboarding job keeps these for the calls it drains). Built on a copy of the dialog:
+    /// nothing of the call changes, and if this process sends its own BYE, the kept one is never needed. `None`
+    /// for a call not answered yet (a crash leaves its INVITE unanswered, which the caller times out on its own).
+    pub fn bye_for_later(&mut self, call: CallId) -> Option<PreparedBye> {
+        let branch = format!("z9hG4bK{}", self.token());
+        let local = self.config.local;
+        let leg = self.legs.get(&call)?;
+        if matches!(leg.state, LegState::Offered { .. }) {
+            return None;
+        }
+        let mut dialog = leg.dialog.clone();
+        let (request, dest) = dialog.request(Method::Bye, local, &branch);
+        Some(PreparedBye { bytes: request.to_bytes(), branch, dest, sip_call_id: leg.dialog.key.call_id.clone() })
+    }
+
+    /// Sends a BYE written by [`Uas::bye_for_later`] in an earlier process, in a client transaction (retransmitted
+    /// over UDP until answered or timer F). The answer needs nothing: the dialog died with that process.
+    pub fn send_prepared_bye(&mut self, now: Instant, bye: &PreparedBye) {
+        self.tx.send_request_bytes(now, bye.bytes.clone(), Method::Bye, &bye.branch, bye.dest);
     }
 
     /// The media side ended the call: BYE if it was answered, 480 if it was still being set up.
