@@ -142,6 +142,9 @@ fn connect(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Deleted rows are overwritten, not left in free pages: an offboarded tenant's data must not stay readable in
+    // the file (deletes are rare here, so the extra writes cost nothing that matters).
+    conn.pragma_update(None, "secure_delete", true)?;
     if read_only {
         conn.pragma_update(None, "query_only", true)?;
     }
@@ -662,6 +665,81 @@ fn delete_tenant_rows(
     Ok(counts)
 }
 
+impl SqliteStore {
+    /// [`Store::offboard_step_done`] without the WAL checkpoint.
+    fn step_done(
+        &self,
+        operator: &Operator,
+        tenant: &TenantSlug,
+        step: OffboardStep,
+        done: StepDone,
+    ) -> Result<OffboardJob, StoreError> {
+        self.write(|tx, now| {
+            let mut job = load_job(tx, tenant)?.ok_or(StoreError::NotFound(Entity::OffboardJob))?;
+            if job.step != step || step == OffboardStep::Done {
+                return Err(StoreError::Conflict(Conflict::OffboardStep));
+            }
+            let mut detail = done.detail;
+            match step {
+                OffboardStep::Suspend => {
+                    let before = load_tenant(tx, tenant)?;
+                    if before.status != TenantStatus::Offboarding {
+                        tx.execute(
+                            "UPDATE tenants SET status = 'offboarding', updated_at_ms = ?1 WHERE id = ?2",
+                            params![now, tenant.as_str()],
+                        )?;
+                        let change = json!({ "from": before.status.as_str(), "to": "offboarding" });
+                        audit(tx, tenant, operator.actor(), now, AuditAction::TenantStatus, tenant.as_str(), change)?;
+                        bump_routing(tx)?;
+                    }
+                    detail = json!({ "status_before": before.status.as_str() });
+                }
+                OffboardStep::DeleteRows => {
+                    let deleted = delete_tenant_rows(tx, tenant)?;
+                    bump_routing(tx)?;
+                    detail = json!({
+                        "rows_deleted": deleted,
+                        "rows_deleted_total": deleted.values().sum::<u64>(),
+                    });
+                }
+                _ => {}
+            }
+            if step < OffboardStep::DeleteRows {
+                let entry = json!({ "step": step.as_str(), "started_by": job.started_by, "detail": detail });
+                audit(tx, tenant, operator.actor(), now, AuditAction::OffboardStep, step.as_str(), entry)?;
+            }
+            if let Some(record) = job.steps.iter_mut().find(|r| r.name == step) {
+                record.started_at_ms.get_or_insert(now);
+                record.finished_at_ms = Some(now);
+                record.detail = detail;
+            }
+            let next = step.next();
+            let export = done.export.or(job.export);
+            let final_invoice = done.final_invoice.or(job.final_invoice);
+            let certificate = done.certificate.or(job.certificate);
+            let finished_at = (next == OffboardStep::Done).then_some(now);
+            // The BYEs are only needed while the drain runs.
+            let pending_byes = if step == OffboardStep::DrainCalls { None } else { job.pending_byes };
+            tx.prepare_cached(
+                "UPDATE offboard_jobs SET step = ?1, steps = ?2, export = ?3, final_invoice = ?4, certificate = ?5, \
+                 finished_at_ms = ?6, pending_byes = ?7, last_error = NULL, updated_at_ms = ?8 WHERE tenant_id = ?9",
+            )?
+            .execute(params![
+                next.as_str(),
+                json_text(&job.steps)?,
+                export.as_ref().map(json_text).transpose()?,
+                final_invoice.as_ref().map(json_text).transpose()?,
+                certificate.as_ref().map(json_text).transpose()?,
+                finished_at,
+                pending_byes.as_ref().map(json_text).transpose()?,
+                now,
+                tenant.as_str()
+            ])?;
+            load_job(tx, tenant)?.ok_or(StoreError::NotFound(Entity::OffboardJob))
+        })
+    }
+}
+
 // ---- the trait ----
 
 impl Store for SqliteStore {
@@ -982,69 +1060,22 @@ impl Store for SqliteStore {
         step: OffboardStep,
         done: StepDone,
     ) -> Result<OffboardJob, StoreError> {
-        self.write(|tx, now| {
-            let mut job = load_job(tx, tenant)?.ok_or(StoreError::NotFound(Entity::OffboardJob))?;
-            if job.step != step || step == OffboardStep::Done {
-                return Err(StoreError::Conflict(Conflict::OffboardStep));
-            }
-            let mut detail = done.detail;
-            match step {
-                OffboardStep::Suspend => {
-                    let before = load_tenant(tx, tenant)?;
-                    if before.status != TenantStatus::Offboarding {
-                        tx.execute(
-                            "UPDATE tenants SET status = 'offboarding', updated_at_ms = ?1 WHERE id = ?2",
-                            params![now, tenant.as_str()],
-                        )?;
-                        let change = json!({ "from": before.status.as_str(), "to": "offboarding" });
-                        audit(tx, tenant, operator.actor(), now, AuditAction::TenantStatus, tenant.as_str(), change)?;
-                        bump_routing(tx)?;
-                    }
-                    detail = json!({ "status_before": before.status.as_str() });
+        let job = self.step_done(operator, tenant, step, done)?;
+        if step == OffboardStep::DeleteRows {
+            // Deleted content is zeroed in the pages (secure_delete), but older versions of those pages stay in
+            // the WAL until it is checkpointed: fold it into the database and truncate it now.
+            let conn = self.writer.lock();
+            let checkpoint: Result<(i64, i64, i64), _> =
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
+            match checkpoint {
+                Ok((0, _, _)) => {}
+                Ok(_) => {
+                    tracing::warn!(tenant = %tenant, "WAL checkpoint after deletion was blocked by a reader; the next one folds it")
                 }
-                OffboardStep::DeleteRows => {
-                    let deleted = delete_tenant_rows(tx, tenant)?;
-                    bump_routing(tx)?;
-                    detail = json!({
-                        "rows_deleted": deleted,
-                        "rows_deleted_total": deleted.values().sum::<u64>(),
-                    });
-                }
-                _ => {}
+                Err(e) => tracing::warn!(tenant = %tenant, error = %e, "WAL checkpoint after deletion failed"),
             }
-            if step < OffboardStep::DeleteRows {
-                let entry = json!({ "step": step.as_str(), "started_by": job.started_by, "detail": detail });
-                audit(tx, tenant, operator.actor(), now, AuditAction::OffboardStep, step.as_str(), entry)?;
-            }
-            if let Some(record) = job.steps.iter_mut().find(|r| r.name == step) {
-                record.started_at_ms.get_or_insert(now);
-                record.finished_at_ms = Some(now);
-                record.detail = detail;
-            }
-            let next = step.next();
-            let export = done.export.or(job.export);
-            let final_invoice = done.final_invoice.or(job.final_invoice);
-            let certificate = done.certificate.or(job.certificate);
-            let finished_at = (next == OffboardStep::Done).then_some(now);
-            // The BYEs are only needed while the drain runs.
-            let pending_byes = if step == OffboardStep::DrainCalls { None } else { job.pending_byes };
-            tx.prepare_cached(
-                "UPDATE offboard_jobs SET step = ?1, steps = ?2, export = ?3, final_invoice = ?4, certificate = ?5, \
-                 finished_at_ms = ?6, pending_byes = ?7, last_error = NULL, updated_at_ms = ?8 WHERE tenant_id = ?9",
-            )?
-            .execute(params![
-                next.as_str(),
-                json_text(&job.steps)?,
-                export.as_ref().map(json_text).transpose()?,
-                final_invoice.as_ref().map(json_text).transpose()?,
-                certificate.as_ref().map(json_text).transpose()?,
-                finished_at,
-                pending_byes.as_ref().map(json_text).transpose()?,
-                now,
-                tenant.as_str()
-            ])?;
-            load_job(tx, tenant)?.ok_or(StoreError::NotFound(Entity::OffboardJob))
-        })
+        }
+        Ok(job)
     }
 
     fn offboard_step_failed(

@@ -1363,6 +1363,14 @@ fn deletion_leaves_no_row_of_the_tenant_in_any_table_and_the_job_resumes_after_e
             }
         }
     }
+    // Nor in the bytes of the file and its WAL: deleted content is overwritten and the WAL folded in.
+    for file in [h.db_path(), h.db_path().with_extension("db-wal")] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        for secret in ["alpha-agent-secret", "CAalpha"] {
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{} still holds {secret:?}", file.display());
+        }
+    }
     // Bravo's rows are exactly as they were (plus nothing).
     for (table, before) in &bravo_before {
         let now: Vec<String> =
