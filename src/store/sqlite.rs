@@ -679,7 +679,7 @@ impl SqliteStore {
             if job.step != step || step == OffboardStep::Done {
                 return Err(StoreError::Conflict(Conflict::OffboardStep));
             }
-            let mut detail = done.detail;
+            let mut detail = if done.detail.is_null() { json!({}) } else { done.detail };
             match step {
                 OffboardStep::Suspend => {
                     let before = load_tenant(tx, tenant)?;
