@@ -378,4 +378,10 @@ fn the_drain_ends_calls_still_up_after_the_grace_and_bills_them_and_a_patch_susp
     assert_eq!(calls[0]["billable_secs"], invoice["billable_secs"]);
     // Gamma is untouched.
     assert_eq!(api.expect(200, "GET", "/v1/calls", Some(&gamma_key), None)["items"].as_array().unwrap().len(), 1);
+    // Beta's metric series are gone (and stay gone across scrapes); gamma's are there.
+    for _ in 0..2 {
+        let (_, text) = scrape(server.http_addr());
+        assert!(!text.contains("tenant=\"beta\""), "{text}");
+        assert!(text.contains("tenant=\"gamma\""));
+    }
 }
