@@ -189,7 +189,7 @@ const N2: &str = "+15553330002";
 
 #[test]
 fn offboarding_survives_a_kill_during_the_grace_and_finishes_on_restart() {
-    let mut server = Server::start_with("[offboard]\ngrace_secs = 4\n", options());
+    let mut server = Server::start_with("[offboard]\ngrace_secs = 8\n", options());
     let api = Api(server.http_addr());
 
     let (key, app) = tenant(api, "acme", json!({"name": "desk", "kind": "echo"}));
@@ -231,7 +231,7 @@ fn offboarding_survives_a_kill_during_the_grace_and_finishes_on_restart() {
 
     let started = api.expect(202, "POST", "/v1/tenants/acme/offboard", Some(ADMIN), None);
     assert_eq!(started["tenant"], "acme");
-    assert_eq!(started["grace_secs"], 4);
+    assert_eq!(started["grace_secs"], 8);
     let mut drain = Value::Null;
     assert!(
         wait_until(Duration::from_secs(5), || {

@@ -60,7 +60,7 @@ pub trait Store: Send + Sync {
 
     /// `Conflict(TenantExists)` when the id is taken, deleted tenants included (ids are never reused).
     fn create_tenant(&self, operator: &Operator, tenant: NewTenant) -> Result<TenantView, StoreError>;
-    /// Any tenant, deleted ones included.
+    /// Any tenant the store has, whatever its status (an offboarded tenant's rows are gone: `NotFound`).
     fn tenant(&self, operator: &Operator, tenant: &TenantSlug) -> Result<TenantView, StoreError>;
     /// Tenants ordered by id.
     fn list_tenants(&self, operator: &Operator, page: PageRequest) -> Result<Page<TenantView>, StoreError>;

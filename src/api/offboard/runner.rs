@@ -128,8 +128,12 @@ pub enum StepError {
     Store(#[from] StoreError),
     #[error("export: {0}")]
     Bundle(#[from] bundle::BundleError),
+    /// The media core did not do what the step needs (yet).
     #[error("{0}")]
     Media(&'static str),
+    /// Stored data the step cannot use (a broken invariant, logged and retried like any failure).
+    #[error("{0}")]
+    Corrupt(&'static str),
 }
 
 /// What one try at a job's current step came to.
@@ -375,7 +379,8 @@ impl Runner {
             .unwrap_or_else(|| SystemClock.now_ms());
         let day = UtcDay::from_unix_ms(drained_at);
         let period = day.month();
-        let (from, _) = month_bounds("period", &period).map_err(|_| StepError::Media("bad period"))?;
+        let (from, _) =
+            month_bounds("period", &period).map_err(|_| StepError::Corrupt("the drain's day gives no period"))?;
         let to = day.next();
         let rows = self.store.usage(&scope, UsageQuery { from, to })?;
         let price = self.config.plans.get(&tenant.plan).map(|p| p.price_per_minute_cents());
@@ -393,7 +398,8 @@ impl Runner {
     fn release_numbers(&mut self, job: &OffboardJob) -> Result<StepDone, StepError> {
         let scope = self.store.operator_scope(&self.operator, &job.tenant)?;
         for number in self.store.list_numbers(&scope)? {
-            let e164 = crate::tenant::E164::parse(&number.number).map_err(|_| StepError::Media("stored number"))?;
+            let e164 = crate::tenant::E164::parse(&number.number)
+                .map_err(|_| StepError::Corrupt("a stored number does not parse"))?;
             match self.store.release_number(&scope, &e164) {
                 Ok(_) | Err(StoreError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
