@@ -447,6 +447,15 @@ async fn offboarding_is_the_operators_one_job_per_tenant_and_keys_see_nothing_of
         .body(Body::from("now please"))
         .unwrap();
     assert_eq!(api.send(raw).await.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let big = Request::builder()
+        .method("POST")
+        .uri("/v1/tenants/acme/offboard")
+        .header(header::AUTHORIZATION, format!("Bearer {OP}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(vec![b' '; 300 * 1024]))
+        .unwrap();
+    let r = api.send(big).await;
+    assert_eq!((r.status, r.code()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large".into()), "a JSON error");
     assert!(api.store.offboard_job(&op, &TenantSlug::parse("acme").unwrap()).is_err());
     let r = api.call("POST", "/v1/tenants/nobody/offboard", Some(OP), None).await;
     assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found".into()));

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use axum::Json;
 use axum::body::{Body as HttpBody, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -65,8 +66,15 @@ pub async fn start(
     State(state): State<ApiState>,
     OperatorOnTenant(operator, tenant): OperatorOnTenant,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(super::extract::MAX_BODY_BYTES)
+        } else {
+            ApiError::BadRequest { code: "malformed_json", field: None, message: "unreadable body".to_owned() }
+        }
+    })?;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let json = headers
             .get(header::CONTENT_TYPE)
