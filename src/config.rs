@@ -58,6 +58,8 @@ pub struct Config {
     /// How long a drain (SIGTERM) lets active calls go on before it ends them.
     pub drain_grace: Duration,
     pub api: ApiSettings,
+    /// How long an offboarding lets the tenant's active calls go on before it ends them (`offboard.grace_secs`).
+    pub offboard_grace: Duration,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -203,6 +205,7 @@ impl Config {
                 apps,
                 trunks: t.trunks.clone(),
                 plan: Arc::from(t.plan.as_str()),
+                suspended: false,
             });
         }
         Snapshot::new(tenants, numbers)
@@ -238,12 +241,20 @@ struct RawConfig {
     #[serde(default)]
     api: RawApi,
     #[serde(default)]
+    offboard: RawOffboard,
+    #[serde(default)]
     tenants: Vec<RawTenant>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDrain {
+    grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOffboard {
     grace_secs: Option<u64>,
 }
 
@@ -340,6 +351,9 @@ pub const DEFAULT_RTP_PORTS: &str = "20000-29999";
 pub const DEFAULT_DATA_DIR: &str = "./fairvox-data";
 /// Seconds a drain lets active calls go on (`drain.grace_secs`).
 pub const DEFAULT_DRAIN_GRACE_SECS: u64 = 10;
+/// Seconds an offboarding lets the tenant's active calls go on before ending them (`offboard.grace_secs`): long
+/// enough for a caller to finish a sentence and the agent to say goodbye, short enough that the job is not held up.
+pub const DEFAULT_OFFBOARD_GRACE_SECS: u64 = 30;
 /// The plan of a tenant whose configuration names none.
 pub const DEFAULT_PLAN: &str = "pro";
 /// `api.stale_key_days` by default: a key unused for 30 days is flagged stale.
@@ -431,6 +445,10 @@ impl RawConfig {
         let drain_grace = self.drain.grace_secs.unwrap_or(DEFAULT_DRAIN_GRACE_SECS);
         if drain_grace > 3600 {
             return Err(invalid("drain.grace_secs", format!("{drain_grace} must be within 0..=3600")));
+        }
+        let offboard_grace = self.offboard.grace_secs.unwrap_or(DEFAULT_OFFBOARD_GRACE_SECS);
+        if offboard_grace > 86_400 {
+            return Err(invalid("offboard.grace_secs", format!("{offboard_grace} must be within 0..=86400")));
         }
         let stale_key_days = self.api.stale_key_days.unwrap_or(DEFAULT_STALE_KEY_DAYS);
         if !(1..=3650).contains(&stale_key_days) {
@@ -537,6 +555,7 @@ impl RawConfig {
             log: self.log.clone(),
             drain_grace: Duration::from_secs(drain_grace),
             api: ApiSettings { stale_key_days },
+            offboard_grace: Duration::from_secs(offboard_grace),
             tenants,
         })
     }
@@ -736,6 +755,13 @@ allowed_sources = ["10.0.0.0/8", "192.0.2.1"]
         assert_eq!(e, "bad.toml: tenants[0].trunks[1].name: trunk \"t\" is declared twice");
         assert_eq!(err("[api]\nstale_key_days = 0\n"), "bad.toml: api.stale_key_days: 0 must be within 1..=3650");
         assert_eq!(Config::from_toml("t.toml", "").unwrap().api.stale_key_days, 30);
+        assert_eq!(Config::from_toml("t.toml", "").unwrap().offboard_grace, Duration::from_secs(30));
+        assert_eq!(Config::from_toml("t.toml", "[offboard]\ngrace_secs = 0\n").unwrap().offboard_grace, Duration::ZERO);
+        assert_eq!(
+            err("[offboard]\ngrace_secs = 90000\n"),
+            "bad.toml: offboard.grace_secs: 90000 must be within 0..=86400"
+        );
+        assert!(err("[offboard]\ngrace = 3\n").contains("unknown field"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The control plane over real HTTP, against the real binary with its real SQLite file: onboarding a tenant through
 //! the API makes its number routable within a second, the call is recorded and billed, and the adversarial
 //! isolation suite walks every operation of the served OpenAPI document as another tenant (and with dead keys),
-//! expecting refusals and never a byte of the first tenant's data.
+//! expecting refusals and never a byte of the first tenant's data, nor of a third tenant's whose offboarding was
+//! started.
 
 mod common;
 
@@ -368,12 +369,21 @@ struct Probe {
     allowed: &'static [u16],
 }
 
-/// The probes for one documented operation, acting as bravo against alpha. Panics for an operation it does not
-/// know: a new route fails this test until it has a case.
-fn probes(method: &str, doc_path: &str, a: &Seeded, b: &Seeded, n: &mut u32) -> Vec<Probe> {
+/// The probes for one documented operation, acting as bravo against alpha (and charlie, being offboarded). Panics
+/// for an operation it does not know: a new route fails this test until it has a case.
+fn probes(method: &str, doc_path: &str, a: &Seeded, b: &Seeded, c: &Seeded, n: &mut u32) -> Vec<Probe> {
     *n += 1;
     let fresh = format!("+1555999{:04}", *n);
     let probe = |path: String, body: Option<Value>, allowed: &'static [u16]| Probe { path, body, allowed };
+    // The offboarding routes are the operator's: 404 to a key on any tenant, its own included, and on the one
+    // being offboarded (and a key's POST starts nothing: alpha's state is compared at the end).
+    if let Some(rest) = doc_path.strip_prefix("/v1/tenants/{tenant_id}").filter(|r| r.starts_with("/offboard")) {
+        let body = (method == "POST").then(|| json!({}));
+        return [a, b, c]
+            .iter()
+            .map(|t| probe(format!("/v1/tenants/{}{rest}", t.tenant), body.clone(), &[404]))
+            .collect();
+    }
     // Top-level operator routes.
     match (method, doc_path) {
         ("POST", "/v1/tenants") => {
@@ -472,14 +482,25 @@ fn adversarial_isolation_over_every_documented_operation() {
     let api = Api(server.http_addr());
     let a = seed_tenant(api, &server, "alpha-7q", "+15551110001", "+15551110002", "203.0.113.0/24");
     let b = seed_tenant(api, &server, "bravo-3k", "+15552220001", "+15552220002", "198.51.100.0/24");
+    // A third tenant, seeded the same way, whose offboarding is started: its job, export, final invoice and
+    // certificate are probed like everything else, and nothing of it may reach bravo either.
+    let c = seed_tenant(api, &server, "charlie-5x", "+15553330001", "+15553330002", "192.0.2.0/24");
+    api.expect(202, "POST", "/v1/tenants/charlie-5x/offboard", Some(ADMIN), None);
+    let mut offboarded = Value::Null;
+    assert!(wait_until(Duration::from_secs(15), || {
+        offboarded = api.expect(200, "GET", "/v1/tenants/charlie-5x/offboard", Some(ADMIN), None);
+        offboarded["status"] == "finished"
+    }));
     std::thread::sleep(Duration::from_millis(1600)); // alpha's and bravo's expiring keys are expired now
     let before = alpha_state(api);
-    let secrets = a.secrets();
+    let mut secrets = a.secrets();
+    secrets.extend(c.secrets());
+    secrets.push(offboarded["export"]["sha256"].as_str().unwrap().to_owned());
 
     let doc = api.expect(200, "GET", "/openapi.json", None, None);
     let mut operations = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
-        for method in item.as_object().unwrap().keys().filter(|m| *m != "parameters") {
+        for method in item.as_object().unwrap().keys().filter(|m| *m != "parameters" && !m.starts_with("x-")) {
             operations.insert((method.to_uppercase(), path.clone()));
         }
     }
@@ -500,7 +521,7 @@ fn adversarial_isolation_over_every_documented_operation() {
             continue;
         }
         // As bravo, with alpha's ids in the path, the query and the body.
-        for p in probes(method, path, &a, &b, &mut n) {
+        for p in probes(method, path, &a, &b, &c, &mut n) {
             let res = api.call(method, &p.path, Some(&b.key), p.body.as_ref());
             let what =
                 format!("bravo {method} {} {}", p.path, p.body.as_ref().map(|b| b.to_string()).unwrap_or_default());
@@ -508,13 +529,20 @@ fn adversarial_isolation_over_every_documented_operation() {
             leaks(&what, &res);
             checked += 1;
         }
-        // With alpha's revoked and expired keys, a malformed key, bravo's key misspelt, and no key: 401.
+        // With alpha's revoked and expired keys, charlie's keys (revoked by its offboarding), a malformed key,
+        // bravo's key misspelt, and no key: 401.
         let target = with_alpha_ids(path, &a);
         let body = matches!(method.as_str(), "POST" | "PATCH").then(|| json!({"name": "x"}));
         let mangled = format!("{}x", &b.key[..b.key.len() - 1]);
-        for token in
-            [Some(a.revoked_key.as_str()), Some(a.expired_key.as_str()), Some("fvk_malformed"), Some(&mangled), None]
-        {
+        for token in [
+            Some(a.revoked_key.as_str()),
+            Some(a.expired_key.as_str()),
+            Some(c.key.as_str()),
+            Some(c.read_only_key.as_str()),
+            Some("fvk_malformed"),
+            Some(&mangled),
+            None,
+        ] {
             let res = api.call(method, &target, token, body.as_ref());
             let what = format!("{token:?} {method} {target}");
             assert_eq!(res.status, 401, "{what}: {}", res.body);
@@ -529,11 +557,18 @@ fn adversarial_isolation_over_every_documented_operation() {
     assert!(checked > 300, "{checked} requests");
     assert_eq!(alpha_state(api), before, "nothing bravo did changed anything of alpha's");
 
-    // Alpha's read-only key may not write, even its own rows (the operator routes are 403 to any key).
+    // Alpha's read-only key may not write, even its own rows (the operator routes are 403 to any key, but the
+    // offboarding routes, which a key never sees: 404).
     for (method, target, body) in writes {
         let res = api.call(&method, &target, Some(&a.read_only_key), body.as_ref());
-        assert_eq!(res.status, 403, "read-only {method} {target}: {}", res.body);
+        let want = if target.contains("/offboard") { 404 } else { 403 };
+        assert_eq!(res.status, want, "read-only {method} {target}: {}", res.body);
     }
+    // No key started an offboarding of alpha or bravo, and charlie's job is as it was.
+    for t in [&a.tenant, &b.tenant] {
+        assert_eq!(api.call("GET", &format!("/v1/tenants/{t}/offboard"), Some(ADMIN), None).status, 404);
+    }
+    assert_eq!(api.expect(200, "GET", "/v1/tenants/charlie-5x/offboard", Some(ADMIN), None), offboarded);
     // Bravo's own data is intact and its own: the suite's probes did not reach alpha, and alpha's call is alpha's.
     let b_calls = wait_for_calls(api, &b.key, 1);
     assert!(b_calls.iter().all(|c| c["call_sid"] != json!(a.call_sid)));

@@ -77,6 +77,8 @@ fn conflict_code(c: &Conflict) -> &'static str {
         Conflict::NameTaken => "name_taken",
         Conflict::AppInUse => "app_in_use",
         Conflict::CallAlreadyRecorded => "call_already_recorded",
+        Conflict::TenantOffboarding => "tenant_offboarding",
+        Conflict::OffboardStep => "offboard_step",
     }
 }
 

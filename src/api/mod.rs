@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod offboard;
 mod openapi;
 mod reports;
 mod resources;
@@ -46,6 +47,7 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::{OperatorToken, Store, StoreError};
 use crate::tenant::Snapshot;
 use crate::transport::ingress::MediaWorkers;
+use crate::transport::sip::SipControl;
 
 pub use openapi::document;
 
@@ -61,6 +63,7 @@ struct StateInner {
     plans: PlanSet,
     stale_key_days: u32,
     routing: routing::Nudge,
+    offboard: offboard::OffboardSettings,
 }
 
 impl ApiState {
@@ -72,8 +75,9 @@ impl ApiState {
         plans: PlanSet,
         stale_key_days: u32,
         routing: routing::Nudge,
+        offboard: offboard::OffboardSettings,
     ) -> ApiState {
-        ApiState { inner: Arc::new(StateInner { store, operator, plans, stale_key_days, routing }) }
+        ApiState { inner: Arc::new(StateInner { store, operator, plans, stale_key_days, routing, offboard }) }
     }
 
     pub fn store(&self) -> Arc<dyn Store> {
@@ -90,6 +94,10 @@ impl ApiState {
 
     pub(crate) fn stale_key_days(&self) -> u32 {
         self.inner.stale_key_days
+    }
+
+    pub(crate) fn offboard(&self) -> &offboard::OffboardSettings {
+        &self.inner.offboard
     }
 
     /// Tells the routing refresh that something it reads may have changed.
@@ -118,14 +126,21 @@ struct Built {
 }
 
 fn build() -> Built {
+    use offboard as o;
     use reports as r;
     use resources as res;
     use tenants as t;
+    // The offboarding routes are the operator's: mounted in the canonical form only.
     let mut v1 = Table::default()
         .post("/tenants", t::create)
         .get("/tenants", t::list)
         .get("/tenants/{tenant_id}", t::get)
-        .patch("/tenants/{tenant_id}", t::update);
+        .patch("/tenants/{tenant_id}", t::update)
+        .post("/tenants/{tenant_id}/offboard", o::start)
+        .get("/tenants/{tenant_id}/offboard", o::status)
+        .get("/tenants/{tenant_id}/offboard/export", o::export)
+        .get("/tenants/{tenant_id}/offboard/invoice", o::final_invoice)
+        .get("/tenants/{tenant_id}/offboard/certificate", o::certificate);
     for prefix in TENANT_PREFIXES {
         v1 = v1
             .post(&format!("{prefix}/apps"), res::create_app)
@@ -212,24 +227,29 @@ pub enum ControlPlaneError {
     Thread(&'static str, std::io::Error),
 }
 
-/// The started control plane: the store, the API state, the routing refresh and the call record writer.
+/// The started control plane: the store, the API state, the routing refresh, the call record writer and the
+/// offboarding runner.
 pub struct ControlPlane {
     state: ApiState,
     refresh: routing::RefreshThread,
     writer: sink::StoreWriter,
+    runner: offboard::runner::RunnerThread,
 }
 
 impl ControlPlane {
     /// Opens the store in `config.data_dir`, seeds the config's tenants into it (see `docs/store.md`, "Config and
     /// store"), builds the routing snapshot from it and swaps it into `snapshot`, configures admission, media
     /// workers, breakers and latency-budget metrics for its tenants, and starts the refresh thread and the call
-    /// record writer. Blocks on the store for a moment: call it at start-up, before the SIP driver runs.
+    /// record writer, and the offboarding runner (which resumes the jobs an earlier process left unfinished; it
+    /// reaches the SIP driver through `sip`). Blocks on the store for a moment: call it at start-up, before the SIP
+    /// driver runs.
     pub fn start(
         config: &Config,
         snapshot: &Arc<ArcSwap<Snapshot>>,
         guards: &CallGuards,
         workers: &Arc<MediaWorkers>,
         metrics: &Arc<Metrics>,
+        sip: SipControl,
     ) -> Result<ControlPlane, ControlPlaneError> {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir)?);
         let (operator, source) = auth::operator_token(std::env::var(auth::ADMIN_TOKEN_ENV).ok(), &config.data_dir)?;
@@ -260,8 +280,40 @@ impl ControlPlane {
         let refresh = routing::RefreshThread::start(sync).map_err(|e| ControlPlaneError::Thread("routing", e))?;
         let writer = sink::StoreWriter::start(Arc::clone(&store), sink::QUEUE_CAPACITY)
             .map_err(|e| ControlPlaneError::Thread("call record writer", e))?;
-        let state = ApiState::new(store, operator, config.plans.clone(), config.api.stale_key_days, refresh.nudge());
-        Ok(ControlPlane { state, refresh, writer })
+        let media = offboard::runner::LiveMediaCore {
+            snapshot: Arc::clone(snapshot),
+            admission: Arc::clone(&guards.admission),
+            workers: Arc::clone(workers),
+            metrics: Arc::clone(metrics),
+            sip,
+            records: writer.flush_handle(),
+        };
+        let runner = offboard::runner::Runner::new(
+            Arc::clone(&store),
+            Arc::new(media),
+            offboard::runner::RunnerConfig {
+                data_dir: config.data_dir.clone(),
+                plans: config.plans.clone(),
+                stale_key_days: config.api.stale_key_days,
+            },
+            refresh.nudge(),
+        );
+        let runner =
+            offboard::runner::RunnerThread::start(runner).map_err(|e| ControlPlaneError::Thread("offboarding", e))?;
+        let offboarding = offboard::OffboardSettings {
+            grace_secs: config.offboard_grace.as_secs(),
+            data_dir: config.data_dir.clone(),
+            nudge: runner.nudge(),
+        };
+        let state = ApiState::new(
+            store,
+            operator,
+            config.plans.clone(),
+            config.api.stale_key_days,
+            refresh.nudge(),
+            offboarding,
+        );
+        Ok(ControlPlane { state, refresh, writer, runner })
     }
 
     /// The API, to merge into the server's router.
@@ -281,6 +333,8 @@ impl ControlPlane {
 
     /// Stops the refresh and waits up to `grace` for queued call records to reach the store.
     pub async fn shutdown(&self, grace: Duration) {
+        // A job stopped between steps resumes at the next start.
+        self.runner.stop();
         self.refresh.stop();
         self.writer.flush(grace).await;
     }

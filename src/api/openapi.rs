@@ -15,6 +15,8 @@ const SOURCE: &str = include_str!("../../docs/openapi.json");
 /// The canonical prefix of tenant routes.
 const TENANT_PREFIX: &str = "/v1/tenants/{tenant_id}/";
 const TENANT_PARAM_REF: &str = "#/components/parameters/tenant_id";
+/// A path item extension: the route is the operator's and has no own-tenant short form.
+const OPERATOR_ONLY: &str = "x-operator-only";
 
 /// The document as served: the source with the own-tenant short forms added.
 pub fn document() -> Value {
@@ -37,7 +39,9 @@ fn with_short_forms(mut doc: Value) -> Value {
     let Some(paths) = doc.get("paths").and_then(Value::as_object).cloned() else { return doc };
     let mut out = Map::new();
     for (path, item) in paths {
-        if let Some(rest) = path.strip_prefix(TENANT_PREFIX) {
+        // Operator-only routes (offboarding) have no short form: a key never acts on them.
+        let operator_only = item.get(OPERATOR_ONLY).and_then(Value::as_bool) == Some(true);
+        if let Some(rest) = path.strip_prefix(TENANT_PREFIX).filter(|_| !operator_only) {
             let short = format!("/v1/{rest}");
             out.insert(short, short_form(&path, item.clone()));
         }
@@ -126,7 +130,7 @@ mod tests {
                 .map(str::to_owned)
                 .collect();
             for (method, op) in item.as_object().unwrap() {
-                if method == "parameters" {
+                if method == "parameters" || method.starts_with("x-") {
                     continue;
                 }
                 let params = item

@@ -14,7 +14,7 @@ use super::ApiState;
 use super::error::ApiError;
 use super::extract::{Ids, Params, ReadScope};
 use crate::store::{
-    self, AuditQuery, CallQuery, Clock as _, Cursor, PageRequest, SystemClock, UsageQuery, UsageRow, UtcDay,
+    self, AuditQuery, CallQuery, Clock as _, Cursor, PageRequest, SystemClock, TenantView, UsageQuery, UsageRow, UtcDay,
 };
 
 /// `limit` and `cursor` of a listing.
@@ -45,7 +45,7 @@ fn today() -> UtcDay {
 }
 
 /// The first day of `YYYY-MM` and of the month after it.
-fn month_bounds(field: &str, text: &str) -> Result<(UtcDay, UtcDay), ApiError> {
+pub(crate) fn month_bounds(field: &str, text: &str) -> Result<(UtcDay, UtcDay), ApiError> {
     let bad = || ApiError::invalid(field, format!("{text:?} is not a month of the form YYYY-MM"));
     let (y, m) = text.split_once('-').ok_or_else(bad)?;
     if y.len() != 4 || m.len() != 2 {
@@ -160,7 +160,7 @@ pub async fn usage(
 }
 
 /// `day,month,app,number,calls,billable_secs`, one line per usage row (RFC 4180).
-fn usage_csv(rows: &[UsageRow]) -> String {
+pub(crate) fn usage_csv(rows: &[UsageRow]) -> String {
     let mut out = String::from("day,month,app,number,calls,billable_secs\r\n");
     for r in rows {
         out.push_str(&format!(
@@ -178,7 +178,7 @@ fn usage_csv(rows: &[UsageRow]) -> String {
 
 /// A text cell: quoted when it holds a separator, quote or line break; prefixed with `'` when a spreadsheet would
 /// take it for a formula (`=`, `-`, `@`, a tab, or `+` not followed by digits only).
-fn csv_text(text: &str) -> String {
+pub(crate) fn csv_text(text: &str) -> String {
     let formula = match text.chars().next() {
         Some('=' | '-' | '@' | '\t' | '\r') => true,
         Some('+') => !(text.len() > 1 && text[1..].bytes().all(|b| b.is_ascii_digit())),
@@ -209,25 +209,39 @@ pub async fn invoice(
         store::blocking(state.store(), move |s| Ok((s.own_tenant(&scope)?, s.usage(&scope, UsageQuery { from, to })?)))
             .await?;
     let price = state.plans().get(&tenant.plan).map(|p| p.price_per_minute_cents());
-    let total = sums(&rows, |_| ()).remove(&()).unwrap_or_default();
-    let lines: Vec<Value> = sums(&rows, |r| (r.app.clone(), r.number.clone()))
+    let closed = to.start_unix_ms() <= SystemClock.now_ms();
+    let status = if closed { "closed" } else { "open" };
+    Ok(Json(invoice_json(&tenant, price, &period, (from, to), status, &rows)))
+}
+
+/// An invoice: the usage `rows` of `[from, to)` priced at `price_per_minute_cents` (`None`: the plan is gone).
+/// The one shape of `GET /invoices`, of the export bundle's invoices and of the offboarding's final invoice.
+pub(crate) fn invoice_json(
+    tenant: &TenantView,
+    price: Option<u32>,
+    period: &str,
+    (from, to): (UtcDay, UtcDay),
+    status: &str,
+    rows: &[UsageRow],
+) -> Value {
+    let total = sums(rows, |_| ()).remove(&()).unwrap_or_default();
+    let lines: Vec<Value> = sums(rows, |r| (r.app.clone(), r.number.clone()))
         .into_iter()
         .map(|((app, number), s)| json!({ "app": app, "number": number, "calls": s.calls, "billable_secs": s.billable_secs }))
         .collect();
-    let closed = to.start_unix_ms() <= SystemClock.now_ms();
-    Ok(Json(json!({
+    json!({
         "tenant": tenant.id,
         "period": period,
         "from": from,
         "to": to,
-        "status": if closed { "closed" } else { "open" },
+        "status": status,
         "plan": tenant.plan,
         "price_per_minute_cents": price,
         "calls": total.calls,
         "billable_secs": total.billable_secs,
         "amount_cents": price.map(|p| amount_cents(total.billable_secs, p)),
         "lines": lines,
-    })))
+    })
 }
 
 // ---- audit ----

@@ -84,7 +84,7 @@ fn custom_parameters(map: BTreeMap<String, Value>) -> Result<CustomParameters, A
     Ok(CustomParameters::new(pairs)?)
 }
 
-fn app_json(a: &AppView) -> Value {
+pub(crate) fn app_json(a: &AppView) -> Value {
     let params: serde_json::Map<String, Value> =
         a.custom_parameters.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     json!({
@@ -387,7 +387,7 @@ pub fn is_stale(key: &KeyView, now_ms: i64, days: u32) -> bool {
     live && now_ms - last >= i64::from(days) * DAY_MS
 }
 
-fn key_json(k: &KeyView, now_ms: i64, stale_days: u32) -> Value {
+pub(crate) fn key_json(k: &KeyView, now_ms: i64, stale_days: u32) -> Value {
     let status = if k.revoked_at_ms.is_some() {
         "revoked"
     } else if k.expires_at_ms.is_some_and(|at| at <= now_ms) {

@@ -10,8 +10,9 @@
 //! flight hold both. So [`TenantIds`] hands out ids once and never moves them: config tenants get `0..n` in config
 //! order (the ids `server::call_guards` and `server::media_workers` configured), store tenants the next ids as they
 //! appear. Apps keep their position within their tenant for the life of the process; a deleted app's position
-//! keeps a placeholder no number routes to. A tenant that stops taking calls (suspended, deleted) keeps its id and
-//! name, and loses its numbers.
+//! keeps a placeholder no number routes to. A tenant that stops taking calls (suspended, offboarding) keeps its id,
+//! name and numbers, flagged `suspended` (its calls are refused with 403); one whose rows are deleted keeps its id
+//! and name (for its calls in flight) and has no numbers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -292,6 +293,7 @@ impl TenantIds {
         let mut trunks_now = Vec::new();
         let mut numbers = HashMap::new();
         let mut plan_changes = Vec::new();
+        let mut suspended_now = HashMap::new();
         for rt in &table.tenants {
             let i = self.intern(rt.id.as_str(), &rt.plan);
             let slot = &mut self.slots[i];
@@ -316,13 +318,13 @@ impl TenantIds {
                     *p = app.clone();
                 }
             }
-            if rt.status.takes_calls() {
-                for (number, app_index) in &rt.numbers {
-                    if let Some(&position) = positions.get(*app_index) {
-                        numbers.insert(number.clone(), Route { tenant: TenantId(i as u32), app: position });
-                    }
+            // A suspended or offboarding tenant keeps its numbers, flagged, so that its calls are refused as such.
+            for (number, app_index) in &rt.numbers {
+                if let Some(&position) = positions.get(*app_index) {
+                    numbers.insert(number.clone(), Route { tenant: TenantId(i as u32), app: position });
                 }
             }
+            suspended_now.insert(i, !rt.status.takes_calls());
             if apps_now.len() <= i {
                 apps_now.resize_with(i + 1, || None);
                 trunks_now.resize_with(i + 1, Vec::new);
@@ -344,6 +346,8 @@ impl TenantIds {
                 apps,
                 trunks: trunks_now.get_mut(i).map(std::mem::take).unwrap_or_default(),
                 plan: slot.plan.clone(),
+                // A tenant gone from the table (its rows deleted) has no numbers and takes no calls.
+                suspended: suspended_now.get(&i).copied().unwrap_or(true),
             });
         }
         plan_changes.sort_by_key(|c| c.id);
@@ -427,6 +431,13 @@ mod tests {
         assert_eq!(routed(&b2.snapshot, "+15550201"), Some(("zeta".into(), "a".into())));
         assert_eq!(routed(&b2.snapshot, "+15550300"), Some(("alpha".into(), "x".into())));
         assert_eq!(routed(&b2.snapshot, "+15550100"), None, "a suspended tenant's numbers are not routed");
+        assert!(
+            matches!(
+                b2.snapshot.route(&E164::parse("+15550100").unwrap(), "127.0.0.1".parse().unwrap()),
+                RouteDecision::Suspended { tenant } if &*tenant.name == "demo"
+            ),
+            "but refused as the suspended tenant's"
+        );
         assert_eq!(&*b2.snapshot.tenant(TenantId(0)).unwrap().name, "demo", "its name stays for calls in flight");
         assert_eq!(b2.plan_changes, vec![PlanChange { id: TenantId(2), name: "alpha".into(), plan: "pro".into() }]);
         assert_eq!(b2.app_counts, vec![(TenantId(0), 1), (TenantId(1), 3), (TenantId(2), 1)]);
@@ -436,6 +447,10 @@ mod tests {
         let b3 = ids.build(&t3);
         assert_eq!(b3.snapshot.tenants().len(), 3);
         assert_eq!(routed(&b3.snapshot, "+15550300"), None);
+        assert!(matches!(
+            b3.snapshot.route(&E164::parse("+15550300").unwrap(), "127.0.0.1".parse().unwrap()),
+            RouteDecision::UnknownNumber
+        ));
     }
 
     fn call(tenant: &str, sid: &str, answer_at_ms: u64, secs: u64) -> crate::call::record::CallRecord {

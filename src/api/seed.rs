@@ -1,5 +1,5 @@
-//! Config tenants into the store. A tenant of the config file that the store does not have (deleted ones count as
-//! had: ids are never reused) is created with its apps, numbers and trunks, in the name of `system:config`. A
+//! Config tenants into the store. A tenant of the config file that the store does not have (offboarded ones count
+//! as had: ids are never reused) is created with its apps, numbers and trunks, in the name of `system:config`. A
 //! tenant the store has is left alone: from its first start on, the store is the source of truth and changes made
 //! through the API survive restarts; later edits of that tenant in the file are not applied, and a warning names
 //! what the file has that the store lacks. See `docs/store.md`, "Config and store".
@@ -21,6 +21,10 @@ pub fn seed_config_tenants(store: &dyn Store, config: &Config) -> Result<(), Con
         let slug = TenantSlug::parse(&tenant.id).map_err(|e| fail(e.to_string()))?;
         match store.tenant(&operator, &slug) {
             Ok(_) => warn_about_drift(store, &operator, &slug, tenant),
+            // Offboarded: its rows are gone and its id stays taken (the job is filed under it).
+            Err(StoreError::NotFound(_)) if store.offboard_job(&operator, &slug).is_ok() => {
+                tracing::warn!(tenant = %tenant.id, "config tenant was offboarded; its config entry is not applied");
+            }
             Err(StoreError::NotFound(_)) => {
                 seed_one(store, &operator, slug, tenant).map_err(fail)?;
                 tracing::info!(tenant = %tenant.id, "config tenant seeded into the store");

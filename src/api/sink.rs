@@ -34,10 +34,38 @@ pub struct SinkStats {
     pub pending: AtomicU64,
 }
 
+/// What the writer thread takes from its queue, in order. Records are nearly every item, and the barrier rare:
+/// boxing the record to shrink the enum would cost an allocation per call for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Queued {
+    Record(CallRecord),
+    /// Answered once every record queued before it is handled (see [`RecordsFlush`]).
+    Barrier(Sender<()>),
+}
+
 /// The writer thread and its queue.
 pub struct StoreWriter {
-    tx: Sender<CallRecord>,
+    tx: Sender<Queued>,
     stats: Arc<SinkStats>,
+}
+
+/// Waits until the records queued so far are handled: the offboarding job uses it once a tenant's calls have ended
+/// (their records were queued when their media tasks ended) and before it exports and bills them.
+#[derive(Clone)]
+pub struct RecordsFlush {
+    tx: Sender<Queued>,
+}
+
+impl RecordsFlush {
+    /// Blocks (a blocking thread only) until the records queued before now are handled, or `timeout` passes:
+    /// whether they were.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let (done, handled) = crossbeam_channel::bounded(1);
+        if self.tx.send_timeout(Queued::Barrier(done), timeout).is_err() {
+            return false;
+        }
+        handled.recv_timeout(timeout).is_ok()
+    }
 }
 
 impl StoreWriter {
@@ -54,6 +82,10 @@ impl StoreWriter {
     /// A sink that gives each record to `next`, then queues it for the store.
     pub fn sink(&self, next: Arc<dyn CallRecordSink>) -> StoreSink {
         StoreSink { next, tx: self.tx.clone(), stats: Arc::clone(&self.stats) }
+    }
+
+    pub fn flush_handle(&self) -> RecordsFlush {
+        RecordsFlush { tx: self.tx.clone() }
     }
 
     pub fn stats(&self) -> &SinkStats {
@@ -76,7 +108,7 @@ impl StoreWriter {
 /// See the module doc.
 pub struct StoreSink {
     next: Arc<dyn CallRecordSink>,
-    tx: Sender<CallRecord>,
+    tx: Sender<Queued>,
     stats: Arc<SinkStats>,
 }
 
@@ -84,9 +116,9 @@ impl CallRecordSink for StoreSink {
     fn record(&self, record: &CallRecord) {
         self.next.record(record);
         self.stats.pending.fetch_add(1, Ordering::AcqRel);
-        match self.tx.try_send(record.clone()) {
+        match self.tx.try_send(Queued::Record(record.clone())) {
             Ok(()) => {}
-            Err(TrySendError::Full(r) | TrySendError::Disconnected(r)) => {
+            Err(TrySendError::Full(Queued::Record(r)) | TrySendError::Disconnected(Queued::Record(r))) => {
                 self.stats.pending.fetch_sub(1, Ordering::AcqRel);
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
@@ -94,13 +126,21 @@ impl CallRecordSink for StoreSink {
                     "call record not queued for the store (queue full or writer gone); it is in the JSONL file"
                 );
             }
+            Err(_) => {}
         }
     }
 }
 
-fn write_loop(store: &dyn Store, rx: &Receiver<CallRecord>, stats: &SinkStats) {
+fn write_loop(store: &dyn Store, rx: &Receiver<Queued>, stats: &SinkStats) {
     let operator = Operator::system("call-records");
-    for record in rx.iter() {
+    for queued in rx.iter() {
+        let record = match queued {
+            Queued::Record(record) => record,
+            Queued::Barrier(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
         let outcome = write_one(store, &operator, &record);
         match outcome {
             Ok(()) => {
@@ -209,6 +249,26 @@ mod tests {
         let day = UtcDay::from_unix_ms(1_700_000_000_000);
         let usage = store.usage(&scope, UsageQuery { from: day, to: day.next() }).unwrap();
         assert_eq!(usage.iter().map(|u| u.billable_secs).sum::<i64>(), 12);
+    }
+
+    #[test]
+    fn a_flush_returns_once_the_records_queued_before_it_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let op = Operator::system("test");
+        let slug = TenantSlug::parse("acme").unwrap();
+        let name = crate::store::DisplayName::parse("Acme").unwrap();
+        let plan = crate::store::PlanName::parse("pro").unwrap();
+        store.create_tenant(&op, NewTenant { id: slug.clone(), name, plan }).unwrap();
+        let writer = StoreWriter::start(Arc::clone(&store), 64).unwrap();
+        let sink = writer.sink(Arc::new(Collect::default()));
+        for i in 0..20 {
+            sink.record(&record("acme", &format!("CA{i}"), 1));
+        }
+        assert!(writer.flush_handle().wait(Duration::from_secs(10)));
+        let scope = store.operator_scope(&op, &slug).unwrap();
+        let calls = store.list_calls(&scope, Default::default()).unwrap();
+        assert_eq!(calls.items.len(), 20, "every record queued before the flush is in the store when it returns");
     }
 
     #[test]

@@ -55,6 +55,11 @@ impl Api {
             config.plans.clone(),
             config.api.stale_key_days,
             Nudge::detached(),
+            super::offboard::OffboardSettings {
+                grace_secs: 0,
+                data_dir: dir.path().to_owned(),
+                nudge: super::offboard::runner::RunnerNudge::detached(),
+            },
         );
         Api { router: router(state), store, _dir: dir }
     }
@@ -400,4 +405,94 @@ async fn openapi_is_served() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/v1/tenants/{tenant_id}/apps"]["post"].is_object());
     assert!(doc["paths"]["/v1/apps"]["post"]["operationId"] == "createApp_own");
+}
+
+#[tokio::test]
+async fn offboarding_is_the_operators_one_job_per_tenant_and_keys_see_nothing_of_it() {
+    let api = Api::new();
+    let acme = api.tenant_with_key("acme", &["read", "write"]).await;
+    let bravo = api.tenant_with_key("bravo", &["read", "write"]).await;
+    let routes = ["/offboard", "/offboard/export", "/offboard/invoice", "/offboard/certificate"];
+
+    // Keys: 404 on every offboarding route, their own tenant's included, before and after a job exists, exactly
+    // as a tenant that does not exist; the POST starts nothing.
+    let nobody = api.call("GET", "/v1/tenants/nobody/offboard", Some(&acme), None).await;
+    assert_eq!(nobody.status, StatusCode::NOT_FOUND);
+    for key in [&acme, &bravo] {
+        for tenant in ["acme", "bravo"] {
+            let r = api.call("POST", &format!("/v1/tenants/{tenant}/offboard"), Some(key), None).await;
+            assert_eq!((r.status, r.text.clone()), (StatusCode::NOT_FOUND, nobody.text.clone()), "POST as a key");
+            for route in routes {
+                let r = api.call("GET", &format!("/v1/tenants/{tenant}{route}"), Some(key), None).await;
+                assert_eq!(r.status, StatusCode::NOT_FOUND, "{tenant}{route}: {}", r.text);
+            }
+        }
+    }
+    let op = Operator::system("test");
+    assert!(api.store.offboard_job(&op, &TenantSlug::parse("acme").unwrap()).is_err(), "no job was started");
+    // No short form for keys either.
+    let r = api.call("POST", "/v1/offboard", Some(&acme), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // No credentials: 401 first.
+    let r = api.call("POST", "/v1/tenants/acme/offboard", None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // The operator: bad bodies are refused before anything starts; an empty body or {} is fine.
+    let r = api.call("POST", "/v1/tenants/acme/offboard", Some(OP), Some(json!({"grace": 5}))).await;
+    assert_eq!((r.status, r.json()["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("grace")));
+    let raw = Request::builder()
+        .method("POST")
+        .uri("/v1/tenants/acme/offboard")
+        .header(header::AUTHORIZATION, format!("Bearer {OP}"))
+        .body(Body::from("now please"))
+        .unwrap();
+    assert_eq!(api.send(raw).await.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let big = Request::builder()
+        .method("POST")
+        .uri("/v1/tenants/acme/offboard")
+        .header(header::AUTHORIZATION, format!("Bearer {OP}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(vec![b' '; 300 * 1024]))
+        .unwrap();
+    let r = api.send(big).await;
+    assert_eq!((r.status, r.code()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large".into()), "a JSON error");
+    assert!(api.store.offboard_job(&op, &TenantSlug::parse("acme").unwrap()).is_err());
+    let r = api.call("POST", "/v1/tenants/nobody/offboard", Some(OP), None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found".into()));
+
+    let first = api.call("POST", "/v1/tenants/acme/offboard", Some(OP), Some(json!({}))).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text);
+    assert_eq!(first.headers.get(header::LOCATION).unwrap(), "/v1/tenants/acme/offboard");
+    let job = first.json();
+    assert_eq!(
+        (job["tenant"].clone(), job["status"].clone(), job["step"].clone()),
+        (json!("acme"), json!("running"), json!("suspend"))
+    );
+    assert_eq!(job["started_by"], "operator");
+    assert_eq!(job["steps"].as_array().unwrap().len(), 8);
+    assert_eq!(job["steps"][0]["state"], "running");
+    assert_eq!(job["steps"][1]["state"], "pending");
+    assert_eq!(
+        job["links"],
+        json!({"self": "/v1/tenants/acme/offboard", "export": null, "final_invoice": null, "certificate": null})
+    );
+    let again = api.call("POST", "/v1/tenants/acme/offboard", Some(OP), None).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(again.json(), job, "the same job, not a second one");
+    let got = api.call("GET", "/v1/tenants/acme/offboard", Some(OP), None).await;
+    assert_eq!((got.status, got.json()), (StatusCode::OK, job));
+    // Nothing to download yet (no runner here).
+    for route in &routes[1..] {
+        let r = api.call("GET", &format!("/v1/tenants/acme{route}"), Some(OP), None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{route}: {}", r.text);
+    }
+    let r = api.call("GET", "/v1/tenants/bravo/offboard", Some(OP), None).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["message"].clone()),
+        (StatusCode::NOT_FOUND, json!("offboarding job not found"))
+    );
+    // The audit log has who started it.
+    let r = api.call("GET", "/v1/tenants/acme/audit", Some(OP), None).await;
+    assert_eq!(r.json()["items"][0]["action"], "offboard.start");
+    assert_eq!(r.json()["items"][0]["actor"], "operator");
 }

@@ -33,6 +33,8 @@ pub enum EndReason {
     MediaUnavailable,
     /// The tenant's monthly minutes ran out during the call, so we sent BYE.
     BudgetExhausted,
+    /// The tenant was being offboarded and the call outlived the offboarding's grace, so we sent BYE.
+    TenantOffboarded,
 }
 
 impl EndReason {
@@ -47,6 +49,7 @@ impl EndReason {
             EndReason::ServerDrain => "server_drain",
             EndReason::MediaUnavailable => "media_unavailable",
             EndReason::BudgetExhausted => "budget_exhausted",
+            EndReason::TenantOffboarded => "tenant_offboarded",
         }
     }
 }

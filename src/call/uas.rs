@@ -86,6 +86,17 @@ pub enum SipEnd {
     AckTimeout,
 }
 
+/// A BYE written for later: see [`Uas::bye_for_later`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedBye {
+    /// The whole request, top Via carrying `branch`.
+    pub bytes: Vec<u8>,
+    pub branch: String,
+    pub dest: Peer,
+    /// The dialog's Call-ID, for logs.
+    pub sip_call_id: String,
+}
+
 /// Why a request was refused, as a stable label.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -97,6 +108,8 @@ pub enum Refusal {
     Overload,
     Unsupported,
     NoDialog,
+    /// The number's tenant is suspended or being offboarded.
+    Suspended,
     /// Refused by the tenant's plan (rate, concurrency, budget), the node, or the app's circuit breaker.
     Admission(admission::Refusal),
 }
@@ -113,6 +126,7 @@ impl Refusal {
             Refusal::Overload => (503, "Service Unavailable"),
             Refusal::Unsupported => (405, "Method Not Allowed"),
             Refusal::NoDialog => (481, "Call/Transaction Does Not Exist"),
+            Refusal::Suspended => (403, "Tenant Suspended"),
             Refusal::Admission(r) => r.sip_status(),
         }
     }
@@ -127,6 +141,7 @@ impl Refusal {
             Refusal::Overload => "overload",
             Refusal::Unsupported => "unsupported",
             Refusal::NoDialog => "no_dialog",
+            Refusal::Suspended => "suspended",
             Refusal::Admission(r) => r.label(),
         }
     }
@@ -385,6 +400,28 @@ impl Uas {
         self.remove_leg(call);
     }
 
+    /// The BYE that would end an answered call, written now to be sent by a later process if this one dies before
+    /// it ends the call (the offboarding job keeps these for the calls it drains). Built on a copy of the dialog:
+    /// nothing of the call changes, and if this process sends its own BYE, the kept one is never needed. `None`
+    /// for a call not answered yet (a crash leaves its INVITE unanswered, which the caller times out on its own).
+    pub fn bye_for_later(&mut self, call: CallId) -> Option<PreparedBye> {
+        let branch = format!("z9hG4bK{}", self.token());
+        let local = self.config.local;
+        let leg = self.legs.get(&call)?;
+        if matches!(leg.state, LegState::Offered { .. }) {
+            return None;
+        }
+        let mut dialog = leg.dialog.clone();
+        let (request, dest) = dialog.request(Method::Bye, local, &branch);
+        Some(PreparedBye { bytes: request.to_bytes(), branch, dest, sip_call_id: leg.dialog.key.call_id.clone() })
+    }
+
+    /// Sends a BYE written by [`Uas::bye_for_later`] in an earlier process, in a client transaction (retransmitted
+    /// over UDP until answered or timer F). The answer needs nothing: the dialog died with that process.
+    pub fn send_prepared_bye(&mut self, now: Instant, bye: &PreparedBye) {
+        self.tx.send_request_bytes(now, bye.bytes.clone(), Method::Bye, &bye.branch, bye.dest);
+    }
+
     /// The media side ended the call: BYE if it was answered, 480 if it was still being set up.
     pub fn hangup(&mut self, now: Instant, call: CallId) {
         let Some(leg) = self.legs.get_mut(&call) else { return };
@@ -564,6 +601,10 @@ impl Uas {
             RouteDecision::ForbiddenSource { tenant } => {
                 let id = tenant.id;
                 return self.refuse(now, tx, &req, Refusal::Forbidden, Some(id));
+            }
+            RouteDecision::Suspended { tenant } => {
+                let id = tenant.id;
+                return self.refuse(now, tx, &req, Refusal::Suspended, Some(id));
             }
         };
         let body = req.sdp().unwrap_or_default();
@@ -1119,6 +1160,29 @@ mod tests {
         assert_eq!(h.statuses(), vec![403]);
         h.send_from(&invite("f2", "15550100", &offer("0")), "10.1.2.3:5060");
         assert_eq!(h.statuses(), vec![100]);
+    }
+
+    #[test]
+    fn a_suspended_tenants_number_is_refused_with_403_tenant_suspended() {
+        let mut h = Harness::new();
+        let mut tenants = h.snapshot.tenants().to_vec();
+        tenants[0].suspended = true;
+        let numbers = [(E164::parse("+15550100").unwrap(), crate::tenant::Route { tenant: TenantId(0), app: 0 })];
+        h.snapshot = Snapshot::new(tenants, numbers.into_iter().collect());
+        h.send(&invite("s1", "15550100", &offer("0")));
+        let sent = h.sent();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!(sent[0].0.starts_with("SIP/2.0 403 Tenant Suspended\r\n"), "{}", sent[0].0);
+        let refused: Vec<_> = h
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                UasEvent::Refused { tenant, refusal, new_call, .. } => Some((tenant, refusal, new_call)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refused, vec![(Some(TenantId(0)), Refusal::Suspended, true)], "charged to the tenant");
+        assert_eq!(crate::metrics::RejectReason::from(&Refusal::Suspended).label(), "suspended");
     }
 
     #[test]

@@ -133,7 +133,7 @@ pub enum RejectReason {
     Codec,
     /// The circuit breaker of the tenant's app was open: its agent keeps failing.
     ProviderUnavailable,
-    /// The tenant is suspended.
+    /// The tenant is suspended or being offboarded (403 `Tenant Suspended`).
     Suspended,
     /// The SDP offer did not parse.
     BadSdp,
@@ -209,6 +209,7 @@ impl From<&uas::Refusal> for RejectReason {
             uas::Refusal::Overload => RejectReason::Overload,
             uas::Refusal::Unsupported => RejectReason::Unsupported,
             uas::Refusal::NoDialog => RejectReason::NoDialog,
+            uas::Refusal::Suspended => RejectReason::Suspended,
             uas::Refusal::Admission(a) => RejectReason::from(a),
         }
     }

@@ -60,7 +60,7 @@ pub trait Store: Send + Sync {
 
     /// `Conflict(TenantExists)` when the id is taken, deleted tenants included (ids are never reused).
     fn create_tenant(&self, operator: &Operator, tenant: NewTenant) -> Result<TenantView, StoreError>;
-    /// Any tenant, deleted ones included.
+    /// Any tenant the store has, whatever its status (an offboarded tenant's rows are gone: `NotFound`).
     fn tenant(&self, operator: &Operator, tenant: &TenantSlug) -> Result<TenantView, StoreError>;
     /// Tenants ordered by id.
     fn list_tenants(&self, operator: &Operator, page: PageRequest) -> Result<Page<TenantView>, StoreError>;
@@ -81,6 +81,50 @@ pub trait Store: Send + Sync {
     fn load_routing(&self, operator: &Operator) -> Result<RoutingTable, StoreError>;
     /// The routing table's version: poll it to learn cheaply whether [`Store::load_routing`] would differ.
     fn routing_version(&self, operator: &Operator) -> Result<u64, StoreError>;
+
+    // ---- offboarding (operator: the job outlives the tenant's rows) ----
+
+    /// Starts offboarding a tenant, or returns the job it already has (one per tenant, never a second): the job
+    /// and whether it was created now. `NotFound(Tenant)` for a tenant that does not exist and never had a job.
+    fn start_offboarding(
+        &self,
+        operator: &Operator,
+        tenant: &TenantSlug,
+        grace_secs: u64,
+    ) -> Result<(OffboardJob, bool), StoreError>;
+    /// The tenant's job, finished ones included. `NotFound(OffboardJob)` when it has none.
+    fn offboard_job(&self, operator: &Operator, tenant: &TenantSlug) -> Result<OffboardJob, StoreError>;
+    /// Every job not finished, oldest first: what the runner resumes at start.
+    fn unfinished_offboard_jobs(&self, operator: &Operator) -> Result<Vec<OffboardJob>, StoreError>;
+    /// Notes that `step` started (the first time only). For the drain: sets the deadline and the pending BYEs
+    /// unless the job has them already. `Conflict(OffboardStep)` if the job is at another step.
+    fn offboard_step_started(
+        &self,
+        operator: &Operator,
+        tenant: &TenantSlug,
+        step: OffboardStep,
+        drain: Option<(i64, serde_json::Value)>,
+    ) -> Result<OffboardJob, StoreError>;
+    /// Finishes `step` and moves the job to the next one, in one transaction with what the step leaves and the
+    /// step's own change: `Suspend` sets the tenant's status to `offboarding`; `DeleteRows` deletes every row of the
+    /// tenant (each table that references `tenants`, then the tenant) and records the counts per table in its
+    /// detail. An audit entry is written while the tenant's rows exist. `Conflict(OffboardStep)` if the job is at
+    /// another step.
+    fn offboard_step_done(
+        &self,
+        operator: &Operator,
+        tenant: &TenantSlug,
+        step: OffboardStep,
+        done: StepDone,
+    ) -> Result<OffboardJob, StoreError>;
+    /// Records a failed try of the job's current step (cleared when a step succeeds).
+    fn offboard_step_failed(
+        &self,
+        operator: &Operator,
+        tenant: &TenantSlug,
+        step: OffboardStep,
+        message: &str,
+    ) -> Result<(), StoreError>;
 
     // ---- the scope's tenant ----
 
@@ -207,12 +251,20 @@ pub struct TenantScope {
     tenant: TenantSlug,
     actor: Actor,
     access: Access,
+    /// The tenant is being offboarded: only server components may still change its rows.
+    closing: bool,
 }
 
 impl TenantScope {
     /// For back ends only: the constructors of scopes are the two trait methods.
     pub(in crate::store) fn new(tenant: TenantSlug, actor: Actor, access: Access) -> TenantScope {
-        TenantScope { tenant, actor, access }
+        TenantScope { tenant, actor, access, closing: false }
+    }
+
+    /// For back ends only: marks the scope of a tenant being offboarded.
+    pub(in crate::store) fn closing(mut self, closing: bool) -> TenantScope {
+        self.closing = closing;
+        self
     }
 
     pub fn tenant(&self) -> &TenantSlug {
@@ -227,9 +279,13 @@ impl TenantScope {
         self.access
     }
 
-    /// `Err(ReadOnly)` unless the scope may write.
+    /// `Err(ReadOnly)` unless the scope may write; `Err(Conflict(TenantOffboarding))` for a tenant being
+    /// offboarded, unless a server component acts (the job itself, the call records of its draining calls).
     pub fn require_write(&self) -> Result<(), StoreError> {
         match self.access {
+            Access::ReadWrite if self.closing && !matches!(self.actor, Actor::System(_)) => {
+                Err(StoreError::Conflict(Conflict::TenantOffboarding))
+            }
             Access::ReadWrite => Ok(()),
             Access::ReadOnly => Err(StoreError::ReadOnly),
         }
@@ -278,6 +334,7 @@ pub enum Entity {
     Trunk,
     Key,
     Call,
+    OffboardJob,
 }
 
 impl fmt::Display for Entity {
@@ -289,6 +346,7 @@ impl fmt::Display for Entity {
             Entity::Trunk => "trunk",
             Entity::Key => "key",
             Entity::Call => "call",
+            Entity::OffboardJob => "offboarding job",
         })
     }
 }
@@ -310,6 +368,10 @@ pub enum Conflict {
     AppInUse,
     #[error("this call is already recorded")]
     CallAlreadyRecorded,
+    #[error("the tenant is being offboarded: its rows only change through the offboarding job")]
+    TenantOffboarding,
+    #[error("the offboarding job is not at this step")]
+    OffboardStep,
 }
 
 /// A failure of the storage itself (I/O, corruption, a newer schema), with the back end's message. Carries no

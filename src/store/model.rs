@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::{OTHER, UNATTRIBUTED};
 use crate::tenant::{App, AppKind, Codec, E164, Route, Snapshot, Tenant, TenantId, Trunk};
@@ -634,6 +634,8 @@ pub enum AuditAction {
     TrunkDelete,
     KeyCreate,
     KeyRevoke,
+    OffboardStart,
+    OffboardStep,
 }
 
 impl AuditAction {
@@ -653,8 +655,156 @@ impl AuditAction {
             AuditAction::TrunkDelete => "trunk.delete",
             AuditAction::KeyCreate => "key.create",
             AuditAction::KeyRevoke => "key.revoke",
+            AuditAction::OffboardStart => "offboard.start",
+            AuditAction::OffboardStep => "offboard.step",
         }
     }
+}
+
+// ---- offboarding ----
+
+/// The steps of an offboarding job, in the order they run. `Done` is where a finished job rests.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OffboardStep {
+    /// The tenant's status becomes `offboarding`: its new calls are refused (403), its keys fail.
+    Suspend,
+    /// Its active calls go on for the grace, then are ended; their records reach the store.
+    DrainCalls,
+    /// The export bundle is written under the data dir and hashed.
+    Export,
+    /// The final invoice is computed and kept.
+    FinalInvoice,
+    /// Its numbers are released (with release records), so that anyone may claim them.
+    ReleaseNumbers,
+    /// Its keys are revoked.
+    RevokeKeys,
+    /// Every row of the tenant is deleted, in one transaction, counted per table.
+    DeleteRows,
+    /// The deletion certificate is written and kept.
+    Certificate,
+    /// Finished.
+    Done,
+}
+
+impl OffboardStep {
+    /// The steps that do something, in order.
+    pub const STEPS: [OffboardStep; 8] = [
+        OffboardStep::Suspend,
+        OffboardStep::DrainCalls,
+        OffboardStep::Export,
+        OffboardStep::FinalInvoice,
+        OffboardStep::ReleaseNumbers,
+        OffboardStep::RevokeKeys,
+        OffboardStep::DeleteRows,
+        OffboardStep::Certificate,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OffboardStep::Suspend => "suspend",
+            OffboardStep::DrainCalls => "drain_calls",
+            OffboardStep::Export => "export",
+            OffboardStep::FinalInvoice => "final_invoice",
+            OffboardStep::ReleaseNumbers => "release_numbers",
+            OffboardStep::RevokeKeys => "revoke_keys",
+            OffboardStep::DeleteRows => "delete_rows",
+            OffboardStep::Certificate => "certificate",
+            OffboardStep::Done => "done",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<OffboardStep> {
+        Self::STEPS.into_iter().chain([OffboardStep::Done]).find(|s| s.as_str() == text)
+    }
+
+    /// The step after this one (`Done` after the last, and after `Done`).
+    pub fn next(&self) -> OffboardStep {
+        let i = Self::STEPS.iter().position(|s| s == self).map_or(Self::STEPS.len(), |i| i + 1);
+        Self::STEPS.get(i).copied().unwrap_or(OffboardStep::Done)
+    }
+}
+
+impl fmt::Display for OffboardStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One step of a job as it went: when it started and finished, and what it did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: OffboardStep,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    /// What the step did (counts, numbers released, the export's hash, ...); `{}` until it finished.
+    pub detail: serde_json::Value,
+}
+
+/// The export bundle of a job: a file under the data dir.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportInfo {
+    /// The file's name in the job's directory (`<data_dir>/offboarding/<tenant>/`).
+    pub file_name: String,
+    pub bytes: u64,
+    /// Hex SHA-256 of the file.
+    pub sha256: String,
+    pub created_at_ms: i64,
+}
+
+/// The last failure of a job's step; cleared when the step succeeds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub step: OffboardStep,
+    pub message: String,
+    pub at_ms: i64,
+    /// Failed tries of this step so far.
+    pub attempts: u32,
+}
+
+/// An offboarding job: one per tenant, kept after the tenant's rows are gone.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OffboardJob {
+    pub tenant: TenantSlug,
+    /// Who started it: `operator` (the audit log's actor).
+    pub started_by: String,
+    /// The step running or next to run; `Done` once finished.
+    pub step: OffboardStep,
+    /// How long the tenant's active calls may go on once the drain starts.
+    pub grace_secs: u64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    /// When the drain ends the calls still up: set once, when the drain step first starts, so that a restart does
+    /// not give the calls a new grace.
+    pub drain_deadline_ms: Option<i64>,
+    /// One per step of [`OffboardStep::STEPS`], in order.
+    pub steps: Vec<StepRecord>,
+    /// BYEs for the calls being drained, as the SIP driver wrote them when the drain started (opaque to the store).
+    pub pending_byes: Option<serde_json::Value>,
+    pub export: Option<ExportInfo>,
+    pub final_invoice: Option<serde_json::Value>,
+    pub certificate: Option<serde_json::Value>,
+    pub last_error: Option<JobError>,
+}
+
+impl OffboardJob {
+    pub fn finished(&self) -> bool {
+        self.step == OffboardStep::Done
+    }
+
+    pub fn step_record(&self, step: OffboardStep) -> Option<&StepRecord> {
+        self.steps.iter().find(|s| s.name == step)
+    }
+}
+
+/// What a step leaves in its job when it is done (besides its detail, what the job keeps).
+#[derive(Clone, Debug, Default)]
+pub struct StepDone {
+    pub detail: serde_json::Value,
+    pub export: Option<ExportInfo>,
+    pub final_invoice: Option<serde_json::Value>,
+    pub certificate: Option<serde_json::Value>,
 }
 
 // ---- pages ----
@@ -762,13 +912,12 @@ pub struct RoutingTenant {
 }
 
 impl RoutingTable {
-    /// The SIP path's [`Snapshot`]: tenants that take calls (status `active`), numbered in table order. A
-    /// suspended tenant's numbers are left out, so its calls are refused as unknown (404) until the SIP path learns
-    /// a tenant status and answers 403 instead.
+    /// The SIP path's [`Snapshot`]: every tenant of the table, numbered in table order; those that take no calls
+    /// (suspended, offboarding) flagged, so that their calls are refused with 403 `Tenant Suspended`.
     pub fn to_snapshot(&self) -> Snapshot {
         let mut tenants = Vec::new();
         let mut numbers = std::collections::HashMap::new();
-        for t in self.tenants.iter().filter(|t| t.status.takes_calls()) {
+        for t in &self.tenants {
             let id = TenantId(tenants.len() as u32);
             for (number, app) in &t.numbers {
                 numbers.insert(number.clone(), Route { tenant: id, app: *app });
@@ -779,6 +928,7 @@ impl RoutingTable {
                 apps: t.apps.clone(),
                 trunks: t.trunks.clone(),
                 plan: Arc::from(t.plan.as_str()),
+                suspended: !t.status.takes_calls(),
             });
         }
         Snapshot::new(tenants, numbers)

@@ -142,6 +142,9 @@ fn connect(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Deleted rows are overwritten, not left in free pages: an offboarded tenant's data must not stay readable in
+    // the file (deletes are rare here, so the extra writes cost nothing that matters).
+    conn.pragma_update(None, "secure_delete", true)?;
     if read_only {
         conn.pragma_update(None, "query_only", true)?;
     }
@@ -544,6 +547,199 @@ fn finish_call_view((mut view, day): (CallView, String)) -> Result<CallView, Sto
     Ok(view)
 }
 
+// ---- offboarding jobs ----
+
+const JOB_COLUMNS: &str = "tenant_id, started_by, step, grace_secs, created_at_ms, updated_at_ms, finished_at_ms, \
+     drain_deadline_ms, steps, pending_byes, export, final_invoice, certificate, last_error";
+
+type RawJobRow = (
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+fn raw_job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawJobRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+        r.get(12)?,
+        r.get(13)?,
+    ))
+}
+
+fn job_from_raw(raw: RawJobRow) -> Result<OffboardJob, StoreError> {
+    let (
+        tenant,
+        started_by,
+        step,
+        grace,
+        created,
+        updated,
+        finished,
+        deadline,
+        steps,
+        byes,
+        export,
+        invoice,
+        cert,
+        err,
+    ) = raw;
+    fn parsed<T: serde::de::DeserializeOwned>(text: Option<String>, what: &str) -> Result<Option<T>, StoreError> {
+        text.map(|t| serde_json::from_str(&t).map_err(|_| corrupt(what))).transpose()
+    }
+    Ok(OffboardJob {
+        tenant: TenantSlug::parse(&tenant).map_err(|_| corrupt("job tenant"))?,
+        started_by,
+        step: OffboardStep::parse(&step).ok_or_else(|| corrupt("job step"))?,
+        grace_secs: u64::try_from(grace).map_err(|_| corrupt("job grace"))?,
+        created_at_ms: created,
+        updated_at_ms: updated,
+        finished_at_ms: finished,
+        drain_deadline_ms: deadline,
+        steps: serde_json::from_str(&steps).map_err(|_| corrupt("job steps"))?,
+        pending_byes: parsed(byes, "job pending BYEs")?,
+        export: parsed(export, "job export")?,
+        final_invoice: parsed(invoice, "job final invoice")?,
+        certificate: parsed(cert, "job certificate")?,
+        last_error: parsed(err, "job error")?,
+    })
+}
+
+fn load_job(tx: &Transaction<'_>, tenant: &TenantSlug) -> Result<Option<OffboardJob>, StoreError> {
+    let raw = tx
+        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM offboard_jobs WHERE tenant_id = ?1"))?
+        .query_row([tenant.as_str()], raw_job_row)
+        .optional()?;
+    raw.map(job_from_raw).transpose()
+}
+
+/// The tables that hold a tenant's rows, and the column that names the tenant: every table with a foreign key to
+/// `tenants`, read from the schema itself (so a table added by a later migration is included without a list to
+/// keep up to date), and `tenants` itself.
+pub(crate) fn tenant_tables(tx: &Transaction<'_>) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = tx.prepare(
+        "SELECT DISTINCT m.name, f.\"from\" FROM sqlite_master m, pragma_foreign_key_list(m.name) f \
+         WHERE m.type = 'table' AND f.\"table\" = 'tenants' ORDER BY m.name",
+    )?;
+    let mut tables =
+        stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?.collect::<Result<Vec<_>, _>>()?;
+    tables.push(("tenants".to_owned(), "id".to_owned()));
+    Ok(tables)
+}
+
+/// Deletes every row of `tenant` (see [`tenant_tables`]) in the caller's transaction; the count per table.
+/// Foreign keys are checked at commit, so the order of the tables does not matter.
+fn delete_tenant_rows(
+    tx: &Transaction<'_>,
+    tenant: &TenantSlug,
+) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+    tx.pragma_update(None, "defer_foreign_keys", true)?;
+    let mut counts = std::collections::BTreeMap::new();
+    for (table, column) in tenant_tables(tx)? {
+        let sql =
+            format!("DELETE FROM \"{}\" WHERE \"{}\" = ?1", table.replace('"', "\"\""), column.replace('"', "\"\""));
+        let n = tx.execute(&sql, [tenant.as_str()])?;
+        *counts.entry(table).or_insert(0) += n as u64;
+    }
+    Ok(counts)
+}
+
+impl SqliteStore {
+    /// [`Store::offboard_step_done`] without the WAL checkpoint.
+    fn step_done(
+        &self,
+        operator: &Operator,
+        tenant: &TenantSlug,
+        step: OffboardStep,
+        done: StepDone,
+    ) -> Result<OffboardJob, StoreError> {
+        self.write(|tx, now| {
+            let mut job = load_job(tx, tenant)?.ok_or(StoreError::NotFound(Entity::OffboardJob))?;
+            if job.step != step || step == OffboardStep::Done {
+                return Err(StoreError::Conflict(Conflict::OffboardStep));
+            }
+            let mut detail = if done.detail.is_null() { json!({}) } else { done.detail };
+            match step {
+                OffboardStep::Suspend => {
+                    let before = load_tenant(tx, tenant)?;
+                    if before.status != TenantStatus::Offboarding {
+                        tx.execute(
+                            "UPDATE tenants SET status = 'offboarding', updated_at_ms = ?1 WHERE id = ?2",
+                            params![now, tenant.as_str()],
+                        )?;
+                        let change = json!({ "from": before.status.as_str(), "to": "offboarding" });
+                        audit(tx, tenant, operator.actor(), now, AuditAction::TenantStatus, tenant.as_str(), change)?;
+                        bump_routing(tx)?;
+                    }
+                    detail = json!({ "status_before": before.status.as_str() });
+                }
+                OffboardStep::DeleteRows => {
+                    let deleted = delete_tenant_rows(tx, tenant)?;
+                    bump_routing(tx)?;
+                    detail = json!({
+                        "rows_deleted": deleted,
+                        "rows_deleted_total": deleted.values().sum::<u64>(),
+                    });
+                }
+                _ => {}
+            }
+            if step < OffboardStep::DeleteRows {
+                let entry = json!({ "step": step.as_str(), "started_by": job.started_by, "detail": detail });
+                audit(tx, tenant, operator.actor(), now, AuditAction::OffboardStep, step.as_str(), entry)?;
+            }
+            if let Some(record) = job.steps.iter_mut().find(|r| r.name == step) {
+                record.started_at_ms.get_or_insert(now);
+                record.finished_at_ms = Some(now);
+                record.detail = detail;
+            }
+            let next = step.next();
+            let export = done.export.or(job.export);
+            let final_invoice = done.final_invoice.or(job.final_invoice);
+            let certificate = done.certificate.or(job.certificate);
+            let finished_at = (next == OffboardStep::Done).then_some(now);
+            // The BYEs are only needed while the drain runs.
+            let pending_byes = if step == OffboardStep::DrainCalls { None } else { job.pending_byes };
+            tx.prepare_cached(
+                "UPDATE offboard_jobs SET step = ?1, steps = ?2, export = ?3, final_invoice = ?4, certificate = ?5, \
+                 finished_at_ms = ?6, pending_byes = ?7, last_error = NULL, updated_at_ms = ?8 WHERE tenant_id = ?9",
+            )?
+            .execute(params![
+                next.as_str(),
+                json_text(&job.steps)?,
+                export.as_ref().map(json_text).transpose()?,
+                final_invoice.as_ref().map(json_text).transpose()?,
+                certificate.as_ref().map(json_text).transpose()?,
+                finished_at,
+                pending_byes.as_ref().map(json_text).transpose()?,
+                now,
+                tenant.as_str()
+            ])?;
+            load_job(tx, tenant)?.ok_or(StoreError::NotFound(Entity::OffboardJob))
+        })
+    }
+}
+
 // ---- the trait ----
 
 impl Store for SqliteStore {
@@ -603,11 +799,16 @@ impl Store for SqliteStore {
         if view.status == TenantStatus::Deleted {
             return Err(StoreError::NotFound(Entity::Tenant));
         }
-        Ok(TenantScope::new(view.id, operator.actor().clone(), Access::ReadWrite))
+        let closing = view.status == TenantStatus::Offboarding;
+        Ok(TenantScope::new(view.id, operator.actor().clone(), Access::ReadWrite).closing(closing))
     }
 
     fn create_tenant(&self, operator: &Operator, tenant: NewTenant) -> Result<TenantView, StoreError> {
         self.write(|tx, now| {
+            // An offboarded tenant's id stays taken: its job (certificate, final invoice) is filed under it.
+            if load_job(tx, &tenant.id)?.is_some() {
+                return Err(StoreError::Conflict(Conflict::TenantExists));
+            }
             tx.execute(
                 "INSERT INTO tenants (id, name, plan, status, created_at_ms, updated_at_ms) VALUES (?1, ?2, ?3, 'active', ?4, ?4)",
                 params![tenant.id.as_str(), tenant.name.as_str(), tenant.plan.as_str(), now],
@@ -752,6 +953,148 @@ impl Store for SqliteStore {
         self.read(|tx| {
             let v: i64 = tx.query_row("SELECT version FROM routing_version WHERE singleton = 1", [], |r| r.get(0))?;
             Ok(v as u64)
+        })
+    }
+
+    // ---- offboarding ----
+
+    fn start_offboarding(
+        &self,
+        operator: &Operator,
+        tenant: &TenantSlug,
+        grace_secs: u64,
+    ) -> Result<(OffboardJob, bool), StoreError> {
+        self.write(|tx, now| {
+            if let Some(job) = load_job(tx, tenant)? {
+                return Ok((job, false));
+            }
+            let view = load_tenant(tx, tenant)?;
+            if view.status == TenantStatus::Deleted {
+                return Err(StoreError::NotFound(Entity::Tenant));
+            }
+            let steps: Vec<StepRecord> = OffboardStep::STEPS
+                .iter()
+                .map(|&name| StepRecord { name, started_at_ms: None, finished_at_ms: None, detail: json!({}) })
+                .collect();
+            tx.prepare_cached(
+                "INSERT INTO offboard_jobs (tenant_id, started_by, step, grace_secs, created_at_ms, updated_at_ms, \
+                 steps) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+            )?
+            .execute(params![
+                tenant.as_str(),
+                operator.actor().to_string(),
+                OffboardStep::Suspend.as_str(),
+                to_i64(grace_secs, "grace_secs")?,
+                now,
+                json_text(&steps)?
+            ])?;
+            let detail = json!({ "grace_secs": grace_secs, "status": view.status.as_str() });
+            audit(tx, tenant, operator.actor(), now, AuditAction::OffboardStart, tenant.as_str(), detail)?;
+            let job = load_job(tx, tenant)?.ok_or_else(|| backend("offboarding job vanished".into()))?;
+            Ok((job, true))
+        })
+    }
+
+    fn offboard_job(&self, _operator: &Operator, tenant: &TenantSlug) -> Result<OffboardJob, StoreError> {
+        self.read(|tx| load_job(tx, tenant)?.ok_or(StoreError::NotFound(Entity::OffboardJob)))
+    }
+
+    fn unfinished_offboard_jobs(&self, _operator: &Operator) -> Result<Vec<OffboardJob>, StoreError> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM offboard_jobs WHERE step != 'done' ORDER BY created_at_ms, tenant_id"
+            ))?;
+            let raws = stmt.query_map([], raw_job_row)?.collect::<Result<Vec<_>, _>>()?;
+            raws.into_iter().map(job_from_raw).collect()
+        })
+    }
+
+    fn offboard_step_started(
+        &self,
+        _operator: &Operator,
+        tenant: &TenantSlug,
+        step: OffboardStep,
+        drain: Option<(i64, serde_json::Value)>,
+    ) -> Result<OffboardJob, StoreError> {
+        self.write(|tx, now| {
+            let mut job = load_job(tx, tenant)?.ok_or(StoreError::NotFound(Entity::OffboardJob))?;
+            if job.step != step {
+                return Err(StoreError::Conflict(Conflict::OffboardStep));
+            }
+            let mut changed = false;
+            if let Some(record) = job.steps.iter_mut().find(|r| r.name == step)
+                && record.started_at_ms.is_none()
+            {
+                record.started_at_ms = Some(now);
+                changed = true;
+            }
+            if let Some((deadline, byes)) = drain
+                && job.drain_deadline_ms.is_none()
+            {
+                job.drain_deadline_ms = Some(deadline);
+                job.pending_byes = Some(byes);
+                changed = true;
+            }
+            if !changed {
+                return Ok(job);
+            }
+            tx.prepare_cached(
+                "UPDATE offboard_jobs SET steps = ?1, drain_deadline_ms = ?2, pending_byes = ?3, updated_at_ms = ?4 \
+                 WHERE tenant_id = ?5",
+            )?
+            .execute(params![
+                json_text(&job.steps)?,
+                job.drain_deadline_ms,
+                job.pending_byes.as_ref().map(json_text).transpose()?,
+                now,
+                tenant.as_str()
+            ])?;
+            load_job(tx, tenant)?.ok_or(StoreError::NotFound(Entity::OffboardJob))
+        })
+    }
+
+    fn offboard_step_done(
+        &self,
+        operator: &Operator,
+        tenant: &TenantSlug,
+        step: OffboardStep,
+        done: StepDone,
+    ) -> Result<OffboardJob, StoreError> {
+        let job = self.step_done(operator, tenant, step, done)?;
+        if step == OffboardStep::DeleteRows {
+            // Deleted content is zeroed in the pages (secure_delete), but older versions of those pages stay in
+            // the WAL until it is checkpointed: fold it into the database and truncate it now.
+            let conn = self.writer.lock();
+            let checkpoint: Result<(i64, i64, i64), _> =
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
+            match checkpoint {
+                Ok((0, _, _)) => {}
+                Ok(_) => {
+                    tracing::warn!(tenant = %tenant, "WAL checkpoint after deletion was blocked by a reader; the next one folds it")
+                }
+                Err(e) => tracing::warn!(tenant = %tenant, error = %e, "WAL checkpoint after deletion failed"),
+            }
+        }
+        Ok(job)
+    }
+
+    fn offboard_step_failed(
+        &self,
+        _operator: &Operator,
+        tenant: &TenantSlug,
+        step: OffboardStep,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        self.write(|tx, now| {
+            let job = load_job(tx, tenant)?.ok_or(StoreError::NotFound(Entity::OffboardJob))?;
+            if job.step != step {
+                return Err(StoreError::Conflict(Conflict::OffboardStep));
+            }
+            let attempts = job.last_error.filter(|e| e.step == step).map_or(1, |e| e.attempts.saturating_add(1));
+            let error = JobError { step, message: message.to_owned(), at_ms: now, attempts };
+            tx.prepare_cached("UPDATE offboard_jobs SET last_error = ?1, updated_at_ms = ?2 WHERE tenant_id = ?3")?
+                .execute(params![json_text(&error)?, now, tenant.as_str()])?;
+            Ok(())
         })
     }
 

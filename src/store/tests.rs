@@ -786,15 +786,25 @@ fn the_routing_table_builds_the_sip_snapshot() {
     assert!(matches!(snapshot.route(&e164("+15550002"), "10.1.1.1".parse().unwrap()), RouteDecision::Accept { .. }));
     assert!(matches!(snapshot.route(&e164("+15550009"), "10.1.1.1".parse().unwrap()), RouteDecision::UnknownNumber));
 
-    // A key does not route; a suspension does, and a suspended tenant's numbers route nowhere.
+    // A key does not route; a suspension does, and a suspended tenant's numbers route to its refusal.
     h.s().create_key(&a, new_key("ci", Access::ReadWrite, None)).unwrap();
     assert_eq!(h.s().routing_version(&h.op).unwrap(), v1);
+    h.s().create_trunk(&a, new_trunk("carrier", &["10.0.0.0/8"])).unwrap();
     h.s().set_tenant_status(&h.op, &slug("alpha"), TenantStatus::Suspended).unwrap();
     let table = h.s().load_routing(&h.op).unwrap();
     assert!(table.version > v1);
     let snapshot = table.to_snapshot();
-    assert_eq!(snapshot.tenants().len(), 1);
-    assert!(matches!(snapshot.route(&e164("+15550001"), "10.1.1.1".parse().unwrap()), RouteDecision::UnknownNumber));
+    assert!(matches!(
+        snapshot.route(&e164("+15550001"), "10.1.1.1".parse().unwrap()),
+        RouteDecision::Suspended { tenant } if &*tenant.name == "alpha"
+    ));
+    assert!(
+        matches!(
+            snapshot.route(&e164("+15550001"), "192.0.2.1".parse().unwrap()),
+            RouteDecision::ForbiddenSource { .. }
+        ),
+        "a source the tenant does not admit is refused as such, learning nothing of the suspension"
+    );
     assert_eq!(table.tenants.iter().find(|t| t.id == slug("alpha")).unwrap().status, TenantStatus::Suspended);
 }
 
@@ -829,6 +839,12 @@ const UNSCOPED_METHODS: &[&str] = &[
     "set_tenant_status",
     "load_routing",
     "routing_version",
+    "start_offboarding",
+    "offboard_job",
+    "unfinished_offboard_jobs",
+    "offboard_step_started",
+    "offboard_step_done",
+    "offboard_step_failed",
 ];
 
 #[test]
@@ -1090,4 +1106,310 @@ fn a_key_only_ever_grants_its_own_tenant() {
     assert!(matches!(h.s().authenticate_key(&mixed), Err(AuthError::Unknown)));
     let mixed = format!("{}_{b_secret}", victim.key);
     assert!(matches!(h.s().authenticate_key(&mixed), Err(AuthError::Unknown)));
+}
+
+// ---- offboarding ----
+
+/// A tenant with a bit of everything: apps, held and released numbers, a trunk, keys, calls, usage, audit.
+fn seed_full(h: &Harness, id: &str, numbers: [&str; 2]) -> (TenantScope, ApiKeySecret) {
+    let scope = h.tenant(id);
+    let header = format!("Bearer {id}-agent-secret-0123456789");
+    let app = h.s().create_app(&scope, stream_app("agent", Some(&header))).unwrap();
+    for n in numbers {
+        h.s().claim_number(&scope, &e164(n), &app.id).unwrap();
+    }
+    h.s().release_number(&scope, &e164(numbers[1])).unwrap();
+    h.s().create_trunk(&scope, new_trunk("carrier", &["192.0.2.0/24"])).unwrap();
+    let key = h.s().create_key(&scope, new_key("ci", Access::ReadWrite, None)).unwrap();
+    for (i, secs) in [(1, 61), (2, 7)] {
+        let rec = call_record(id, &format!("CA{id}{i}"), "agent", numbers[0], T0 + i * 60_000, Some(secs));
+        h.s().record_call(&scope, &rec).unwrap();
+    }
+    (scope, key.key)
+}
+
+/// Every row of every table (from `sqlite_master`, not a list) as text, table by table.
+fn every_row(h: &Harness) -> BTreeMap<String, Vec<String>> {
+    let raw = h.raw();
+    let tables: Vec<String> = raw
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for t in tables {
+        let mut stmt = raw.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
+        let n = stmt.column_count();
+        let rows: Vec<String> = stmt
+            .query_map([], |r| {
+                let cells: Vec<String> = (0..n)
+                    .map(|i| match r.get_ref(i).unwrap() {
+                        rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b) => {
+                            String::from_utf8_lossy(b).into_owned()
+                        }
+                        rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                        rusqlite::types::ValueRef::Real(v) => v.to_string(),
+                        rusqlite::types::ValueRef::Null => "NULL".to_owned(),
+                    })
+                    .collect();
+                Ok(cells.join("|"))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        out.insert(t, rows);
+    }
+    out
+}
+
+/// Runs `step` of alpha's job to its end with an empty result.
+fn finish_step(h: &Harness, step: OffboardStep) -> OffboardJob {
+    h.s().offboard_step_started(&h.op, &slug("alpha"), step, None).unwrap();
+    h.s()
+        .offboard_step_done(&h.op, &slug("alpha"), step, StepDone { detail: json_obj(step), ..StepDone::default() })
+        .unwrap()
+}
+
+fn json_obj(step: OffboardStep) -> serde_json::Value {
+    serde_json::json!({ "ran": step.as_str() })
+}
+
+#[test]
+fn offboarding_starts_once_and_is_the_same_job_when_started_again() {
+    let h = Harness::new();
+    seed_full(&h, "alpha", ["+15551110001", "+15551110002"]);
+    let operator = Operator { actor: Actor::Operator };
+    let (job, created) = h.s().start_offboarding(&operator, &slug("alpha"), 5).unwrap();
+    assert!(created);
+    assert_eq!((job.step, job.grace_secs, job.started_by.as_str()), (OffboardStep::Suspend, 5, "operator"));
+    assert_eq!(job.steps.iter().map(|s| s.name).collect::<Vec<_>>(), OffboardStep::STEPS.to_vec());
+    h.clock.advance_ms(1000);
+    let (again, created) = h.s().start_offboarding(&operator, &slug("alpha"), 99).unwrap();
+    assert!(!created, "a second start is the same job");
+    assert_eq!(again, job, "unchanged, grace included");
+    let n: i64 = h.raw().query_row("SELECT count(*) FROM offboard_jobs", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(not_found(h.s().offboard_job(&h.op, &slug("bravo"))), Entity::OffboardJob);
+    assert_eq!(not_found(h.s().start_offboarding(&operator, &slug("bravo"), 5)), Entity::Tenant);
+    let audit = all_audit(h.s(), &h.s().operator_scope(&h.op, &slug("alpha")).unwrap());
+    assert!(audit.iter().any(|e| e.action == "offboard.start" && e.actor == "operator"), "{audit:?}");
+}
+
+#[test]
+fn suspend_step_closes_the_tenant_to_keys_and_routing_and_to_writes_by_others() {
+    let h = Harness::new();
+    let (_, key) = seed_full(&h, "alpha", ["+15551110001", "+15551110002"]);
+    h.s().start_offboarding(&h.op, &slug("alpha"), 5).unwrap();
+    let version = h.s().routing_version(&h.op).unwrap();
+    let job = finish_step(&h, OffboardStep::Suspend);
+    assert_eq!(job.step, OffboardStep::DrainCalls);
+    assert_eq!(job.steps[0].detail["status_before"], "active");
+    assert_eq!(h.s().tenant(&h.op, &slug("alpha")).unwrap().status, TenantStatus::Offboarding);
+    assert!(h.s().routing_version(&h.op).unwrap() > version, "the routing refresh sees it");
+    assert!(matches!(h.s().authenticate_key(key.expose()), Err(AuthError::TenantClosed)));
+    // The operator may read but no longer change the tenant's rows; the job's own component may.
+    let operator = Operator { actor: Actor::Operator };
+    let scope = h.s().operator_scope(&operator, &slug("alpha")).unwrap();
+    assert_eq!(h.s().list_apps(&scope).unwrap().len(), 1);
+    assert!(matches!(
+        h.s().create_trunk(&scope, new_trunk("late", &[])),
+        Err(StoreError::Conflict(Conflict::TenantOffboarding))
+    ));
+    let system = h.s().operator_scope(&Operator::system("call-records"), &slug("alpha")).unwrap();
+    let late = call_record("alpha", "CAlate", "agent", "+15551110001", T0 + 600_000, Some(3));
+    h.s().record_call(&system, &late).expect("a drained call's record is still written");
+    // A step out of order is refused, and the same step twice too.
+    assert!(matches!(
+        h.s().offboard_step_done(&h.op, &slug("alpha"), OffboardStep::Export, StepDone::default()),
+        Err(StoreError::Conflict(Conflict::OffboardStep))
+    ));
+    assert!(matches!(
+        h.s().offboard_step_done(&h.op, &slug("alpha"), OffboardStep::Suspend, StepDone::default()),
+        Err(StoreError::Conflict(Conflict::OffboardStep))
+    ));
+}
+
+#[test]
+fn the_drain_deadline_and_byes_are_set_once() {
+    let h = Harness::new();
+    seed_full(&h, "alpha", ["+15551110001", "+15551110002"]);
+    h.s().start_offboarding(&h.op, &slug("alpha"), 5).unwrap();
+    finish_step(&h, OffboardStep::Suspend);
+    let byes = serde_json::json!([{ "call": 1 }]);
+    let job = h
+        .s()
+        .offboard_step_started(&h.op, &slug("alpha"), OffboardStep::DrainCalls, Some((T0 + 5_000, byes.clone())))
+        .unwrap();
+    assert_eq!((job.drain_deadline_ms, job.pending_byes.clone()), (Some(T0 + 5_000), Some(byes.clone())));
+    let started = job.step_record(OffboardStep::DrainCalls).unwrap().started_at_ms;
+    // A restart starts the step again: the deadline, the BYEs and the start time stay those of the first start.
+    h.clock.advance_ms(3_000);
+    let again = h.reopen().unwrap();
+    let job = again
+        .offboard_step_started(
+            &h.op,
+            &slug("alpha"),
+            OffboardStep::DrainCalls,
+            Some((T0 + 8_000, serde_json::json!([]))),
+        )
+        .unwrap();
+    assert_eq!((job.drain_deadline_ms, job.pending_byes.clone()), (Some(T0 + 5_000), Some(byes)));
+    assert_eq!(job.step_record(OffboardStep::DrainCalls).unwrap().started_at_ms, started);
+    let job = again.offboard_step_done(&h.op, &slug("alpha"), OffboardStep::DrainCalls, StepDone::default()).unwrap();
+    assert_eq!(job.pending_byes, None, "the BYEs go once the drain is over");
+}
+
+#[test]
+fn a_failed_try_is_recorded_until_the_step_succeeds() {
+    let h = Harness::new();
+    seed_full(&h, "alpha", ["+15551110001", "+15551110002"]);
+    h.s().start_offboarding(&h.op, &slug("alpha"), 5).unwrap();
+    for _ in 0..2 {
+        h.s().offboard_step_failed(&h.op, &slug("alpha"), OffboardStep::Suspend, "disk full").unwrap();
+    }
+    let job = h.s().offboard_job(&h.op, &slug("alpha")).unwrap();
+    let err = job.last_error.unwrap();
+    assert_eq!((err.step, err.message.as_str(), err.attempts), (OffboardStep::Suspend, "disk full", 2));
+    let job = finish_step(&h, OffboardStep::Suspend);
+    assert_eq!(job.last_error, None);
+}
+
+/// The whole job at the store's level, reopening the file between every two steps (what a restart does): each
+/// step resumes where the previous left it; at the end no row of alpha remains in any table but its job, bravo's
+/// rows are untouched, alpha's numbers can be claimed by bravo and its id is never reused.
+#[test]
+fn deletion_leaves_no_row_of_the_tenant_in_any_table_and_the_job_resumes_after_each_step() {
+    let mut h = Harness::new();
+    let (_, alpha_key) = seed_full(&h, "alpha", ["+15551110001", "+15551110002"]);
+    let (bravo, _) = seed_full(&h, "bravo", ["+15552220001", "+15552220002"]);
+    let bravo_before: BTreeMap<String, Vec<String>> = every_row(&h)
+        .into_iter()
+        .map(|(t, rows)| (t, rows.into_iter().filter(|r| r.contains("bravo") || r.contains("+1555222")).collect()))
+        .collect();
+    h.s().start_offboarding(&h.op, &slug("alpha"), 0).unwrap();
+    let alpha = slug("alpha");
+    for step in OffboardStep::STEPS {
+        // A restart before the step: the job says where it is.
+        h.store = h.reopen().unwrap();
+        let unfinished = h.s().unfinished_offboard_jobs(&h.op).unwrap();
+        assert_eq!(unfinished.iter().map(|j| (j.tenant.as_str(), j.step)).collect::<Vec<_>>(), vec![("alpha", step)]);
+        h.s().offboard_step_started(&h.op, &alpha, step, None).unwrap();
+        // A restart in the middle of it: starting it again changes nothing.
+        h.store = h.reopen().unwrap();
+        h.s().offboard_step_started(&h.op, &alpha, step, None).unwrap();
+        let mut done = StepDone { detail: json_obj(step), ..StepDone::default() };
+        match step {
+            OffboardStep::Export => {
+                done.export = Some(ExportInfo {
+                    file_name: "alpha.tar.gz".into(),
+                    bytes: 10,
+                    sha256: "ab".repeat(32),
+                    created_at_ms: T0,
+                })
+            }
+            OffboardStep::FinalInvoice => done.final_invoice = Some(serde_json::json!({ "billable_secs": 68 })),
+            OffboardStep::ReleaseNumbers => {
+                let scope = h.s().operator_scope(&Operator::system("offboard"), &alpha).unwrap();
+                for n in h.s().list_numbers(&scope).unwrap() {
+                    h.s().release_number(&scope, &e164(&n.number)).unwrap();
+                }
+            }
+            OffboardStep::RevokeKeys => {
+                let scope = h.s().operator_scope(&Operator::system("offboard"), &alpha).unwrap();
+                for k in h.s().list_keys(&scope).unwrap() {
+                    h.s().revoke_key(&scope, &k.prefix).unwrap();
+                }
+            }
+            OffboardStep::Certificate => done.certificate = Some(serde_json::json!({ "tenant": "alpha" })),
+            _ => {}
+        }
+        let job = h.s().offboard_step_done(&h.op, &alpha, step, done).unwrap();
+        assert_eq!(job.step, step.next());
+        if step == OffboardStep::DeleteRows {
+            let counts = &job.step_record(step).unwrap().detail["rows_deleted"];
+            assert_eq!(counts["tenants"], 1);
+            assert_eq!(counts["apps"], 1);
+            assert_eq!(counts["calls"], 2);
+            assert_eq!(counts["usage_daily"], 1);
+            assert_eq!(counts["number_releases"], 2, "the seed's release and the job's");
+            assert_eq!(counts["numbers"], 0, "released the step before");
+            assert_eq!(counts["api_keys"], 1);
+            assert_eq!(counts["trunks"], 1);
+            assert!(counts["audit_log"].as_u64().unwrap() >= 10, "{counts}");
+            let total: u64 = counts.as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+            assert_eq!(job.step_record(step).unwrap().detail["rows_deleted_total"], total);
+        }
+    }
+    let job = h.s().offboard_job(&h.op, &alpha).unwrap();
+    assert!(job.finished() && job.finished_at_ms.is_some());
+    assert!(job.steps.iter().all(|s| s.started_at_ms.is_some() && s.finished_at_ms.is_some()), "{:?}", job.steps);
+    assert!(h.s().unfinished_offboard_jobs(&h.op).unwrap().is_empty());
+    assert_eq!(job.export.as_ref().unwrap().sha256, "ab".repeat(32));
+    assert_eq!(job.final_invoice.as_ref().unwrap()["billable_secs"], 68);
+
+    // No row of alpha anywhere but its job; every table is looked at, whatever its name.
+    let rows = every_row(&h);
+    assert!(rows.len() >= 10, "{:?}", rows.keys());
+    for (table, rows) in &rows {
+        if table == "offboard_jobs" {
+            assert_eq!(rows.len(), 1);
+            continue;
+        }
+        for row in rows {
+            for mark in ["alpha", "+1555111", &alpha_key.expose()[..12]] {
+                assert!(!row.contains(mark), "{table} still holds {mark:?}: {row}");
+            }
+        }
+    }
+    // Nor in the bytes of the file and its WAL: deleted content is overwritten and the WAL folded in.
+    for file in [h.db_path(), h.db_path().with_extension("db-wal")] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        for secret in ["alpha-agent-secret", "CAalpha"] {
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{} still holds {secret:?}", file.display());
+        }
+    }
+    // Bravo's rows are exactly as they were (plus nothing).
+    for (table, before) in &bravo_before {
+        let now: Vec<String> =
+            rows[table].iter().filter(|r| r.contains("bravo") || r.contains("+1555222")).cloned().collect();
+        assert_eq!(&now, before, "{table}");
+    }
+    // Gone for the operator too, its numbers free, its keys dead, its id kept.
+    assert_eq!(not_found(h.s().tenant(&h.op, &alpha)), Entity::Tenant);
+    assert_eq!(not_found(h.s().operator_scope(&h.op, &alpha)), Entity::Tenant);
+    let b_app = h.s().list_apps(&bravo).unwrap().remove(0);
+    h.s().claim_number(&bravo, &e164("+15551110001"), &b_app.id).expect("alpha's number is free");
+    assert!(matches!(h.s().authenticate_key(alpha_key.expose()), Err(AuthError::Unknown)));
+    let new = NewTenant { id: alpha.clone(), name: DisplayName::parse("New").unwrap(), plan: plan("pro") };
+    assert!(matches!(h.s().create_tenant(&h.op, new), Err(StoreError::Conflict(Conflict::TenantExists))));
+    let routing = h.s().load_routing(&h.op).unwrap();
+    assert!(routing.tenants.iter().all(|t| t.id != alpha));
+    // Steps after the end are refused.
+    assert!(matches!(
+        h.s().offboard_step_done(&h.op, &alpha, OffboardStep::Done, StepDone::default()),
+        Err(StoreError::Conflict(Conflict::OffboardStep))
+    ));
+}
+
+#[test]
+fn the_tables_deleted_from_are_read_from_the_schema() {
+    let h = Harness::new();
+    let mut conn = h.raw();
+    let tx = conn.transaction().unwrap();
+    let tables: Vec<String> = sqlite::tenant_tables(&tx).unwrap().into_iter().map(|(t, _)| t).collect();
+    let all: Vec<String> = tx
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    // Every table is either deleted from or one of the two that hold no tenant rows of their own.
+    for t in &all {
+        assert!(tables.contains(t) || t == "offboard_jobs" || t == "routing_version", "table {t} is not covered");
+    }
+    assert!(tables.contains(&"tenants".to_owned()) && tables.contains(&"calls".to_owned()));
 }

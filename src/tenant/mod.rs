@@ -101,6 +101,9 @@ pub struct Tenant {
     pub trunks: Vec<Trunk>,
     /// The name of the tenant's plan (its limits live in `sched::plan`).
     pub plan: Arc<str>,
+    /// Suspended or being offboarded: its numbers still route to it, so that its calls are refused as such (403
+    /// `Tenant Suspended`) rather than as unknown numbers.
+    pub suspended: bool,
 }
 
 impl Tenant {
@@ -127,9 +130,19 @@ pub struct Snapshot {
 /// What routing a call to `number` from `source` decided.
 #[derive(Debug)]
 pub enum RouteDecision<'a> {
-    Accept { tenant: &'a Tenant, app: &'a App, app_index: usize },
+    Accept {
+        tenant: &'a Tenant,
+        app: &'a App,
+        app_index: usize,
+    },
     UnknownNumber,
-    ForbiddenSource { tenant: &'a Tenant },
+    ForbiddenSource {
+        tenant: &'a Tenant,
+    },
+    /// The number is the tenant's, the source is allowed, and the tenant takes no calls.
+    Suspended {
+        tenant: &'a Tenant,
+    },
 }
 
 impl Snapshot {
@@ -157,6 +170,10 @@ impl Snapshot {
         };
         if !tenant.allows_source(source) {
             return RouteDecision::ForbiddenSource { tenant };
+        }
+        // After the source check: a source the tenant does not admit learns nothing of its status.
+        if tenant.suspended {
+            return RouteDecision::Suspended { tenant };
         }
         RouteDecision::Accept { tenant, app, app_index: route.app }
     }

@@ -122,6 +122,11 @@ impl MediaWorkers {
         self.pool.scheduler()
     }
 
+    /// Offboards a tenant whose calls have ended: its share of the workers goes to the others.
+    pub fn remove_tenant(&self, tenant: TenantId) {
+        self.pool.remove_tenant(tenant);
+    }
+
     /// Stops the workers; queued turns end unserved (their calls are told, and are ending anyway).
     pub fn shutdown(&self) {
         self.pool.shutdown();

@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::call::CallId;
 use crate::call::record::{CallRecord, CallRecordSink, EndReason};
-use crate::call::uas::{CallGuards, Refusal, SipEnd, Uas, UasConfig, UasEvent};
+use crate::call::uas::{CallGuards, PreparedBye, Refusal, SipEnd, Uas, UasConfig, UasEvent};
 use crate::config::Config;
 use crate::metrics::{Metrics, RejectReason, TenantMetrics};
 use crate::proto::sip::transaction::{Peer, Timers, Transport};
@@ -57,6 +57,53 @@ pub struct SipDriver {
     pub metrics: Arc<Metrics>,
     /// The threads that read calls' RTP in scheduler order.
     pub workers: Arc<MediaWorkers>,
+    /// Commands from the control plane (see [`SipControl`]).
+    pub control: mpsc::Receiver<SipCommand>,
+}
+
+/// What the control plane asks of the SIP driver: the offboarding job ends one tenant's calls, as a drain ends
+/// everyone's.
+#[derive(Debug)]
+pub enum SipCommand {
+    /// Ends every call of `tenant` now: BYE to the callers of answered calls, 480 to those still being set up,
+    /// `stop` to their agents; their records are written as usual, with `reason`.
+    HangUpTenant { tenant: TenantId, reason: EndReason },
+    /// The BYEs that would end each answered call of `tenant` (see `Uas::bye_for_later`).
+    PrepareByes { tenant: TenantId, reply: tokio::sync::oneshot::Sender<Vec<PreparedBye>> },
+    /// Sends BYEs an earlier process prepared for calls that died with it.
+    SendByes { byes: Vec<PreparedBye> },
+}
+
+/// The control plane's handle on the SIP driver, for blocking threads (the offboarding runner). Bounded: a
+/// command that does not fit is refused, never waited on by the driver.
+#[derive(Clone, Debug)]
+pub struct SipControl {
+    tx: mpsc::Sender<SipCommand>,
+}
+
+/// Commands queued to the SIP driver at most.
+const CONTROL_QUEUE: usize = 64;
+
+impl SipControl {
+    pub fn channel() -> (SipControl, mpsc::Receiver<SipCommand>) {
+        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        (SipControl { tx }, rx)
+    }
+
+    /// Queues `command`, waiting for room: from a blocking thread only (never inside the runtime). False when the
+    /// driver is gone.
+    pub fn send_blocking(&self, command: SipCommand) -> bool {
+        self.tx.blocking_send(command).is_ok()
+    }
+
+    /// The BYEs for `tenant`'s answered calls; `None` when the driver is gone.
+    pub fn prepare_byes_blocking(&self, tenant: TenantId) -> Option<Vec<PreparedBye>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if !self.send_blocking(SipCommand::PrepareByes { tenant, reply }) {
+            return None;
+        }
+        answer.blocking_recv().ok()
+    }
 }
 
 impl SipDriver {
@@ -97,6 +144,8 @@ impl SipSockets {
 
 struct CallEntry {
     commands: mpsc::Sender<MediaCommand>,
+    /// Whose call it is, for a command about one tenant's calls.
+    tenant_id: TenantId,
     /// The call's tenant, for a refusal reported by its media task.
     tenant: TenantMetrics,
 }
@@ -119,8 +168,10 @@ impl CallRecordSink for MeteredSink {
 impl SipDriver {
     /// Serves SIP until `shutdown.drain`; then refuses new calls, lets the active ones end, ends those left at
     /// `shutdown.hang_up` (BYE, `stop` to agents), and returns when no call is left.
-    pub async fn run(self, sockets: SipSockets, shutdown: SipShutdown) {
+    pub async fn run(mut self, sockets: SipSockets, shutdown: SipShutdown) {
         let SipSockets { udp, tcp } = sockets;
+        let (_, closed) = mpsc::channel(1);
+        let mut control = std::mem::replace(&mut self.control, closed);
         let local = SocketAddr::new(self.config.advertise_ip(), udp.local_addr().map(|a| a.port()).unwrap_or(5060));
         let mut uas = Uas::new(
             UasConfig {
@@ -190,6 +241,7 @@ impl SipDriver {
                     }
                 },
                 _ = sleep_until(deadline) => uas.handle_timeout(Instant::now(), &self.snapshot.load()),
+                Some(command) = control.recv() => on_command(command, &mut calls, &mut uas),
                 _ = shutdown.drain.cancelled(), if !draining => {
                     draining = true;
                     uas.start_draining();
@@ -259,7 +311,7 @@ impl SipDriver {
                     return;
                 };
                 let (ctx, crx) = mpsc::channel(CALL_COMMANDS);
-                calls.insert(call, CallEntry { commands: ctx, tenant: tenant.clone() });
+                calls.insert(call, CallEntry { commands: ctx, tenant_id: incoming.tenant, tenant: tenant.clone() });
                 let span = tracing::info_span!("call", tenant = %incoming.tenant_name, call_id = %call);
                 tracing::info!(parent: &span, sip_call_id = %incoming.sip_call_id, from = %incoming.from, to = %incoming.to, app = %incoming.app.name, codec = ?incoming.negotiated.codec, "incoming call");
                 let incoming = *incoming;
@@ -320,6 +372,36 @@ impl SipDriver {
             }
             UasEvent::Malformed { label, source } => {
                 tracing::debug!(%source, kind = label, "malformed SIP message");
+            }
+        }
+    }
+}
+
+fn on_command(command: SipCommand, calls: &mut HashMap<CallId, CallEntry>, uas: &mut Uas) {
+    let now = Instant::now();
+    match command {
+        SipCommand::HangUpTenant { tenant, reason } => {
+            let ending: Vec<CallId> = calls.iter().filter(|(_, e)| e.tenant_id == tenant).map(|(c, _)| *c).collect();
+            for call in &ending {
+                if let Some(entry) = calls.remove(call) {
+                    let _ = entry.commands.try_send(MediaCommand::Stop(reason));
+                    uas.hangup(now, *call);
+                }
+            }
+            tracing::info!(tenant = tenant.0, calls = ending.len(), reason = reason.label(), "tenant's calls ended");
+        }
+        SipCommand::PrepareByes { tenant, reply } => {
+            let byes: Vec<PreparedBye> = calls
+                .iter()
+                .filter(|(_, e)| e.tenant_id == tenant)
+                .filter_map(|(call, _)| uas.bye_for_later(*call))
+                .collect();
+            let _ = reply.send(byes);
+        }
+        SipCommand::SendByes { byes } => {
+            for bye in &byes {
+                tracing::info!(sip_call_id = %bye.sip_call_id, dest = %bye.dest.addr, "BYE for a call of an earlier process");
+                uas.send_prepared_bye(now, bye);
             }
         }
     }

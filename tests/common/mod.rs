@@ -371,23 +371,45 @@ impl Server {
         let sip = SocketAddr::from((LOCALHOST, free_port()));
         let http = SocketAddr::from((LOCALHOST, free_port()));
         let rtp = RtpWindow::acquire();
+        File::create(&log_path).expect("create server log");
+        let mut server =
+            Server { child: None, dir: Some(dir), dir_path, sip, http, rtp, log_path, config_path, data_dir };
+        server.spawn(&opts)?;
+        Ok(server)
+    }
 
-        let log = File::create(&log_path).expect("create server log");
+    /// SIGKILL, as a crash: no drain, nothing flushed. Returns once the process is gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again after [`Server::kill9`] or [`Server::stop`]: the same config, ports, RTP window
+    /// and data dir, its log going on in the same file; waits for `/healthz` as [`Server::start`] does.
+    pub fn restart(&mut self, opts: ServerOptions) -> Result<(), String> {
+        assert!(self.child.is_none(), "restart a server that is not running");
+        self.spawn(&opts)
+    }
+
+    fn spawn(&mut self, opts: &ServerOptions) -> Result<(), String> {
+        let log = fs::OpenOptions::new().append(true).open(&self.log_path).expect("open server log");
         let mut cmd = Command::new(fairvox_bin());
         cmd.arg("serve");
         if !opts.embedded_defaults {
-            cmd.arg("--config").arg(&config_path);
+            cmd.arg("--config").arg(&self.config_path);
         }
         cmd.arg("--sip-listen")
-            .arg(sip.to_string())
+            .arg(self.sip.to_string())
             .arg("--http-listen")
-            .arg(http.to_string())
+            .arg(self.http.to_string())
             .arg("--rtp-ports")
-            .arg(format!("{}-{}", rtp.lo, rtp.hi))
+            .arg(format!("{}-{}", self.rtp.lo, self.rtp.hi))
             .arg("--data-dir")
-            .arg(&data_dir)
+            .arg(&self.data_dir)
             .args(&opts.args)
-            .current_dir(&dir_path)
+            .current_dir(&self.dir_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
@@ -398,8 +420,8 @@ impl Server {
             cmd.env(k, v);
         }
         let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", fairvox_bin().display()))?;
-        let mut server =
-            Server { child: Some(child), dir: Some(dir), dir_path, sip, http, rtp, log_path, config_path, data_dir };
+        self.child = Some(child);
+        let server = self;
         let timeout = opts.ready_timeout.unwrap_or(Duration::from_secs(20));
         let deadline = Instant::now() + timeout;
         loop {
@@ -407,7 +429,7 @@ impl Server {
                 return Err(format!("fairvox exited before it was ready ({status}); its log:\n{}", server.log()));
             }
             if let Some((200, _)) = http_get(server.http, "/healthz", Duration::from_millis(500)) {
-                return Ok(server);
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(format!(

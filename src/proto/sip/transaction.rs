@@ -364,8 +364,20 @@ impl TransactionLayer {
 
     /// Sends a request as a non-INVITE client transaction; `branch` must be the one in its top Via.
     pub fn send_request(&mut self, now: Instant, request: &OutgoingRequest, branch: &str, dest: Peer) -> ClientTxId {
+        self.send_request_bytes(now, request.to_bytes(), request.method.clone(), branch, dest)
+    }
+
+    /// [`Transactions::send_request`] for a request already serialised (`bytes` must carry `branch` in its top
+    /// Via): a request written down by an earlier process, sent again by this one.
+    pub fn send_request_bytes(
+        &mut self,
+        now: Instant,
+        bytes: Vec<u8>,
+        method: Method,
+        branch: &str,
+        dest: Peer,
+    ) -> ClientTxId {
         let id = ClientTxId(self.alloc_id());
-        let bytes = request.to_bytes();
         self.transmits.push_back(Transmit { dest, bytes: bytes.clone() });
         let reliable = dest.transport.is_reliable();
         self.client.insert(
@@ -374,14 +386,14 @@ impl TransactionLayer {
                 peer: dest,
                 request: bytes,
                 branch: branch.to_owned(),
-                method: request.method.clone(),
+                method: method.clone(),
                 final_received: false,
                 retransmit_at: if reliable { None } else { Some(now + self.timers.t1) },
                 retransmit_interval: self.timers.t1,
                 end_at: now + 64 * self.timers.t1,
             },
         );
-        self.client_index.insert((branch.to_owned(), method_key(&request.method)), id);
+        self.client_index.insert((branch.to_owned(), method_key(&method)), id);
         id
     }
 

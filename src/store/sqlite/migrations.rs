@@ -12,10 +12,11 @@ pub(super) struct Migration {
     pub sql: &'static str,
 }
 
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "control plane: tenants, apps, numbers, trunks, keys, calls, usage, audit",
-    sql: r#"
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "control plane: tenants, apps, numbers, trunks, keys, calls, usage, audit",
+        sql: r#"
 CREATE TABLE tenants (
     id            TEXT    PRIMARY KEY,
     name          TEXT    NOT NULL,
@@ -142,4 +143,31 @@ CREATE TABLE routing_version (
 ) STRICT;
 INSERT INTO routing_version (singleton, version) VALUES (1, 0);
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "offboarding jobs",
+        sql: r#"
+-- One offboarding job per tenant, and what is kept of the tenant once its rows are deleted: the step history, the
+-- final invoice and the deletion certificate. No foreign key to tenants: the row outlives the tenant's, and its
+-- presence keeps the tenant id from being reused. It holds nothing of any other tenant.
+CREATE TABLE offboard_jobs (
+    tenant_id         TEXT    PRIMARY KEY,
+    started_by        TEXT    NOT NULL,
+    step              TEXT    NOT NULL CHECK (step IN ('suspend', 'drain_calls', 'export', 'final_invoice',
+                                    'release_numbers', 'revoke_keys', 'delete_rows', 'certificate', 'done')),
+    grace_secs        INTEGER NOT NULL CHECK (grace_secs >= 0),
+    created_at_ms     INTEGER NOT NULL,
+    updated_at_ms     INTEGER NOT NULL,
+    finished_at_ms    INTEGER,
+    drain_deadline_ms INTEGER,
+    steps             TEXT    NOT NULL,  -- JSON array: one object per step (name, started/finished times, detail)
+    pending_byes      TEXT,              -- JSON array: BYEs for the calls being drained, sent again after a restart
+    export            TEXT,              -- JSON object: file name, bytes, sha256
+    final_invoice     TEXT,              -- JSON object
+    certificate       TEXT,              -- JSON object
+    last_error        TEXT               -- JSON object: step, message, at_ms, attempts
+) STRICT;
+"#,
+    },
+];
