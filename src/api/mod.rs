@@ -17,6 +17,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 mod openapi;
+pub mod ratelimit;
 mod reports;
 mod resources;
 pub mod routing;
@@ -39,7 +40,7 @@ use axum::routing::MethodRouter;
 
 use crate::call::record::CallRecordSink;
 use crate::call::uas::CallGuards;
-use crate::config::Config;
+use crate::config::{ApiSettings, Config};
 use crate::metrics::Metrics;
 use crate::sched::plan::PlanSet;
 use crate::store::sqlite::SqliteStore;
@@ -60,20 +61,24 @@ struct StateInner {
     operator: OperatorToken,
     plans: PlanSet,
     stale_key_days: u32,
+    rate_limits: ratelimit::RateLimits,
     routing: routing::Nudge,
 }
 
 impl ApiState {
     /// `routing` is nudged after every successful write, so the snapshot refresh runs at once instead of at its
-    /// next poll.
+    /// next poll. `metrics` counts the requests refused for their rate limit.
     pub fn new(
         store: Arc<dyn Store>,
         operator: OperatorToken,
         plans: PlanSet,
-        stale_key_days: u32,
+        settings: &ApiSettings,
+        metrics: Arc<Metrics>,
         routing: routing::Nudge,
     ) -> ApiState {
-        ApiState { inner: Arc::new(StateInner { store, operator, plans, stale_key_days, routing }) }
+        let rate_limits = ratelimit::RateLimits::new(settings, metrics);
+        let stale_key_days = settings.stale_key_days;
+        ApiState { inner: Arc::new(StateInner { store, operator, plans, stale_key_days, rate_limits, routing }) }
     }
 
     pub fn store(&self) -> Arc<dyn Store> {
@@ -90,6 +95,10 @@ impl ApiState {
 
     pub(crate) fn stale_key_days(&self) -> u32 {
         self.inner.stale_key_days
+    }
+
+    pub(crate) fn rate_limits(&self) -> &ratelimit::RateLimits {
+        &self.inner.rate_limits
     }
 
     /// Tells the routing refresh that something it reads may have changed.
@@ -259,13 +268,20 @@ impl ControlPlane {
         let refresh = routing::RefreshThread::start(sync).map_err(|e| ControlPlaneError::Thread("routing", e))?;
         let writer = sink::StoreWriter::start(Arc::clone(&store), sink::QUEUE_CAPACITY)
             .map_err(|e| ControlPlaneError::Thread("call record writer", e))?;
-        let state = ApiState::new(store, operator, config.plans.clone(), config.api.stale_key_days, refresh.nudge());
+        let state =
+            ApiState::new(store, operator, config.plans.clone(), &config.api, Arc::clone(metrics), refresh.nudge());
         Ok(ControlPlane { state, refresh, writer })
     }
 
     /// The API, to merge into the server's router.
     pub fn router(&self) -> Router {
         router(self.state.clone())
+    }
+
+    /// `routes` readable with the operator token only (`401` otherwise): for `GET /metrics`, which lists every
+    /// tenant's label and counts on the listener tenants use for the API.
+    pub fn operator_only(&self, routes: Router) -> Router {
+        routes.route_layer(axum::middleware::from_fn_with_state(self.state.clone(), extract::require_operator))
     }
 
     /// `next` followed by the store: each record goes to `next` (the log and the JSONL file), then is queued for
