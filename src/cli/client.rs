@@ -382,7 +382,7 @@ pub fn base_url(flag: Option<&str>, listen: Option<SocketAddr>) -> Result<String
     Ok(url.trim_end_matches('/').to_owned())
 }
 
-/// The credential, first found of: `--token`, `--token-file`, `FAIRVOX_ADMIN_TOKEN`, `FAIRVOX_API_KEY`, the
+/// The credential, first found of: `--token`, `--token-file`, `FAIRVOX_API_KEY`, `FAIRVOX_ADMIN_TOKEN`, the
 /// server's generated `<data_dir>/admin-token`.
 pub fn credential(
     flag: Option<&str>,
@@ -409,11 +409,13 @@ pub fn credential(
             .map_err(|e| CliError::Usage(format!("--token-file {}: {e}", path.display())))?;
         return usable(&text, &format!("--token-file {}", path.display()));
     }
-    if let Some(t) = admin_env.filter(|t| !t.trim().is_empty()) {
-        return usable(t, ADMIN_TOKEN_ENV);
-    }
+    // The tenant key first: an operator's shell may export FAIRVOX_ADMIN_TOKEN for good, and setting
+    // FAIRVOX_API_KEY for one command says "act as this tenant" more specifically.
     if let Some(t) = key_env.filter(|t| !t.trim().is_empty()) {
         return usable(t, API_KEY_ENV);
+    }
+    if let Some(t) = admin_env.filter(|t| !t.trim().is_empty()) {
+        return usable(t, ADMIN_TOKEN_ENV);
     }
     let path = data_dir.join(crate::api::auth::ADMIN_TOKEN_FILE);
     match std::fs::read_to_string(&path) {
@@ -484,8 +486,10 @@ mod tests {
         assert!(!format!("{from_dir:?}").contains(secret), "Debug hides the token");
         let key = credential(None, None, None, Some("fvk_abcdefgh_x"), dir.path()).unwrap();
         assert!(key.is_tenant_key(), "FAIRVOX_API_KEY before the data dir");
-        let env = credential(None, None, Some("from-env"), Some("fvk_abcdefgh_x"), dir.path()).unwrap();
-        assert_eq!(env.token, "from-env", "FAIRVOX_ADMIN_TOKEN before FAIRVOX_API_KEY");
+        let env = credential(None, None, Some("from-env"), None, dir.path()).unwrap();
+        assert_eq!(env.token, "from-env", "FAIRVOX_ADMIN_TOKEN before the data dir");
+        let both = credential(None, None, Some("from-env"), Some("fvk_abcdefgh_x"), dir.path()).unwrap();
+        assert!(both.is_tenant_key(), "FAIRVOX_API_KEY before FAIRVOX_ADMIN_TOKEN");
         let file = dir.path().join("key");
         std::fs::write(&file, "fvk_filefile_y\n").unwrap();
         assert_eq!(credential(None, Some(&file), Some("from-env"), None, dir.path()).unwrap().token, "fvk_filefile_y");

@@ -30,8 +30,8 @@ pub struct Connection {
     pub url: Option<String>,
     /// The credential: the operator token, or a tenant's API key (fvk_...), which acts for its own tenant only.
     /// Prefer --token-file or the environment: a command line is visible to other users of the machine. Without
-    /// it: --token-file, then $FAIRVOX_ADMIN_TOKEN, then $FAIRVOX_API_KEY, then the token the server generated in
-    /// its data directory (--data-dir).
+    /// it: --token-file, then $FAIRVOX_API_KEY (a tenant key), then $FAIRVOX_ADMIN_TOKEN, then the token the server
+    /// generated in its data directory (--data-dir).
     #[arg(long, global = true, value_name = "TOKEN")]
     pub token: Option<String>,
     /// A file holding the credential (the server's data_dir/admin-token, or a file with a tenant key).
