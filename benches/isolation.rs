@@ -765,6 +765,10 @@ async fn run_phase(args: &Args, phase: Phase, pin: bool, out_dir: &Path) -> Phas
             return fail(r, format!("{e}; see {}", log.display()));
         }
     }
+    // `/metrics` is operator-only: the token the server generated into its data dir at start (none on a server
+    // from before the API, whose `/metrics` is open).
+    let operator_token =
+        std::fs::read_to_string(dir.path().join("data").join("admin-token")).ok().map(|t| t.trim().to_owned());
     let idle_ticks = server::core_ticks();
     tokio::time::sleep(Duration::from_secs(1)).await;
     r.background = server::core_load(&idle_ticks, &server::core_ticks());
@@ -842,7 +846,7 @@ async fn run_phase(args: &Args, phase: Phase, pin: bool, out_dir: &Path) -> Phas
         }
     }
     if r.status == "ok" {
-        let before = scrape(http_addr).await;
+        let before = scrape(http_addr, operator_token.clone()).await;
         let all0 = server::all_processes_cpu();
         let (st0, gt0) = (server::threads_cpu(srv.pid), server::threads_cpu(std::process::id()));
         let (s0, g0, c0) = (srv.sample(), server::proc_sample(std::process::id()), server::core_ticks());
@@ -868,7 +872,7 @@ async fn run_phase(args: &Args, phase: Phase, pin: bool, out_dir: &Path) -> Phas
             r.generator.cpu_pct = Some(100.0 * (g1.cpu_s - g0.cpu_s) / secs);
         }
         tokio::time::sleep(GRACE).await;
-        let after = scrape(http_addr).await;
+        let after = scrape(http_addr, operator_token.clone()).await;
         if let Some(status) = srv.exited() {
             r.status = format!("server exited during the window: {status}");
         }
@@ -937,8 +941,8 @@ async fn run_phase(args: &Args, phase: Phase, pin: bool, out_dir: &Path) -> Phas
 }
 
 /// `GET /metrics` off the runtime's thread (the quiet agent keeps reading meanwhile): the samples, `None` on 404.
-async fn scrape(http: SocketAddr) -> Result<Option<Vec<prom::Sample>>, String> {
-    let got = tokio::task::spawn_blocking(move || prom::scrape(http, SCRAPE_TIMEOUT))
+async fn scrape(http: SocketAddr, operator_token: Option<String>) -> Result<Option<Vec<prom::Sample>>, String> {
+    let got = tokio::task::spawn_blocking(move || prom::scrape(http, operator_token.as_deref(), SCRAPE_TIMEOUT))
         .await
         .map_err(|e| format!("scrape task: {e}"))??;
     match got {

@@ -68,11 +68,24 @@ pub struct Config {
 pub struct ApiSettings {
     /// A live API key unused for this many days is listed as `stale` (`api.stale_key_days`, 1..=3650).
     pub stale_key_days: u32,
+    /// Requests per second each API key may make in the long run (`api.requests_per_second`).
+    pub requests_per_second: u32,
+    /// Requests an API key may make at once after a quiet spell (`api.burst`).
+    pub burst: u32,
+    /// The same two for the operator token (`api.operator_requests_per_second`, `api.operator_burst`).
+    pub operator_requests_per_second: u32,
+    pub operator_burst: u32,
 }
 
 impl Default for ApiSettings {
     fn default() -> ApiSettings {
-        ApiSettings { stale_key_days: DEFAULT_STALE_KEY_DAYS }
+        ApiSettings {
+            stale_key_days: DEFAULT_STALE_KEY_DAYS,
+            requests_per_second: DEFAULT_KEY_REQUESTS_PER_SECOND,
+            burst: DEFAULT_KEY_BURST,
+            operator_requests_per_second: DEFAULT_OPERATOR_REQUESTS_PER_SECOND,
+            operator_burst: DEFAULT_OPERATOR_BURST,
+        }
     }
 }
 
@@ -262,6 +275,10 @@ struct RawOffboard {
 #[serde(deny_unknown_fields)]
 struct RawApi {
     stale_key_days: Option<u32>,
+    requests_per_second: Option<u32>,
+    burst: Option<u32>,
+    operator_requests_per_second: Option<u32>,
+    operator_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -358,6 +375,18 @@ pub const DEFAULT_OFFBOARD_GRACE_SECS: u64 = 30;
 pub const DEFAULT_PLAN: &str = "pro";
 /// `api.stale_key_days` by default: a key unused for 30 days is flagged stale.
 pub const DEFAULT_STALE_KEY_DAYS: u32 = 30;
+/// `api.requests_per_second` by default: each API key's sustained rate. A script polling a listing every 50 ms
+/// stays within it; a loop without a pause does not.
+pub const DEFAULT_KEY_REQUESTS_PER_SECOND: u32 = 50;
+/// `api.burst` by default: two seconds' worth at the sustained rate.
+pub const DEFAULT_KEY_BURST: u32 = 100;
+/// `api.operator_requests_per_second` by default: ten keys' worth (the operator acts for every tenant).
+pub const DEFAULT_OPERATOR_REQUESTS_PER_SECOND: u32 = 500;
+/// `api.operator_burst` by default.
+pub const DEFAULT_OPERATOR_BURST: u32 = 1000;
+/// The largest `api.*requests_per_second` and `api.*burst` (the limiter's arithmetic is in nanoseconds per
+/// request: beyond this the limit no longer limits anything an HTTP server on one node can serve).
+pub const MAX_API_RATE: u32 = 1_000_000;
 
 impl RawConfig {
     fn embedded_demo() -> RawConfig {
@@ -454,6 +483,28 @@ impl RawConfig {
         if !(1..=3650).contains(&stale_key_days) {
             return Err(invalid("api.stale_key_days", format!("{stale_key_days} must be within 1..=3650")));
         }
+        let rate = |key: &str, value: Option<u32>, default: u32| -> Result<u32, ConfigError> {
+            let v = value.unwrap_or(default);
+            if !(1..=MAX_API_RATE).contains(&v) {
+                return Err(invalid(key, format!("{v} must be within 1..={MAX_API_RATE}")));
+            }
+            Ok(v)
+        };
+        let api = ApiSettings {
+            stale_key_days,
+            requests_per_second: rate(
+                "api.requests_per_second",
+                self.api.requests_per_second,
+                DEFAULT_KEY_REQUESTS_PER_SECOND,
+            )?,
+            burst: rate("api.burst", self.api.burst, DEFAULT_KEY_BURST)?,
+            operator_requests_per_second: rate(
+                "api.operator_requests_per_second",
+                self.api.operator_requests_per_second,
+                DEFAULT_OPERATOR_REQUESTS_PER_SECOND,
+            )?,
+            operator_burst: rate("api.operator_burst", self.api.operator_burst, DEFAULT_OPERATOR_BURST)?,
+        };
 
         let mut tenants = Vec::with_capacity(self.tenants.len());
         let mut tenant_ids = HashSet::new();
@@ -554,7 +605,7 @@ impl RawConfig {
             metrics: self.metrics.clone(),
             log: self.log.clone(),
             drain_grace: Duration::from_secs(drain_grace),
-            api: ApiSettings { stale_key_days },
+            api,
             offboard_grace: Duration::from_secs(offboard_grace),
             tenants,
         })
@@ -762,6 +813,25 @@ allowed_sources = ["10.0.0.0/8", "192.0.2.1"]
             "bad.toml: offboard.grace_secs: 90000 must be within 0..=86400"
         );
         assert!(err("[offboard]\ngrace = 3\n").contains("unknown field"));
+    }
+
+    #[test]
+    fn api_rate_limits_have_defaults_and_bounds() {
+        assert_eq!(Config::from_toml("t.toml", "").unwrap().api, ApiSettings::default());
+        let c = Config::from_toml("t.toml", "[api]\nrequests_per_second = 2\nburst = 3\noperator_burst = 7\n").unwrap();
+        assert_eq!((c.api.requests_per_second, c.api.burst), (2, 3));
+        assert_eq!((c.api.operator_requests_per_second, c.api.operator_burst), (500, 7));
+        assert_eq!(
+            err("[api]\nrequests_per_second = 0\n"),
+            "bad.toml: api.requests_per_second: 0 must be within 1..=1000000"
+        );
+        assert_eq!(err("[api]\nburst = 0\n"), "bad.toml: api.burst: 0 must be within 1..=1000000");
+        assert!(
+            err("[api]\noperator_requests_per_second = 1000001\n")
+                .starts_with("bad.toml: api.operator_requests_per_second: ")
+        );
+        assert!(err("[api]\noperator_burst = -1\n").starts_with("bad.toml: "));
+        assert!(err("[api]\nrequests_per_minute = 5\n").starts_with("bad.toml: "), "unknown keys are errors");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod call;
+pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod fuzzing;

@@ -1,4 +1,6 @@
-//! The `fairvox` binary: the command line, logging set-up, and signal handling. No business logic here.
+//! The `fairvox` binary: the command line, logging set-up, and signal handling. No business logic here: `serve`
+//! starts the server (`fairvox::server`), the client subcommands (`tenant`, `app`, `number`, ...) are the operator
+//! CLI (`fairvox::cli`), which talks to a running server's API.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +27,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    #[command(flatten)]
+    Client(fairvox::cli::Command),
 }
 
 #[derive(clap::Args)]
@@ -57,6 +61,7 @@ fn parse_ports(s: &str) -> Result<RtpPorts, String> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Client(command) => std::process::exit(fairvox::cli::run(command)),
         Command::CheckConfig { config } => {
             fairvox::logging::init(&LogConfig::default());
             Config::load(Some(&config), &Overrides::default())?;

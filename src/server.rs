@@ -2,7 +2,8 @@
 //! on shutdown.
 //!
 //! HTTP: `GET /healthz` (200 while the process runs), `GET /readyz` (200 while serving, 503 while starting or
-//! draining), `GET /metrics` (Prometheus text format 0.0.4, see `docs/metrics.md`).
+//! draining), `GET /metrics` (Prometheus text format 0.0.4, see `docs/metrics.md`; the operator token only, as
+//! `Authorization: Bearer`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -225,11 +226,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         snapshot: snapshot.clone(),
         guards: guards.clone(),
     };
+    // `/metrics` lists every tenant's label and counts: the operator's token only. Health checks reveal nothing per
+    // tenant and stay open.
+    let metrics_route =
+        control.operator_only(Router::new().route("/metrics", get(metrics_handler)).with_state(state.clone()));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_handler))
         .with_state(state)
+        .merge(metrics_route)
         .merge(control.router());
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(http, app).await {

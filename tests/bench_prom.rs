@@ -120,9 +120,15 @@ fn http_responses() {
 
 /// Serves one canned HTTP response on a loopback port, reading the request first.
 fn one_response(response: &'static [u8]) -> std::net::SocketAddr {
+    one_response_seen(response).0
+}
+
+/// [`one_response`], and the request's head as it was received.
+fn one_response_seen(response: &'static [u8]) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let (seen_tx, seen) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         if let Ok((mut s, _)) = listener.accept() {
             let mut request = Vec::new();
@@ -133,23 +139,29 @@ fn one_response(response: &'static [u8]) -> std::net::SocketAddr {
                     Ok(n) => request.extend_from_slice(&buf[..n]),
                 }
             }
+            let _ = seen_tx.send(String::from_utf8_lossy(&request).into_owned());
             let _ = s.write_all(response);
         }
     });
-    addr
+    (addr, seen)
 }
 
 #[test]
 fn scrape_reads_text_and_reports_a_missing_endpoint() {
     let timeout = std::time::Duration::from_secs(5);
-    let ok = one_response(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nx{tenant=\"q\"} 1\n");
-    match prom::scrape(ok, timeout) {
+    let (ok, seen) = one_response_seen(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nx{tenant=\"q\"} 1\n");
+    match prom::scrape(ok, Some("operator-token"), timeout) {
         Ok(prom::Scrape::Text(t)) => assert_eq!(parse(&t).samples.len(), 1),
         other => panic!("unexpected {other:?}"),
     }
+    let request = seen.recv_timeout(timeout).expect("the request");
+    assert!(request.contains("\r\nAuthorization: Bearer operator-token\r\n"), "{request}");
+    let refused = one_response(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n");
+    let got = prom::scrape(refused, Some("wrong"), timeout);
+    assert!(got.as_ref().is_err_and(|e| e.contains("401")), "{got:?}");
     let absent = one_response(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-    let got = prom::scrape(absent, timeout);
+    let got = prom::scrape(absent, None, timeout);
     assert!(matches!(got, Ok(prom::Scrape::Absent)), "{got:?}");
     let broken = one_response(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n");
-    assert!(prom::scrape(broken, timeout).is_err());
+    assert!(prom::scrape(broken, None, timeout).is_err());
 }

@@ -16,6 +16,9 @@ use serde_json::{Value, json};
 
 const ADMIN: &str = "e2e-operator-token-0123456789abcdef0123";
 const SIPP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Rate limits no test here reaches except the one about them: the isolation suite sends hundreds of requests with
+/// one key as fast as it can, and `wait_for_calls` polls every 20 ms.
+const UNLIMITED: &str = "[api]\nrequests_per_second = 1000000\nburst = 1000000\n";
 
 struct Res {
     status: u16,
@@ -99,7 +102,7 @@ fn wait_for_calls(api: Api, token: &str, n: usize) -> Vec<Value> {
 #[test]
 fn a_tenant_onboarded_over_http_takes_a_call_within_a_second_and_is_billed_for_it() {
     let agent = Agent::start();
-    let server = start_server("");
+    let server = start_server(UNLIMITED);
     let api = Api(server.http_addr());
 
     api.expect(
@@ -187,7 +190,7 @@ fn a_tenant_onboarded_over_http_takes_a_call_within_a_second_and_is_billed_for_i
     assert_eq!(invoice["billable_secs"].as_i64(), Some(call_sum));
     assert_eq!(invoice["amount_cents"], 0, "built-in plans are priced 0 until the operator sets a price");
     // The tenant made over the API has its metrics like a config tenant: its latency budget is set from its plan.
-    let (_, scrape) = server.http_get("/metrics").expect("/metrics");
+    let scrape = api.call("GET", "/metrics", Some(ADMIN), None).body;
     assert!(
         scrape.lines().any(|l| l.starts_with("fairvox_tenant_latency_budget_seconds{tenant=\"acme\"} 0.04")),
         "{scrape}"
@@ -261,6 +264,92 @@ fn keys_tokens_and_bad_input_over_http() {
         keys["items"].as_array().unwrap().iter().map(|k| (k["prefix"].clone(), k["status"].clone())).collect();
     assert!(listed.contains(&(json!(&ro[..12]), json!("revoked"))), "{listed:?}");
     assert!(listed.contains(&(json!(&rw[..12]), json!("active"))), "{listed:?}");
+}
+
+#[test]
+fn each_key_has_its_own_rate_limit_answered_429_with_retry_after() {
+    // 1 request a second with a burst of 5 per key; the operator's limit is far away. (Each burst below is sent
+    // well within the second it takes one token to come back.)
+    let server = start_server(
+        "[api]\nrequests_per_second = 1\nburst = 5\noperator_requests_per_second = 1000\noperator_burst = 1000\n",
+    );
+    let api = Api(server.http_addr());
+    for (id, name) in [("alpha", "Alpha Secret Corp"), ("bravo", "Bravo")] {
+        api.expect(201, "POST", "/v1/tenants", Some(ADMIN), Some(json!({"id": id, "name": name})));
+    }
+    let alpha_app = api.expect(
+        201,
+        "POST",
+        "/v1/tenants/alpha/apps",
+        Some(ADMIN),
+        Some(json!({"name": "alpha-secret-app", "kind": "echo"})),
+    );
+    let alpha_app_id = alpha_app["id"].as_str().unwrap().to_owned();
+    let a1 = key_for(api, "alpha", &["read", "write"], None);
+    let a2 = key_for(api, "alpha", &["read"], None);
+    let b1 = key_for(api, "bravo", &["read", "write"], None);
+
+    // A made-up secret under bravo's (public) key prefix is 401 every time, never 429, and spends nothing of
+    // bravo's budget: authentication comes before the limit.
+    let forged = format!("{}_{}", &b1[..12], "a".repeat(b1.len() - 13));
+    for _ in 0..12 {
+        let r = api.call("GET", "/v1/apps", Some(&forged), None);
+        assert_eq!((r.status, r.json()["error"]["code"].clone()), (401, json!("unauthorized")), "{}", r.body);
+    }
+
+    // Alpha's first key: its burst passes, the next request is 429 with Retry-After and the JSON error.
+    let burst_started = Instant::now();
+    for i in 0..5 {
+        let r = api.call("GET", "/v1/apps", Some(&a1), None);
+        assert_eq!(r.status, 200, "request {i} of the burst: {}", r.body);
+    }
+    let limited = api.call("GET", "/v1/apps", Some(&a1), None);
+    assert!(burst_started.elapsed() < Duration::from_millis(900), "the burst was sent faster than the refill");
+    assert_eq!(limited.status, 429, "{}", limited.body);
+    assert_eq!(limited.header("content-type"), Some("application/json"));
+    let retry_after: u64 = limited.header("retry-after").expect("Retry-After").parse().expect("whole seconds");
+    assert_eq!(retry_after, 1, "at 1 per second the next token is at most 1 s away (whole seconds, at least 1)");
+    let error = &limited.json()["error"];
+    assert_eq!(error["code"], "rate_limited");
+    assert!(error["message"].as_str().unwrap().contains("retry after 1 s"), "{error}");
+    // Even a write it may do is refused before its body is looked at.
+    let r = api.call("POST", "/v1/apps", Some(&a1), Some(&json!({"bogus": true})));
+    assert_eq!(r.status, 429, "{}", r.body);
+
+    // Alpha's other key, bravo's key and the operator are unaffected: the budget is per key.
+    api.expect(200, "GET", "/v1/apps", Some(&a2), None);
+    for _ in 0..5 {
+        api.expect(200, "GET", "/v1/apps", Some(&b1), None);
+    }
+    api.expect(200, "GET", "/v1/tenants/alpha/apps", Some(ADMIN), None);
+
+    // Bravo, now out of budget too, gets the same 429 on alpha's paths as on its own: nothing of alpha's in it,
+    // and it does not tell alpha's app from one that does not exist.
+    let own = api.call("GET", "/v1/tenants/bravo/apps", Some(&b1), None);
+    let alphas = api.call("GET", &format!("/v1/tenants/alpha/apps/{alpha_app_id}"), Some(&b1), None);
+    let nothing = api.call("GET", "/v1/tenants/nobody/apps/app_aaaaaaaaaaaaaaaa", Some(&b1), None);
+    for r in [&own, &alphas, &nothing] {
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert_eq!(r.json()["error"]["code"], "rate_limited");
+        for secret in ["alpha", "Alpha Secret Corp", "alpha-secret-app", alpha_app_id.as_str()] {
+            assert!(!r.body.contains(secret), "a 429 reveals {secret:?}: {}", r.body);
+        }
+    }
+    assert_eq!(alphas.json()["error"]["code"], nothing.json()["error"]["code"]);
+
+    // After Retry-After, requests pass again.
+    std::thread::sleep(Duration::from_secs(retry_after));
+    api.expect(200, "GET", "/v1/apps", Some(&a1), None);
+
+    // The refusals are counted per tenant in /metrics (operator only).
+    let scrape = api.call("GET", "/metrics", Some(ADMIN), None);
+    assert_eq!(scrape.status, 200);
+    let counted = |tenant: &str| -> f64 {
+        let prefix = format!("fairvox_api_rate_limited_total{{tenant=\"{tenant}\"}} ");
+        scrape.body.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok()).unwrap_or(0.0)
+    };
+    assert_eq!(counted("alpha"), 2.0, "{}", scrape.body);
+    assert_eq!(counted("bravo"), 3.0, "{}", scrape.body);
 }
 
 // ------------------------------------------------------------------------------------------ isolation suite
@@ -478,7 +567,7 @@ fn with_alpha_ids(doc_path: &str, a: &Seeded) -> String {
 
 #[test]
 fn adversarial_isolation_over_every_documented_operation() {
-    let server = start_server("");
+    let server = start_server(UNLIMITED);
     let api = Api(server.http_addr());
     let a = seed_tenant(api, &server, "alpha-7q", "+15551110001", "+15551110002", "203.0.113.0/24");
     let b = seed_tenant(api, &server, "bravo-3k", "+15552220001", "+15552220002", "198.51.100.0/24");
@@ -553,6 +642,27 @@ fn adversarial_isolation_over_every_documented_operation() {
         if method != "GET" {
             writes.push((method.clone(), target, body));
         }
+    }
+    // `/metrics` is not in the document (it is not part of the API) but lists every tenant's label and counts on
+    // the same listener: any key, a dead or malformed one, or none, is 401 and learns nothing.
+    let mangled = format!("{}x", &b.key[..b.key.len() - 1]);
+    for token in [
+        Some(b.key.as_str()),
+        Some(b.read_only_key.as_str()),
+        Some(a.key.as_str()),
+        Some(a.revoked_key.as_str()),
+        Some(a.expired_key.as_str()),
+        Some(mangled.as_str()),
+        Some("not-the-operator-token-0123456789abcdef"),
+        None,
+    ] {
+        let res = api.call("GET", "/metrics", token, None);
+        let what = format!("{token:?} GET /metrics");
+        assert_eq!(res.status, 401, "{what}: {}", res.body);
+        assert_eq!(res.json()["error"]["code"], "unauthorized", "{what}");
+        assert!(!res.body.contains("fairvox_"), "{what}: {}", res.body);
+        leaks(&what, &res);
+        checked += 1;
     }
     assert!(checked > 300, "{checked} requests");
     assert_eq!(alpha_state(api), before, "nothing bravo did changed anything of alpha's");

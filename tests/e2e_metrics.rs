@@ -1,8 +1,9 @@
 //! Observability end to end: what an SRE reads from a running node. sipp places calls for two tenants and to an
 //! unknown number; `/metrics` must then show each tenant's calls, refusals and billable seconds as placed, the
 //! unknown number under `tenant="unattributed"`, and pass `promtool check metrics`. The shipped alert rules pass
-//! `promtool check rules`, and the shipped dashboard and rules refer only to metrics that exist. SIGTERM turns
-//! `/readyz` to 503 and refuses new calls while the active ones finish.
+//! `promtool check rules` (and the shipped Prometheus config `promtool check config`), and the shipped dashboard and
+//! rules refer only to metrics that exist. `/metrics` answers the operator token only. SIGTERM turns `/readyz` to
+//! 503 and refuses new calls while the active ones finish.
 
 mod common;
 #[path = "support/prom.rs"]
@@ -79,7 +80,7 @@ fn per_tenant_series_match_the_calls_placed() {
     assert!(wait_until(Duration::from_secs(10), || call_records(&server).len() >= 5), "5 call records");
     let records = call_records(&server);
 
-    let (content_type, text) = scrape(server.http_addr());
+    let (content_type, text) = scrape(server.http_addr(), &server.admin_token());
     assert_eq!(content_type, fairvox::metrics::CONTENT_TYPE);
     let m = Exposition::parse(&text);
     let v = |name: &str, labels: &[(&str, &str)]| {
@@ -154,7 +155,7 @@ fn promtool_accepts_a_live_scrape_and_the_shipped_rules() {
     place_calls(&server, "15550001", 1);
     expect_status(&server, "uac_expect_status.xml", "15559999", 404);
     assert!(wait_until(Duration::from_secs(10), || !call_records(&server).is_empty()));
-    let (_, text) = scrape(server.http_addr());
+    let (_, text) = scrape(server.http_addr(), &server.admin_token());
     assert!(text.contains("fairvox_calls_total{"), "the scrape has per-tenant series to lint:\n{text}");
 
     let mut child = Command::new(&promtool)
@@ -174,6 +175,19 @@ fn promtool_accepts_a_live_scrape_and_the_shipped_rules() {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "promtool check rules: {said}");
     assert!(said.contains("SUCCESS"), "{said}");
+
+    // The shipped Prometheus config, with its two paths pointed at the rules here and at this server's token file:
+    // promtool checks its syntax, that the token file exists, and the rules it loads.
+    let shipped = std::fs::read_to_string(repo().join("deploy/prometheus/prometheus.yml")).unwrap();
+    assert!(shipped.contains("credentials_file: /etc/prometheus/fairvox-token"), "{shipped}");
+    let config = shipped
+        .replace("/etc/prometheus/fairvox-rules.yml", &rules.display().to_string())
+        .replace("/etc/prometheus/fairvox-token", &server.admin_token_path().display().to_string());
+    let path = server.dir().join("prometheus.yml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(&promtool).arg("check").arg("config").arg(&path).output().expect("run promtool");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.contains("1 rule files found"), "promtool check config: {said}");
 }
 
 /// Every `expr` of a Grafana dashboard, panels in rows included, and every query variable's query.
@@ -200,7 +214,7 @@ fn dashboard_and_rules_refer_only_to_metrics_that_exist() {
     let known: BTreeSet<String> = fairvox::metrics::Metrics::default().family_names().iter().cloned().collect();
     let server = Server::start(CONFIG);
     place_calls(&server, "15550001", 1);
-    let (_, text) = scrape(server.http_addr());
+    let (_, text) = scrape(server.http_addr(), &server.admin_token());
     for family in Exposition::parse(&text).types.keys() {
         assert!(known.contains(family), "{family} scraped but not in Metrics::family_names()");
     }
@@ -275,6 +289,67 @@ fn dashboard_and_rules_refer_only_to_metrics_that_exist() {
 }
 
 #[test]
+fn metrics_need_the_operator_token_and_refusals_reveal_no_tenant() {
+    let server = Server::start(CONFIG);
+    let operator = server.admin_token();
+    let get = |token: Option<&str>| {
+        http_call(server.http_addr(), "GET", "/metrics", token, None, Duration::from_secs(5)).expect("HTTP answer")
+    };
+    // The operator reads every tenant's series (so the refusals below have something to hide).
+    let ok = get(Some(&operator));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert!(ok.body.contains("tenant=\"tenant-a\"") && ok.body.contains("tenant=\"tenant-b\""), "{}", ok.body);
+
+    // A key of tenant-a, made by the operator over the API.
+    let created = http_call(
+        server.http_addr(),
+        "POST",
+        "/v1/tenants/tenant-a/keys",
+        Some(&operator),
+        Some(("application/json", br#"{"name":"reader","scopes":["read"]}"#)),
+        Duration::from_secs(5),
+    )
+    .expect("HTTP answer");
+    assert_eq!(created.status, 201, "{}", created.body);
+    let key: Value = serde_json::from_str(&created.body).unwrap();
+    let key = key["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        http_call(server.http_addr(), "GET", "/v1/apps", Some(&key), None, Duration::from_secs(5)).map(|r| r.status),
+        Some(200),
+        "the key works on the API"
+    );
+
+    let wrong = format!("{}x", &operator[..operator.len() - 1]);
+    for (what, token) in
+        [("no token", None), ("a tenant key", Some(key.as_str())), ("a wrong token", Some(wrong.as_str()))]
+    {
+        let r = get(token);
+        assert_eq!(r.status, 401, "{what}: {}", r.body);
+        assert!(r.headers.iter().any(|(k, v)| k == "www-authenticate" && v == "Bearer"), "{what}: {:?}", r.headers);
+        let error: Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{what}: {e}: {}", r.body));
+        assert_eq!(error["error"]["code"], "unauthorized", "{what}");
+        for secret in ["tenant-a", "tenant-b", "fairvox_", "unattributed"] {
+            assert!(!r.body.contains(secret), "{what}: the refusal shows {secret:?}: {}", r.body);
+        }
+    }
+    // The token under another scheme is not accepted either.
+    let mut s = std::net::TcpStream::connect(server.http_addr()).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {operator}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut s, &mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
+
+    // Health checks stay open: they say nothing per tenant.
+    assert_eq!(server.http_get("/healthz"), Some((200, "ok\n".to_owned())));
+    assert_eq!(server.http_get("/readyz"), Some((200, "ready\n".to_owned())));
+}
+
+#[test]
 fn sigterm_makes_readyz_503_and_refuses_new_calls_while_active_ones_finish() {
     let mut server = Server::start_with(
         CONFIG,
@@ -285,7 +360,7 @@ fn sigterm_makes_readyz_503_and_refuses_new_calls_while_active_ones_finish() {
     let active = Sipp::builtin("uac", Some(server.sip_addr())).service("15550001").pause_ms(4000).spawn(SIPP_TIMEOUT);
     assert!(server.wait_for_log("incoming call", Duration::from_secs(5)));
     std::thread::sleep(Duration::from_millis(300));
-    let (_, text) = scrape(server.http_addr());
+    let (_, text) = scrape(server.http_addr(), &server.admin_token());
     assert_eq!(Exposition::parse(&text).value("fairvox_calls_active", &[("tenant", "tenant-a")]), Some(1.0));
 
     let sigterm_at = Instant::now();
@@ -301,7 +376,7 @@ fn sigterm_makes_readyz_503_and_refuses_new_calls_while_active_ones_finish() {
         Sipp::new(&server, "uac_expect_status.xml").service("15550002").set("expected_status", "503").run(SIPP_TIMEOUT);
     refused.assert_success("503 while draining");
     assert!(refused.messages.contains("Retry-After: 5"), "{}", refused.messages);
-    let (_, text) = scrape(server.http_addr());
+    let (_, text) = scrape(server.http_addr(), &server.admin_token());
     let m = Exposition::parse(&text);
     assert_eq!(m.value("fairvox_calls_rejected_total", &[("tenant", "tenant-b"), ("reason", "overload")]), Some(1.0));
 

@@ -124,7 +124,7 @@ fn expect_403(server: &Server, number: &str) {
 }
 
 fn suspended_refusals(server: &Server, tenant: &str) -> f64 {
-    let (_, text) = scrape(server.http_addr());
+    let (_, text) = scrape(server.http_addr(), &server.admin_token());
     Exposition::parse(&text)
         .value("fairvox_calls_rejected_total", &[("tenant", tenant), ("reason", "suspended")])
         .unwrap_or(0.0)
@@ -380,7 +380,7 @@ fn the_drain_ends_calls_still_up_after_the_grace_and_bills_them_and_a_patch_susp
     assert_eq!(api.expect(200, "GET", "/v1/calls", Some(&gamma_key), None)["items"].as_array().unwrap().len(), 1);
     // Beta's metric series are gone (and stay gone across scrapes); gamma's are there.
     for _ in 0..2 {
-        let (_, text) = scrape(server.http_addr());
+        let (_, text) = scrape(server.http_addr(), &server.admin_token());
         assert!(!text.contains("tenant=\"beta\""), "{text}");
         assert!(text.contains("tenant=\"gamma\""));
     }

@@ -45,7 +45,10 @@ const TENANTS: [&str; 2] = ["tenant-a", "tenant-b"];
 fn setup() -> (Server, Prometheus, Vec<SippRun>) {
     let server = Server::start(CONFIG);
     let rules = repo().join("deploy/prometheus/rules.yml");
-    let prometheus = Prometheus::start(&[server.http_addr()], &[&rules], free_port());
+    // /metrics is operator-only: Prometheus reads the token the server generated, as a deployment's scrape config
+    // does (`authorization: {type: Bearer, credentials_file: ...}`).
+    let token_file = server.admin_token_path();
+    let prometheus = Prometheus::start(&[server.http_addr()], &[&rules], Some(&token_file), free_port());
     // The calls must run while Prometheus scrapes: a series first scraped after its last increase has no rate.
     let up =
         prometheus.query_until("up{job=\"fairvox\"}", Duration::from_secs(30), |r| r.iter().any(|(_, v)| *v == 1.0));

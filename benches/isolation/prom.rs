@@ -47,12 +47,14 @@ pub enum Scrape {
     Absent,
 }
 
-/// `GET /metrics` on `http`, all of it within `timeout`.
-pub fn scrape(http: SocketAddr, timeout: Duration) -> Result<Scrape, String> {
+/// `GET /metrics` on `http`, all of it within `timeout`, with `Authorization: Bearer <operator_token>` when given
+/// (the server's `/metrics` is operator-only; a server from before that needs none).
+pub fn scrape(http: SocketAddr, operator_token: Option<&str>, timeout: Duration) -> Result<Scrape, String> {
     let deadline = Instant::now() + timeout;
     let mut s = TcpStream::connect_timeout(&http, timeout).map_err(|e| format!("connect {http}: {e}"))?;
     s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: {http}\r\nAccept: text/plain\r\n\r\n");
+    let auth = operator_token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {http}\r\n{auth}Accept: text/plain\r\n\r\n");
     s.write_all(request.as_bytes()).map_err(|e| format!("GET /metrics: {e}"))?;
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];
@@ -78,6 +80,7 @@ pub fn scrape(http: SocketAddr, timeout: Duration) -> Result<Scrape, String> {
     match status {
         200 => String::from_utf8(body).map(Scrape::Text).map_err(|_| "GET /metrics: body is not UTF-8".to_owned()),
         404 => Ok(Scrape::Absent),
+        401 => Err("GET /metrics: HTTP 401: the operator token is missing or wrong".to_owned()),
         other => Err(format!("GET /metrics: HTTP {other}")),
     }
 }

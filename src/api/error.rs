@@ -1,6 +1,7 @@
 //! The API's one error type and its JSON shape: `{"error": {"code": "...", "message": "...", "field": "..."}}`
-//! (`field` only when one input is to blame). Store errors map to statuses here and nowhere else: `NotFound` 404,
-//! `Conflict` 409, `Invalid` 400, `ReadOnly` 403, `Backend` 500 (its message goes to the log, not to the client).
+//! (`field` only when one input is to blame; `429` adds `Retry-After`). Store errors map to statuses here and nowhere
+//! else: `NotFound` 404, `Conflict` 409, `Invalid` 400, `ReadOnly` 403, `Backend` 500 (its message goes to the log,
+//! not to the client).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -34,6 +35,9 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("this method is not allowed on this path")]
     MethodNotAllowed,
+    /// The credential used up its request rate (`api.requests_per_second`, `api.burst`): `429` with `Retry-After`.
+    #[error("too many requests with this credential: retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u32 },
 }
 
 impl ApiError {
@@ -58,6 +62,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         }
     }
 }
@@ -101,6 +106,9 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(json!({ "error": body }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         response
     }

@@ -3,9 +3,9 @@
 //! [`ApiError`] (JSON), never axum's plain-text rejections. Plus the middleware that gives each request an id and a
 //! span with `request_id` and `tenant`.
 //!
-//! Order of checks, the same on every route: credentials (401), then the tenant named in the path (404 unless it
-//! is the caller's or the caller is the operator), then write permission (403 for a read-only key), then the
-//! inputs (400). So another tenant's path answers 404 whatever else is wrong with the request.
+//! Order of checks, the same on every route: credentials (401), then the credential's rate limit (429), then the
+//! tenant named in the path (404 unless it is the caller's or the caller is the operator), then write permission
+//! (403 for a read-only key), then the inputs (400). So another tenant's path answers 404 whatever else is wrong with the request.
 
 use std::time::Instant;
 
@@ -20,7 +20,8 @@ use tracing::Instrument;
 
 use super::ApiState;
 use super::error::ApiError;
-use crate::store::{self, AuthError, Operator, TenantScope, TenantSlug};
+use super::ratelimit::Credential;
+use crate::store::{self, Actor, AuthError, Operator, TenantScope, TenantSlug};
 
 /// The largest request body the API reads (apps with many custom parameters are the largest bodies).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -34,31 +35,80 @@ pub enum Caller {
 impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
+    /// Authenticates (401), then spends one request of the credential's rate limit (429): in that order, so that
+    /// only a valid credential has a budget and nobody can spend another's.
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Caller, ApiError> {
-        let presented = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        if presented.starts_with(store::keys::KEY_TAG) {
-            let store = state.store();
-            let key = presented.to_owned();
-            let scope = store::blocking(store, move |s| Ok(s.authenticate_key(&key))).await?;
-            match scope {
-                Ok(scope) => {
-                    let span = tracing::Span::current();
-                    span.record("tenant", scope.tenant().as_str());
-                    span.record("actor", tracing::field::display(scope.actor()));
-                    Ok(Caller::Tenant(scope))
-                }
-                Err(AuthError::Backend(e)) => Err(ApiError::Store(store::StoreError::Backend(e))),
-                Err(e) => {
-                    tracing::info!(reason = %e, "API key refused");
-                    Err(ApiError::Unauthorized)
-                }
+        let caller = authenticate(parts, state).await?;
+        // Once per request, however many extractors ask who the caller is.
+        if parts.extensions.get::<RateCounted>().is_none() {
+            let who = match &caller {
+                Caller::Operator(_) => Credential::Operator,
+                Caller::Tenant(scope) => match scope.actor() {
+                    Actor::ApiKey(prefix) => {
+                        Credential::Key { prefix: prefix.as_str(), tenant: scope.tenant().as_str() }
+                    }
+                    // Scopes made from a key always carry it; anything else acts with operator authority.
+                    _ => Credential::Operator,
+                },
+            };
+            if let Err(limited) = state.rate_limits().check(who) {
+                tracing::info!(retry_after_secs = limited.retry_after_secs, "API request refused: rate limit");
+                return Err(ApiError::RateLimited { retry_after_secs: limited.retry_after_secs });
             }
-        } else {
-            let operator = state.operator_token().verify(presented).ok_or(ApiError::Unauthorized)?;
-            tracing::Span::current().record("actor", "operator");
-            Ok(Caller::Operator(operator))
+            parts.extensions.insert(RateCounted);
         }
+        Ok(caller)
     }
+}
+
+/// Marks a request already counted against its credential's rate limit.
+#[derive(Clone, Copy)]
+struct RateCounted;
+
+/// Who presented what: the operator token, or a valid key of a tenant (401 otherwise).
+async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Caller, ApiError> {
+    let presented = bearer(parts).ok_or(ApiError::Unauthorized)?;
+    if presented.starts_with(store::keys::KEY_TAG) {
+        let store = state.store();
+        let key = presented.to_owned();
+        let scope = store::blocking(store, move |s| Ok(s.authenticate_key(&key))).await?;
+        match scope {
+            Ok(scope) => {
+                let span = tracing::Span::current();
+                span.record("tenant", scope.tenant().as_str());
+                span.record("actor", tracing::field::display(scope.actor()));
+                Ok(Caller::Tenant(scope))
+            }
+            Err(AuthError::Backend(e)) => Err(ApiError::Store(store::StoreError::Backend(e))),
+            Err(e) => {
+                tracing::info!(reason = %e, "API key refused");
+                Err(ApiError::Unauthorized)
+            }
+        }
+    } else {
+        let operator = state.operator_token().verify(presented).ok_or(ApiError::Unauthorized)?;
+        tracing::Span::current().record("actor", "operator");
+        Ok(Caller::Operator(operator))
+    }
+}
+
+/// Middleware for routes outside `/v1` that only the operator may read (`GET /metrics`): the operator token or
+/// `401`. A tenant key is `401` too, without a store lookup (it can never be the operator's token), and there is
+/// no rate limit: a busy operator script must not make the scrape fail.
+pub async fn require_operator(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let allowed = bearer(&parts).is_some_and(|token| {
+        !token.starts_with(store::keys::KEY_TAG) && state.operator_token().verify(token).is_some()
+    });
+    if !allowed {
+        tracing::debug!(path = %parts.uri.path(), "operator-only route refused: no operator token");
+        return axum::response::IntoResponse::into_response(ApiError::Unauthorized);
+    }
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// The token of `Authorization: Bearer <token>`, if the header is there and well formed.

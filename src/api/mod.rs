@@ -18,6 +18,7 @@ pub mod error;
 pub mod extract;
 pub mod offboard;
 mod openapi;
+pub mod ratelimit;
 mod reports;
 mod resources;
 pub mod routing;
@@ -40,7 +41,7 @@ use axum::routing::MethodRouter;
 
 use crate::call::record::CallRecordSink;
 use crate::call::uas::CallGuards;
-use crate::config::Config;
+use crate::config::{ApiSettings, Config};
 use crate::metrics::Metrics;
 use crate::sched::plan::PlanSet;
 use crate::store::sqlite::SqliteStore;
@@ -62,22 +63,28 @@ struct StateInner {
     operator: OperatorToken,
     plans: PlanSet,
     stale_key_days: u32,
+    rate_limits: ratelimit::RateLimits,
     routing: routing::Nudge,
     offboard: offboard::OffboardSettings,
 }
 
 impl ApiState {
     /// `routing` is nudged after every successful write, so the snapshot refresh runs at once instead of at its
-    /// next poll.
+    /// next poll. `metrics` counts the requests refused for their rate limit.
     pub fn new(
         store: Arc<dyn Store>,
         operator: OperatorToken,
         plans: PlanSet,
-        stale_key_days: u32,
+        settings: &ApiSettings,
+        metrics: Arc<Metrics>,
         routing: routing::Nudge,
         offboard: offboard::OffboardSettings,
     ) -> ApiState {
-        ApiState { inner: Arc::new(StateInner { store, operator, plans, stale_key_days, routing, offboard }) }
+        let rate_limits = ratelimit::RateLimits::new(settings, metrics);
+        let stale_key_days = settings.stale_key_days;
+        ApiState {
+            inner: Arc::new(StateInner { store, operator, plans, stale_key_days, rate_limits, routing, offboard }),
+        }
     }
 
     pub fn store(&self) -> Arc<dyn Store> {
@@ -98,6 +105,10 @@ impl ApiState {
 
     pub(crate) fn offboard(&self) -> &offboard::OffboardSettings {
         &self.inner.offboard
+    }
+
+    pub(crate) fn rate_limits(&self) -> &ratelimit::RateLimits {
+        &self.inner.rate_limits
     }
 
     /// Tells the routing refresh that something it reads may have changed.
@@ -309,7 +320,8 @@ impl ControlPlane {
             store,
             operator,
             config.plans.clone(),
-            config.api.stale_key_days,
+            &config.api,
+            Arc::clone(metrics),
             refresh.nudge(),
             offboarding,
         );
@@ -319,6 +331,12 @@ impl ControlPlane {
     /// The API, to merge into the server's router.
     pub fn router(&self) -> Router {
         router(self.state.clone())
+    }
+
+    /// `routes` readable with the operator token only (`401` otherwise): for `GET /metrics`, which lists every
+    /// tenant's label and counts on the listener tenants use for the API.
+    pub fn operator_only(&self, routes: Router) -> Router {
+        routes.route_layer(axum::middleware::from_fn_with_state(self.state.clone(), extract::require_operator))
     }
 
     /// `next` followed by the store: each record goes to `next` (the log and the JSONL file), then is queued for

@@ -146,6 +146,8 @@ mod tests {
                 assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path}: no responses");
                 if path != "/openapi.json" {
                     assert!(op["responses"].get("401").is_some(), "{method} {path}: no 401");
+                    // Every authenticated operation can be refused for its credential's rate.
+                    assert!(op["responses"].get("429").is_some(), "{method} {path}: no 429");
                 }
             }
         }

@@ -53,7 +53,8 @@ impl Api {
             Arc::clone(&store),
             OperatorToken::new(OP).unwrap(),
             config.plans.clone(),
-            config.api.stale_key_days,
+            &config.api,
+            Arc::new(crate::metrics::Metrics::default()),
             Nudge::detached(),
             super::offboard::OffboardSettings {
                 grace_secs: 0,

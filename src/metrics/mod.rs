@@ -109,6 +109,8 @@ struct Families {
     sip_messages: Family<SipLabels, Counter>,
     sip_malformed: Counter,
     tenants_folded: Counter,
+    api_rate_limited: Family<TenantLabels, Counter>,
+    api_operator_rate_limited: Counter,
 }
 
 impl Families {
@@ -130,6 +132,8 @@ impl Families {
             sip_messages: Family::default(),
             sip_malformed: Counter::default(),
             tenants_folded: Counter::default(),
+            api_rate_limited: Family::default(),
+            api_operator_rate_limited: Counter::default(),
         }
     }
 
@@ -199,6 +203,17 @@ impl Families {
             "Tenants counted under tenant other because metrics.max_tenants tenants already have their own label",
             self.tenants_folded.clone(),
         );
+        r.register(
+            "fairvox_api_rate_limited",
+            "Control-plane API requests refused with 429 because the API key had used up its rate limit, by the \
+             key's tenant",
+            self.api_rate_limited.clone(),
+        );
+        r.register(
+            "fairvox_api_operator_rate_limited",
+            "Control-plane API requests with the operator token refused with 429 (its own rate limit)",
+            self.api_operator_rate_limited.clone(),
+        );
     }
 
     /// Removes every series of one tenant label: the fixed ones, and the `dynamic` ones it created.
@@ -229,6 +244,7 @@ impl Families {
                 DynamicSeries::Circuit(app) => {
                     self.provider_circuit_open.remove(&TenantApp { tenant, app: app.clone() })
                 }
+                DynamicSeries::ApiRateLimited => self.api_rate_limited.remove(&TenantLabels { tenant }),
             };
         }
     }
@@ -274,6 +290,7 @@ enum DynamicSeries {
     Rejected(RejectReason),
     ProviderError(&'static str),
     Circuit(Arc<str>),
+    ApiRateLimited,
 }
 
 /// A `tenant` label value that has series.
@@ -395,6 +412,19 @@ impl Metrics {
     /// `tenant="unattributed"`.
     pub fn unattributed(&self) -> TenantMetrics {
         self.unattributed.clone()
+    }
+
+    /// The handle of the tenant named `name`, for a caller that knows the tenant by name only (the API's rate
+    /// limits, which take it once per key and keep it). Takes the table lock: not for a per-frame or per-request
+    /// path.
+    pub fn tenant_named(&self, name: &str) -> TenantMetrics {
+        let mut table = self.table.lock();
+        self.resolve(&mut table, name)
+    }
+
+    /// Counts one API request with the operator token refused for its rate limit.
+    pub fn api_operator_rate_limited(&self) {
+        self.families.api_operator_rate_limited.inc();
     }
 
     fn resolve(&self, table: &mut TenantTable, name: &str) -> TenantMetrics {
@@ -644,6 +674,12 @@ impl TenantMetrics {
     pub fn provider_stream_error(&self, kind: &'static str) {
         let labels = TenantKind { tenant: self.0.label.clone(), kind };
         self.bump(&self.0.families.provider_stream_errors, &labels, || DynamicSeries::ProviderError(kind));
+    }
+
+    /// Counts one API request of one of the tenant's keys refused for the key's rate limit.
+    pub fn api_rate_limited(&self) {
+        let labels = TenantLabels { tenant: self.0.label.clone() };
+        self.bump(&self.0.families.api_rate_limited, &labels, || DynamicSeries::ApiRateLimited);
     }
 
     /// Sets the tenant's frame-latency budget (`fairvox_tenant_latency_budget_seconds`; its plan's

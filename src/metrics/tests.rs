@@ -212,7 +212,7 @@ fn tenant_samples<'a>(families: &'a [ParsedFamily], tenant: &str) -> Vec<&'a Sam
     families.iter().flat_map(|f| &f.samples).filter(|s| s.label("tenant") == Some(tenant)).collect()
 }
 
-const FAMILIES: [(&str, &str); 16] = [
+const FAMILIES: [(&str, &str); 18] = [
     ("fairvox_frame_latency_seconds", "histogram"),
     ("fairvox_sched_wait_seconds", "histogram"),
     ("fairvox_calls_active", "gauge"),
@@ -229,6 +229,8 @@ const FAMILIES: [(&str, &str); 16] = [
     ("fairvox_sip_messages_total", "counter"),
     ("fairvox_sip_malformed_total", "counter"),
     ("fairvox_metrics_tenants_folded_total", "counter"),
+    ("fairvox_api_rate_limited_total", "counter"),
+    ("fairvox_api_operator_rate_limited_total", "counter"),
 ];
 
 fn ms(n: u64) -> Duration {
@@ -253,6 +255,7 @@ fn exercise(t: &TenantMetrics) {
     t.call_ended(EndReason::CallerBye);
     t.call_ended(EndReason::RtpTimeout);
     t.call_rejected(RejectReason::Rate);
+    t.api_rate_limited();
     t.add_billable_seconds(61);
     t.provider_stream_error("timeout");
     t.set_provider_circuit_open("support", true);

@@ -316,6 +316,8 @@ pub struct Server {
     log_path: PathBuf,
     config_path: PathBuf,
     data_dir: PathBuf,
+    /// `FAIRVOX_ADMIN_TOKEN` when the test set it.
+    admin_token_env: Option<String>,
 }
 
 /// Extra knobs for [`Server::start_with`].
@@ -372,8 +374,18 @@ impl Server {
         let http = SocketAddr::from((LOCALHOST, free_port()));
         let rtp = RtpWindow::acquire();
         File::create(&log_path).expect("create server log");
-        let mut server =
-            Server { child: None, dir: Some(dir), dir_path, sip, http, rtp, log_path, config_path, data_dir };
+        let mut server = Server {
+            child: None,
+            dir: Some(dir),
+            dir_path,
+            sip,
+            http,
+            rtp,
+            log_path,
+            config_path,
+            data_dir,
+            admin_token_env: None,
+        };
         server.spawn(&opts)?;
         Ok(server)
     }
@@ -421,6 +433,7 @@ impl Server {
         }
         let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", fairvox_bin().display()))?;
         self.child = Some(child);
+        self.admin_token_env = opts.env.iter().find(|(k, _)| k == "FAIRVOX_ADMIN_TOKEN").map(|(_, v)| v.clone());
         let server = self;
         let timeout = opts.ready_timeout.unwrap_or(Duration::from_secs(20));
         let deadline = Instant::now() + timeout;
@@ -476,6 +489,21 @@ impl Server {
     /// `GET path` on the server's HTTP listener.
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
         http_get(self.http, path, Duration::from_secs(5))
+    }
+    /// The operator token: `FAIRVOX_ADMIN_TOKEN` when the test set it, else the one the server generated into
+    /// `<data dir>/admin-token` at its first start.
+    pub fn admin_token(&self) -> String {
+        match &self.admin_token_env {
+            Some(t) => t.clone(),
+            None => fs::read_to_string(self.admin_token_path())
+                .unwrap_or_else(|e| panic!("{}: {e}", self.admin_token_path().display()))
+                .trim()
+                .to_owned(),
+        }
+    }
+    /// Where the server keeps the operator token it generated.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join("admin-token")
     }
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {

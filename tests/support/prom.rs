@@ -111,9 +111,19 @@ fn parse_sample(line: &str) -> Option<Sample> {
 
 /// `GET path` over HTTP/1.1: (status, headers with lower-case names, body).
 pub fn http_get_full(addr: SocketAddr, path: &str) -> Option<(u16, HashMap<String, String>, String)> {
+    http_get_bearer(addr, path, None)
+}
+
+/// `GET path` over HTTP/1.1 with `Authorization: Bearer <bearer>` when given.
+pub fn http_get_bearer(
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+) -> Option<(u16, HashMap<String, String>, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let auth = bearer.map(|b| format!("Authorization: Bearer {b}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").ok()?;
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -146,9 +156,11 @@ fn dechunk(mut rest: &str) -> Option<String> {
     }
 }
 
-/// fairvox's `/metrics`: (content type, text). Panics unless it answers 200.
-pub fn scrape(http: SocketAddr) -> (String, String) {
-    let (status, headers, body) = http_get_full(http, "/metrics").expect("GET /metrics answers");
+/// fairvox's `/metrics`, read with the operator token (it is operator-only): (content type, text). Panics unless
+/// it answers 200.
+pub fn scrape(http: SocketAddr, operator_token: &str) -> (String, String) {
+    let (status, headers, body) =
+        http_get_bearer(http, "/metrics", Some(operator_token)).expect("GET /metrics answers");
     assert_eq!(status, 200, "GET /metrics: {body}");
     (headers.get("content-type").cloned().unwrap_or_default(), body)
 }
@@ -177,7 +189,9 @@ pub fn prometheus_tool(name: &str) -> PathBuf {
 }
 
 /// A `prometheus` server on 127.0.0.1 with its own temp dir, scraping `targets` every second as job `fairvox` and
-/// loading `rule_files`. Killed when dropped; `PR_SET_PDEATHSIG` kills it too if the test process dies first.
+/// loading `rule_files`; with `credentials_file`, each scrape sends `Authorization: Bearer <the file's content>`
+/// (how a scrape config reads fairvox's operator token: `authorization: {type: Bearer, credentials_file: ...}`).
+/// Killed when dropped; `PR_SET_PDEATHSIG` kills it too if the test process dies first.
 pub struct Prometheus {
     child: Option<Child>,
     pub addr: SocketAddr,
@@ -185,15 +199,23 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    pub fn start(targets: &[SocketAddr], rule_files: &[&Path], port: u16) -> Prometheus {
+    pub fn start(
+        targets: &[SocketAddr],
+        rule_files: &[&Path],
+        credentials_file: Option<&Path>,
+        port: u16,
+    ) -> Prometheus {
         let bin = prometheus_tool("prometheus");
         let dir = tempfile::Builder::new().prefix("fairvox-prometheus-").tempdir().expect("temp dir");
         let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
         let rules: Vec<String> = rule_files.iter().map(|r| format!("\"{}\"", r.display())).collect();
+        let authorization = credentials_file
+            .map(|f| format!("    authorization:\n      type: Bearer\n      credentials_file: \"{}\"\n", f.display()))
+            .unwrap_or_default();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              rule_files: [{}]\n\
-             scrape_configs:\n  - job_name: fairvox\n    static_configs:\n      - targets: [{}]\n",
+             scrape_configs:\n  - job_name: fairvox\n{authorization}    static_configs:\n      - targets: [{}]\n",
             rules.join(", "),
             targets.join(", ")
         );
