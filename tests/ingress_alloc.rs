@@ -21,7 +21,7 @@ use fairvox::proto::rtp::{self, RtpHeader};
 use fairvox::proto::sdp::{Direction, Negotiated};
 use fairvox::sched::SchedulerKind;
 use fairvox::sched::plan::PlanSet;
-use fairvox::stream::provider::ToAgent;
+use fairvox::stream::provider::{AgentSink, ToAgent};
 use fairvox::tenant::{Codec, TenantId};
 use fairvox::transport::ingress::{CallInbound, InboundSetup, MediaWorkers};
 use fairvox::transport::media::MediaCounters;
@@ -111,7 +111,7 @@ fn the_inbound_path_allocates_nothing_per_packet_or_turn() {
                     answer_direction: Direction::SendRecv,
                     audio_index: 0,
                 },
-                provider_tx: tx,
+                sink: AgentSink::Channel(tx),
                 counters: Arc::clone(&counters),
                 metrics: tenants[i % 2].clone(),
                 max_age: Duration::from_secs(5),

@@ -43,7 +43,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::mpsc;
 
 use crate::call::police::{Policer, Verdict};
 use crate::call::reframe::Reframer;
@@ -56,7 +55,8 @@ use crate::proto::sdp::Negotiated;
 use crate::sched::bulkhead::{Bulkhead, BulkheadConfig, BulkheadError, PoolStats, Source};
 use crate::sched::plan::Plan;
 use crate::sched::wfq::{ConfigError, SchedulerKind, TenantConfig};
-use crate::stream::provider::ToAgent;
+use crate::stream::outbox::WriteWaker;
+use crate::stream::provider::AgentSink;
 use crate::tenant::{Codec, TenantId};
 use crate::transport::media::MediaCounters;
 
@@ -97,7 +97,7 @@ pub enum MediaWorkersError {
 
 /// The worker pool that serves calls' inbound media.
 pub struct MediaWorkers {
-    pool: Bulkhead<IngressTurn>,
+    pool: Bulkhead<MediaTurn>,
     readiness: Arc<Readiness>,
     /// Per tenant, by `TenantId` (grown by `configure_tenant`).
     counts: RwLock<Vec<Arc<TurnCounts>>>,
@@ -107,11 +107,11 @@ impl MediaWorkers {
     /// Starts `workers` threads (0: one per core) under `scheduler`, over a new epoll set.
     pub fn start(workers: usize, scheduler: SchedulerKind) -> Result<MediaWorkers, MediaWorkersError> {
         let readiness = Arc::new(Readiness::new().map_err(MediaWorkersError::Readiness)?);
-        let source: Arc<dyn Source<IngressTurn>> = readiness.clone();
+        let source: Arc<dyn Source<MediaTurn>> = readiness.clone();
         let pool = Bulkhead::start_with_source(
             BulkheadConfig { workers, scheduler, quantum: 1 },
             source,
-            |_, turn: IngressTurn| turn.serve(),
+            |_, turn: MediaTurn| turn.serve(),
         )?;
         Ok(MediaWorkers { pool, readiness, counts: RwLock::new(Vec::new()) })
     }
@@ -162,6 +162,11 @@ impl MediaWorkers {
         self.pool.pool_stats()
     }
 
+    /// A tenant's counters in the pool: `processed` counts every turn served, reads and flushes alike.
+    pub fn tenant_stats(&self, tenant: TenantId) -> Option<crate::sched::BulkheadStats> {
+        self.pool.stats(tenant)
+    }
+
     /// Calls whose RTP sockets are in the epoll set now.
     pub fn registered_calls(&self) -> usize {
         self.readiness.registered()
@@ -185,12 +190,13 @@ impl MediaWorkers {
         }
         let turns = self.turn_counts(setup.tenant);
         let readiness = Arc::clone(&self.readiness);
-        let call = self.readiness.register(socket.as_raw_fd(), |token| {
+        let outbox_fd = setup.sink.outbox().map(|o| o.fd());
+        let call = self.readiness.register(socket.as_raw_fd(), outbox_fd, |token| {
             Arc::new(CallIngress {
                 tenant: setup.tenant,
                 socket,
                 state: Mutex::new(Ingress::new(setup.tenant, setup.call, setup.negotiated)),
-                provider_tx: setup.provider_tx,
+                sink: setup.sink,
                 counters: setup.counters,
                 metrics: setup.metrics,
                 max_age: setup.max_age,
@@ -200,6 +206,10 @@ impl MediaWorkers {
                 ended: AtomicBool::new(false),
             })
         })?;
+        if let Some(outbox) = call.sink.outbox() {
+            let waker = readiness::FlushWaker::new(Arc::clone(&self.readiness), outbox.fd(), call.token);
+            outbox.set_waker(Some(Arc::new(waker) as Arc<dyn WriteWaker>));
+        }
         Ok(CallInbound(call))
     }
 }
@@ -209,8 +219,8 @@ pub struct InboundSetup {
     pub tenant: TenantId,
     pub call: CallId,
     pub negotiated: Negotiated,
-    /// The call's channel to its provider stream.
-    pub provider_tx: mpsc::Sender<ToAgent>,
+    /// Where the call's frames go: its provider stream's outbox (written in the turn) or channel.
+    pub sink: AgentSink,
     pub counters: Arc<MediaCounters>,
     pub metrics: TenantMetrics,
     /// The tenant's `max_frame_queue_ms`: a packet older than this when read is dropped as `deadline`.
@@ -277,7 +287,7 @@ pub struct CallIngress {
     /// The call's RTP socket (non-blocking). Closed when the last holder goes, after deregistration.
     socket: UdpSocket,
     pub state: Mutex<Ingress>,
-    provider_tx: mpsc::Sender<ToAgent>,
+    sink: AgentSink,
     counters: Arc<MediaCounters>,
     metrics: TenantMetrics,
     max_age: Duration,
@@ -348,7 +358,7 @@ impl CallIngress {
                 continue;
             }
             let received = now.checked_sub(age).unwrap_or(now);
-            state.on_rtp(&buf[..r.len], from, received, now, &self.provider_tx, &self.counters, &self.metrics);
+            state.on_rtp(&buf[..r.len], from, received, now, &self.sink, &self.counters, &self.metrics);
         }
         n == TURN_PACKETS
     }
@@ -358,7 +368,7 @@ impl CallIngress {
         let mut state = self.state.lock();
         state.dtmf_count += 1;
         drop(state);
-        if self.provider_tx.try_send(ToAgent::Dtmf(digit)).is_err() {
+        if self.sink.dtmf(digit).is_err() {
             self.counters.dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -378,14 +388,54 @@ impl std::ops::Deref for CallInbound {
 
 impl Drop for CallInbound {
     fn drop(&mut self) {
-        // Ended first: a turn already queued or running then reads nothing and does not re-arm; then out of the
-        // set while the socket is certainly open (this handle holds it), then the token is freed.
+        // Ended first: a turn already queued or running then reads nothing and does not re-arm; the outbox stops
+        // asking the workers for flushes (it waits for any flush in progress); then out of the set while both
+        // descriptors are certainly open (this handle holds them), then the token is freed.
         self.0.ended.store(true, Ordering::Release);
-        self.0.readiness.deregister(self.0.socket.as_raw_fd(), self.0.token);
+        let outbox = self.0.sink.outbox();
+        if let Some(outbox) = outbox {
+            outbox.set_waker(None);
+        }
+        self.0.readiness.deregister(self.0.socket.as_raw_fd(), outbox.map(|o| o.fd()), self.0.token);
     }
 }
 
-/// A call's turn on a media worker. Dropped without being handed back (served, refused, drained at shutdown,
+/// A unit of a call's work on the media workers, charged 1 to the call's tenant.
+pub enum MediaTurn {
+    /// Read the call's RTP: one at a time per call.
+    Read(IngressTurn),
+    /// Write what waits in the call's agent outbox: its socket turned writable.
+    Flush(FlushTurn),
+}
+
+impl MediaTurn {
+    fn serve(self) -> Option<MediaTurn> {
+        match self {
+            MediaTurn::Read(turn) => turn.serve().map(MediaTurn::Read),
+            MediaTurn::Flush(turn) => {
+                turn.serve();
+                None
+            }
+        }
+    }
+}
+
+/// A flush of a call's agent outbox (see `stream::outbox`); one at a time per call, by the one-shot registration
+/// of the outbox's socket.
+pub struct FlushTurn {
+    call: Arc<CallIngress>,
+}
+
+impl FlushTurn {
+    /// Writes what the socket takes; the outbox asks for writability again if some is left.
+    fn serve(self) {
+        if let Some(outbox) = self.call.sink.outbox() {
+            outbox.flush();
+        }
+    }
+}
+
+/// A call's read turn on a media worker. Dropped without being handed back (served, refused, drained at shutdown,
 /// unwound by a panic), it re-arms the call's socket unless the call has ended, so a live call is never left
 /// unwatched.
 pub struct IngressTurn {
@@ -466,7 +516,7 @@ impl Ingress {
         from: SocketAddr,
         received: Instant,
         now: Instant,
-        tx: &mpsc::Sender<ToAgent>,
+        sink: &AgentSink,
         counters: &MediaCounters,
         metrics: &TenantMetrics,
     ) {
@@ -511,7 +561,7 @@ impl Ingress {
                 && let Some(digit) = self.dtmf.on_packet(header.timestamp, &event)
             {
                 self.dtmf_count += 1;
-                if tx.try_send(ToAgent::Dtmf(digit)).is_err() {
+                if sink.dtmf(digit).is_err() {
                     counters.dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -537,7 +587,7 @@ impl Ingress {
             let frame = Frame { tenant, call, seq: *seq, ts, payload: *samples, t_ingress: received };
             *seq += 1;
             counters.frames_in.fetch_add(1, Ordering::Relaxed);
-            if tx.try_send(ToAgent::Media(frame)).is_err() {
+            if sink.media(frame).is_err() {
                 counters.dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
                 metrics.frame_dropped(FrameDropReason::SlowConsumer);
             } else {

@@ -3,8 +3,9 @@
 //!
 //! Inbound is not this task's: the call's RTP socket is registered with the media workers (`transport::ingress`),
 //! which watch it, read it in their scheduler's order (latch, statistics, policing, G.711 to µ-law, re-framing) and
-//! hand each [`Frame`] to the provider stream (bounded; a full channel drops the frame and counts it as
-//! `slow_consumer`). The task holds the registration ([`CallInbound`]) for the life of the call.
+//! hand each [`Frame`] to the provider stream: written to a `ws://` agent's socket in the turn, or through a
+//! bounded channel to the stream's task (`wss://`, echo); an agent that does not keep up loses the frame, counted
+//! as `slow_consumer`. The task holds the registration ([`CallInbound`]) for the life of the call.
 //! Outbound: agent audio -> bounded playout buffer -> one frame per 20 ms tick -> RTP to the caller.
 //! It ends on a command from the SIP side, on the agent closing, or on RTP inactivity, and always writes a record.
 
@@ -28,7 +29,7 @@ use crate::proto::rtp::{self, RtpHeader};
 use crate::proto::sdp::{Direction, Negotiated};
 use crate::sched::admission::CallPermit;
 use crate::stream::echo;
-use crate::stream::provider::{self, FromAgent, ProviderHandle, ToAgent};
+use crate::stream::provider::{self, AgentSink, FromAgent, ProviderHandle, ToAgent};
 use crate::tenant::{AppKind, Codec, TenantId};
 use crate::transport::ingress::{CallInbound, InboundSetup, MediaWorkers};
 use crate::transport::rtp_ports::RtpLease;
@@ -178,7 +179,7 @@ pub async fn run_call(
             tenant: setup.tenant,
             call,
             negotiated: setup.negotiated.clone(),
-            provider_tx: handle.tx.clone(),
+            sink: handle.sink.clone(),
             counters: Arc::clone(&counters),
             metrics: setup.metrics.clone(),
             max_age: setup.max_frame_age,
@@ -235,7 +236,10 @@ fn std_to_tokio(socket: std::io::Result<std::net::UdpSocket>) -> Option<UdpSocke
 struct CallMedia {
     call: CallId,
     negotiated: Negotiated,
+    /// To the provider task: stop.
     provider_tx: mpsc::Sender<ToAgent>,
+    /// Marks played go here (DTMF from SIP INFO too, through the inbound side).
+    sink: AgentSink,
     provider_rx: mpsc::Receiver<FromAgent>,
     /// Inbound state, shared with the media worker serving the call's turn; registered with the workers while
     /// it lives. Its socket also sends the playout RTP.
@@ -262,6 +266,7 @@ impl CallMedia {
             call: setup.call,
             negotiated: setup.negotiated.clone(),
             provider_tx: handle.tx,
+            sink: handle.sink,
             provider_rx: handle.rx,
             ingress,
             playout: Playout::new(setup.playout_max_samples, 64),
@@ -320,8 +325,8 @@ impl CallMedia {
                         Some(FromAgent::Frame(frame)) => { self.playout.push_audio(&frame); }
                         Some(FromAgent::Mark(name)) => { self.playout.push_mark(name); }
                         Some(FromAgent::Clear) => {
-                            let tx = &self.provider_tx;
-                            self.playout.clear(|mark| { let _ = tx.try_send(ToAgent::MarkPlayed(mark)); });
+                            let sink = &self.sink;
+                            self.playout.clear(|mark| { let _ = sink.mark_played(mark); });
                         }
                         Some(FromAgent::Closed(_)) | None => return EndReason::AgentHangup,
                     }
@@ -420,9 +425,9 @@ impl CallMedia {
         let may_send = matches!(self.negotiated.answer_direction, Direction::SendRecv | Direction::SendOnly);
         let dest = self.ingress.state.lock().latched.or(self.negotiated.remote);
         let mut frame = [0u8; FRAME_SAMPLES];
-        let tx = &self.provider_tx;
+        let sink = &self.sink;
         let has_audio = self.playout.next_frame(&mut frame, |mark| {
-            let _ = tx.try_send(ToAgent::MarkPlayed(mark));
+            let _ = sink.mark_played(mark);
         });
         let (Some(dest), true, true) = (dest, has_audio, may_send) else {
             self.sending = false;

@@ -1,13 +1,18 @@
-//! The media workers' readiness: one epoll set over every live call's RTP socket, polled by the workers themselves.
+//! The media workers' readiness: one epoll set over every live call's RTP socket (and agent socket, for a direct
+//! provider stream), polled by the workers themselves.
 //!
 //! Owns the epoll instance, the eventfd that wakes a worker blocked in `epoll_wait`, and the registry that maps an
-//! event's token to its call. It is the pool's [`Source`]: each ready socket becomes one [`IngressTurn`] for its
-//! tenant. Linux only (epoll, eventfd), like the rest of the media path.
+//! event's token to its call. It is the pool's [`Source`]: each ready RTP socket becomes one read turn
+//! ([`IngressTurn`]) for its tenant, and each agent socket whose outbox asked for writability one flush turn
+//! ([`FlushTurn`]). Linux only (epoll, eventfd), like the rest of the media path.
 //!
 //! * **Interest** is `EPOLLIN | EPOLLET | EPOLLONESHOT`: an event disarms the socket until the call's turn ends and
 //!   re-arms it ([`Readiness::arm`], `EPOLL_CTL_MOD`), which is what keeps one turn per call at a time; a flood
 //!   costs one event per turn, not one per packet.
-//! * **Tokens** are `generation << 32 | slot`. Deregistration removes the socket from the set and then frees the
+//! * **Agent sockets** (direct provider streams) are in the set too, under the call's token with [`FLUSH`] set:
+//!   registered disarmed, and armed for `EPOLLOUT` (one-shot) only when the outbox has bytes the socket would not
+//!   take ([`FlushWaker`]).
+//! * **Tokens** are `generation << 32 | kind | slot`. Deregistration removes the socket from the set and then frees the
 //!   slot with the next generation, so an event collected just before (by another worker) finds no call and is
 //!   ignored, and a reused slot never receives another call's events.
 //! * **Lock**: the registry's mutex is held to register, to deregister, and once per batch of events to turn tokens
@@ -20,15 +25,22 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::{CallIngress, IngressTurn};
+use super::{CallIngress, FlushTurn, IngressTurn, MediaTurn};
 use crate::sched::bulkhead::{SOURCE_BATCH, Source};
 use crate::sched::wfq::RefuseReason;
+use crate::stream::outbox::WriteWaker;
 use crate::tenant::TenantId;
 
-/// The eventfd's token; never a call's (slots stay below `u32::MAX`).
+/// The eventfd's token; never a call's (slots stay below `FLUSH`).
 const WAKE_TOKEN: u64 = u64::MAX;
+/// The token bit of a call's agent socket (its outbox wants a flush); without it, the call's RTP socket.
+const FLUSH: u64 = 1 << 31;
 /// A call socket's interest: readable, edge-triggered, disarmed after each event.
 const CALL_INTEREST: u32 = (libc::EPOLLIN | libc::EPOLLET | libc::EPOLLONESHOT) as u32;
+/// An agent socket's interest while its outbox waits: writable, edge-triggered, disarmed after each event.
+const FLUSH_INTEREST: u32 = (libc::EPOLLOUT | libc::EPOLLET | libc::EPOLLONESHOT) as u32;
+/// An agent socket's interest otherwise: nothing (errors and hang-ups still raise one event).
+const IDLE_INTEREST: u32 = (libc::EPOLLET | libc::EPOLLONESHOT) as u32;
 /// Longest a blocked poll waits without an event; a safety net only (wake-ups come through the eventfd).
 const MAX_BLOCK_MS: libc::c_int = 1000;
 
@@ -56,8 +68,41 @@ fn token(slot: u32, generation: u32) -> u64 {
     (u64::from(generation) << 32) | u64::from(slot)
 }
 
+/// (slot, generation) of a token, whichever its kind.
 fn split(token: u64) -> (usize, u32) {
-    ((token & 0xFFFF_FFFF) as usize, (token >> 32) as u32)
+    ((token & (FLUSH - 1)) as usize, (token >> 32) as u32)
+}
+
+fn ctl(epoll: RawFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: the callers pass descriptors that their call (alive) owns; `ev` is a valid epoll_event (ignored by
+    // EPOLL_CTL_DEL).
+    cvt(unsafe { libc::epoll_ctl(epoll, op, fd, &mut ev) }).map(drop)
+}
+
+/// Arms a call's agent socket for one writability event: the outbox's way to ask the workers for a flush.
+pub(super) struct FlushWaker {
+    readiness: Arc<Readiness>,
+    fd: RawFd,
+    token: u64,
+}
+
+impl FlushWaker {
+    /// `fd` is the outbox's own descriptor: the outbox holds this waker, so the descriptor is open whenever it is
+    /// called; it is taken out of the outbox before the call deregisters.
+    pub(super) fn new(readiness: Arc<Readiness>, fd: RawFd, token: u64) -> FlushWaker {
+        FlushWaker { readiness, fd, token: token | FLUSH }
+    }
+}
+
+impl WriteWaker for FlushWaker {
+    fn want_writable(&self) {
+        if let Err(e) = ctl(self.readiness.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, self.fd, FLUSH_INTEREST, self.token)
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::warn!(error = %e, "cannot arm an agent socket for writability");
+        }
+    }
 }
 
 fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -79,11 +124,13 @@ impl Readiness {
         Ok(Readiness { epoll, wake, calls: Mutex::new(Registry::default()) })
     }
 
-    /// Reserves a token, stores the call `make` builds for it, and adds `fd` (the call's socket, owned by that call)
-    /// to the set, armed: packets already waiting raise the event at once.
+    /// Reserves a token, stores the call `make` builds for it, and adds `fd` (the call's RTP socket, owned by that
+    /// call) to the set, armed: packets already waiting raise the event at once; and `outbox_fd` (its agent socket's
+    /// outbox descriptor, if the stream is written directly), disarmed.
     pub(super) fn register(
         &self,
         fd: RawFd,
+        outbox_fd: Option<RawFd>,
         make: impl FnOnce(u64) -> Arc<CallIngress>,
     ) -> io::Result<Arc<CallIngress>> {
         let (call, token) = {
@@ -93,7 +140,7 @@ impl Readiness {
                 None => {
                     let slot = u32::try_from(reg.slots.len())
                         .ok()
-                        .filter(|&s| s < u32::MAX)
+                        .filter(|&s| u64::from(s) < FLUSH)
                         .ok_or_else(|| io::Error::other("too many registered calls"))?;
                     reg.slots.push(Slot::default());
                     slot
@@ -105,10 +152,15 @@ impl Readiness {
             reg.live += 1;
             (call, token)
         };
-        let mut ev = libc::epoll_event { events: CALL_INTEREST, u64: token };
-        // SAFETY: `fd` is the call's open socket (the call, alive here, owns it); `ev` is a valid epoll_event.
-        if let Err(e) = cvt(unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) }) {
+        let epoll = self.epoll.as_raw_fd();
+        if let Err(e) = ctl(epoll, libc::EPOLL_CTL_ADD, fd, CALL_INTEREST, token) {
             self.release(token);
+            return Err(e);
+        }
+        if let Some(outbox_fd) = outbox_fd
+            && let Err(e) = ctl(epoll, libc::EPOLL_CTL_ADD, outbox_fd, IDLE_INTEREST, token | FLUSH)
+        {
+            self.deregister(fd, None, token);
             return Err(e);
         }
         Ok(call)
@@ -117,26 +169,22 @@ impl Readiness {
     /// Re-arms a call's socket after its turn. The kernel checks readiness here, so a packet that arrived during
     /// the turn raises the event at once. Fails only for a socket already deregistered (`ENOENT`), which is fine.
     pub(super) fn arm(&self, fd: RawFd, token: u64) {
-        let mut ev = libc::epoll_event { events: CALL_INTEREST, u64: token };
-        // SAFETY: the caller holds the call that owns `fd`, so it is open and still the call's socket.
-        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut ev) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                tracing::warn!(error = %e, "cannot re-arm an RTP socket");
-            }
+        // The caller holds the call that owns `fd`, so it is open and still the call's socket.
+        if let Err(e) = ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, CALL_INTEREST, token)
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::warn!(error = %e, "cannot re-arm an RTP socket");
         }
     }
 
-    /// Takes a call's socket out of the set (while it is still open: the caller holds the call), then frees its
-    /// token.
-    pub(super) fn deregister(&self, fd: RawFd, token: u64) {
-        // SAFETY: as for `arm`; a null event is allowed for EPOLL_CTL_DEL since Linux 2.6.9.
-        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                tracing::warn!(error = %e, "cannot deregister an RTP socket");
+    /// Takes a call's sockets out of the set (while they are still open: the caller holds the call), then frees
+    /// its token.
+    pub(super) fn deregister(&self, fd: RawFd, outbox_fd: Option<RawFd>, token: u64) {
+        for fd in std::iter::once(fd).chain(outbox_fd) {
+            if let Err(e) = ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0)
+                && e.raw_os_error() != Some(libc::ENOENT)
+            {
+                tracing::warn!(error = %e, "cannot deregister a call's socket");
             }
         }
         self.release(token);
@@ -165,8 +213,8 @@ impl Readiness {
     }
 }
 
-impl Source<IngressTurn> for Readiness {
-    fn poll(&self, ready: &mut Vec<(TenantId, IngressTurn)>, block: bool) {
+impl Source<MediaTurn> for Readiness {
+    fn poll(&self, ready: &mut Vec<(TenantId, MediaTurn)>, block: bool) {
         let room = ready.capacity().saturating_sub(ready.len()).min(SOURCE_BATCH);
         if room == 0 {
             return;
@@ -191,10 +239,16 @@ impl Source<IngressTurn> for Readiness {
             }
             let (slot, generation) = split(t);
             // An event of a call deregistered since it fired matches no slot (or a newer generation): ignored.
-            if let Some(call) = reg.slots.get(slot).filter(|s| s.generation == generation).and_then(|s| s.call.as_ref())
-            {
-                ready.push((call.tenant, IngressTurn::new(Arc::clone(call), now)));
-            }
+            let Some(call) = reg.slots.get(slot).filter(|s| s.generation == generation).and_then(|s| s.call.as_ref())
+            else {
+                continue;
+            };
+            let turn = if t & FLUSH != 0 {
+                MediaTurn::Flush(FlushTurn { call: Arc::clone(call) })
+            } else {
+                MediaTurn::Read(IngressTurn::new(Arc::clone(call), now))
+            };
+            ready.push((call.tenant, turn));
         }
     }
 
@@ -205,8 +259,14 @@ impl Source<IngressTurn> for Readiness {
         let _ = unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
-    fn refused(&self, _tenant: TenantId, turn: IngressTurn, _reason: RefuseReason) {
-        turn.call.drain_refused();
-        // Dropping the turn re-arms the socket.
+    fn refused(&self, _tenant: TenantId, turn: MediaTurn, _reason: RefuseReason) {
+        match turn {
+            MediaTurn::Read(turn) => {
+                turn.call.drain_refused();
+                // Dropping the turn re-arms the socket.
+            }
+            // Not the agent's fault: its bytes still go out (the outbox re-arms if some are left).
+            MediaTurn::Flush(turn) => turn.serve(),
+        }
     }
 }

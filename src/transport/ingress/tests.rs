@@ -11,6 +11,8 @@ use crate::metrics::{Metrics, MetricsConfig};
 use crate::proto::rtp::RtpHeader;
 use crate::proto::sdp::Direction;
 use crate::sched::plan::PlanSet;
+use crate::stream::provider::ToAgent;
+use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -58,7 +60,7 @@ fn register(workers: &MediaWorkers, tenant: u32, socket: StdUdpSocket, max_age: 
         tenant: TenantId(tenant),
         call: CallId(u64::from(tenant) << 32 | u64::from(server_addr.port())),
         negotiated: negotiated(),
-        provider_tx: tx,
+        sink: AgentSink::Channel(tx),
         counters: Arc::clone(&counters),
         metrics: metrics.tenant(TenantId(tenant), if tenant == 0 { "acme" } else { "other" }),
         max_age,
@@ -361,6 +363,93 @@ fn shutdown_stops_the_workers_and_calls_still_deregister() {
     assert_eq!(call.frames_now(), 0, "nothing is read after shutdown");
     drop(call.inbound.take());
     assert_eq!(workers.registered_calls(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_stream_is_written_in_the_turn_and_flushed_by_the_workers_when_the_agent_lags() {
+    use crate::proto::media_streams::{self, StreamStart};
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    // An agent that does not read until the gate opens, then reads every media message until `stop`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    socket2::SockRef::from(&listener).set_recv_buffer_size(4096).unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let _ = gate_rx.await;
+        let mut payloads = Vec::new();
+        while let Some(Ok(msg)) = ws.next().await {
+            let Message::Text(t) = msg else { continue };
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            match v["event"].as_str() {
+                Some("media") => payloads.push(v["media"]["chunk"].as_str().unwrap().parse::<u64>().unwrap()),
+                Some("stop") => break,
+                _ => {}
+            }
+        }
+        payloads
+    });
+    let start = StreamStart {
+        account_sid: "acme".into(),
+        call_sid: media_streams::call_sid(1),
+        stream_sid: media_streams::stream_sid(2),
+        from: "+1".into(),
+        to: "+2".into(),
+        custom_parameters: Vec::new(),
+    };
+    let socket = crate::stream::provider::connect(&url, None, Duration::from_secs(2)).await.unwrap();
+    let mut handle = socket.spawn(start, 8);
+    let outbox = Arc::clone(handle.sink.outbox().expect("a ws:// stream is written directly"));
+    // A small send buffer, so the lagging agent backs the stream up into the outbox within a second of audio.
+    // SAFETY: the outbox's descriptor is open while `outbox` lives; the borrow ends within this statement.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(outbox.fd()) };
+    socket2::SockRef::from(&fd).set_send_buffer_size(4096).unwrap();
+
+    let workers = workers(1, SchedulerKind::Fair);
+    let metrics = Metrics::new(&MetricsConfig::default());
+    let rtp = bind();
+    let to = rtp.local_addr().unwrap();
+    let counters = Arc::new(MediaCounters::default());
+    let setup = InboundSetup {
+        tenant: TenantId(0),
+        call: CallId(1),
+        negotiated: negotiated(),
+        sink: handle.sink.clone(),
+        counters: Arc::clone(&counters),
+        metrics: metrics.tenant(TenantId(0), "acme"),
+        max_age: Duration::from_millis(500),
+    };
+    let inbound = workers.register(rtp, setup).unwrap();
+    let caller = bind();
+    let mut gate = Some(gate_tx);
+    // Two seconds of audio at its real rate; the agent starts reading after one.
+    for seq in 0..100u16 {
+        if seq == 50
+            && let Some(gate) = gate.take()
+        {
+            let _ = gate.send(());
+        }
+        send_to(&caller, to, seq, seq as u8);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    handle.tx.send(ToAgent::Stop).await.unwrap();
+    let chunks = tokio::time::timeout(WAIT, agent).await.unwrap().unwrap();
+    let framed = counters.frames_in.load(Ordering::Relaxed);
+    let refused = counters.dropped_slow_consumer.load(Ordering::Relaxed);
+    // Every frame the outbox took reached the agent, in order (a refused one was never numbered).
+    assert_eq!(chunks, (1..=framed - refused).collect::<Vec<_>>(), "{refused} refused");
+    assert!(framed >= 90, "{framed} frames");
+    // The outbox backed up, and the workers flushed it: turns served beyond the reads.
+    let served = workers.tenant_stats(TenantId(0)).unwrap().processed;
+    let reads = workers.turn_counts(TenantId(0)).turns.load(Ordering::Relaxed);
+    assert!(served > reads, "{served} turns served, {reads} of them reads: no flush turn");
+    drop(inbound);
+    assert_eq!(workers.registered_calls(), 0);
+    let _ = handle.rx.recv().await;
 }
 
 #[test]
