@@ -84,8 +84,9 @@ struct State {
 }
 
 impl Outbox {
-    /// An outbox writing to `socket` (a dup of it is kept). `stream_sid` is the stream's id for the messages.
-    pub(super) fn new(
+    /// An outbox writing to `socket`, a connected stream socket after the WebSocket handshake (a dup of it is
+    /// kept). `stream_sid` is the stream's id for the messages.
+    pub fn new(
         socket: RawFd,
         stream_sid: &str,
         stats: Arc<ProviderStats>,
