@@ -2,7 +2,9 @@
 //!
 //! Owns [`MediaWorkers`] (a [`Bulkhead`] of turns, one queue per tenant, over an epoll set of the calls' RTP
 //! sockets, [`readiness`]) and each call's inbound state, [`CallIngress`]: latch, receive statistics, policer, DTMF
-//! detector and re-framer, with the hand-off of finished frames to the call's provider channel.
+//! detector and re-framer, with the hand-off of finished frames to the call's agent ([`AgentSink`]): for a `ws://`
+//! agent the frame is written to the socket's outbox right here, in the turn (`stream::outbox`), and a lagging
+//! agent's pending bytes are flushed by [`FlushTurn`]s of the same tenant when its socket turns writable.
 //!
 //! Readiness is the workers' own. A call's RTP socket is registered in the pool's epoll set (edge-triggered and
 //! one-shot, a token per call) for as long as its [`CallInbound`] lives; no async task takes part in inbound
