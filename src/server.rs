@@ -46,7 +46,7 @@ pub enum StartError {
     #[error("tenant {tenant}: {reason}")]
     Tenant { tenant: String, reason: String },
     #[error("cannot start the media workers: {0}")]
-    MediaWorkers(#[from] crate::sched::bulkhead::BulkheadError),
+    MediaWorkers(#[from] crate::transport::ingress::MediaWorkersError),
     #[error("control plane: {0}")]
     ControlPlane(#[from] crate::api::ControlPlaneError),
 }

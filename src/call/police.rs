@@ -84,7 +84,9 @@ impl Policer {
             Some(last) => now.saturating_duration_since(last),
             None => Duration::ZERO,
         };
-        self.last = Some(now);
+        // Arrival stamps can step back by a hair (derived from the wall clock per batch): never rewind, or the
+        // next packet would be credited the same time twice.
+        self.last = Some(self.last.map_or(now, |last| last.max(now)));
         let secs = elapsed.as_secs_f64();
         self.tokens = (self.tokens + secs * f64::from(self.rate)).min(f64::from(self.burst));
         self.event_tokens =

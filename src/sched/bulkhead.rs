@@ -4,26 +4,45 @@
 //! per-tenant processing counters. The queue stays sans-IO; this module is its driver and the only place in
 //! `sched` that reads the clock (`Instant::now()` in the worker loop, for deadline checks and waits).
 //!
+//! Items come in two ways: [`Bulkhead::submit`] from any thread, and, for a pool started with
+//! [`Bulkhead::start_with_source`], a [`Source`] that the workers themselves poll (the media workers' epoll set of
+//! RTP sockets, `transport::ingress`). A source moves the *discovery* of work onto the workers: nothing outside
+//! them (no async task, no other thread) has to wake up to queue an item, and everything found is queued before the
+//! next pop, so it competes in the scheduler's order at once.
+//!
 //! * **Shared state** is one `parking_lot::Mutex` around the scheduler and the counters, held only to push, or
-//!   to record the end of one item and pop the next (one lock round per item), never while a handler runs.
-//! * **Wake-ups**: a worker that finds nothing to pop waits on a `Condvar` (no spinning) after counting itself
-//!   idle. `submit` notifies one worker only when some worker is idle and the pushed item can be served now. A
-//!   worker that pops while more work is ready and others idle passes the wake-up on, so a burst wakes workers one
-//!   by one without a thundering herd. Everything is checked and waited under the same mutex, so no wake-up is lost.
+//!   to record the end of one item and pop the next (one lock round per item), never while a handler runs or a
+//!   source is polled.
+//! * **Wake-ups**: a worker that finds nothing to pop waits. Without a source it waits on a `Condvar` (no
+//!   spinning) after counting itself idle. With a source, one idle worker at a time (the *poller*) waits in the
+//!   source instead (`poll(block = true)`: `epoll_wait`), the others on the `Condvar`; a worker that takes an item
+//!   while others are idle and nobody polls hands the poller's role on (leader/followers), so readiness is always
+//!   watched while a worker is free. Between items a worker polls the source without waiting, unless a poller is
+//!   already watching it. `submit` notifies one `Condvar` worker when some are idle and the pushed item can be
+//!   served now, or else wakes the poller (`Source::wake`). A worker that pops while more work is ready and others
+//!   idle passes the wake-up on, so a burst wakes workers one by one without a thundering herd. Everything is
+//!   checked and waited under the same mutex (the poller's role is taken and given back under it), so no wake-up
+//!   is lost.
+//! * **Again**: a handler may hand its item back (`Some(item)` from a [`Bulkhead::start_with_source`] handler);
+//!   it is queued again at the back of its tenant's queue, under the lock the worker takes anyway to pop its next
+//!   item. The media workers use it for a call that may have more packets waiting.
 //! * **Bulkhead**: each tenant holds at most `max_in_flight` workers at once: its configured cap, or else its
 //!   weighted share `ceil(N * weight / total_weight)`, always within `1..=N`. The fair queue parks a tenant at its
 //!   cap (it keeps its deficit) so its slow items can never occupy every worker; the others keep flowing. The
 //!   price: a lone busy tenant is not given more than its cap even when other workers are idle. (In `fifo` mode
 //!   caps are not enforced: that is the unprotected comparison.)
 //! * **Panics** in the handler are caught per item (`catch_unwind`), counted for the tenant, and end only that item.
+//! * **Refusals** of items from a source or handed back (queue full, unknown tenant, shut down) go back to the
+//!   source ([`Source::refused`]), on the worker and outside the lock, so it can account them.
 
 use std::num::NonZeroUsize;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::sched::wfq::{
     ConfigError, RefuseReason, Refused, Scheduler, SchedulerKind, TenantConfig, TenantStats, slot_index,
@@ -72,6 +91,7 @@ pub struct BulkheadStats {
 #[non_exhaustive]
 pub struct PoolStats {
     pub workers: usize,
+    /// Workers waiting for work (on the `Condvar`, or in the source).
     pub idle_workers: usize,
     pub queued: usize,
     pub refused_unknown_tenant: u64,
@@ -81,7 +101,23 @@ pub struct PoolStats {
     pub shut_down: bool,
 }
 
-type Handler<T> = dyn Fn(TenantId, T) + Send + Sync;
+/// A handler: serves one item, and may hand it back to be queued again.
+type Handler<T> = dyn Fn(TenantId, T) -> Option<T> + Send + Sync;
+
+/// Most items one poll of a [`Source`] may return.
+pub const SOURCE_BATCH: usize = 64;
+
+/// Where the workers find items besides [`Bulkhead::submit`]; see the module docs. Items from a source cost 1.
+pub trait Source<T>: Send + Sync + 'static {
+    /// Appends what became ready to `ready`, at most up to its spare capacity (it never grows `ready`: the worker
+    /// reserved [`SOURCE_BATCH`]). With `block`, waits until something is ready or [`Source::wake`] is called
+    /// (returning empty-handed now and then is allowed); without, returns at once.
+    fn poll(&self, ready: &mut Vec<(TenantId, T)>, block: bool);
+    /// Makes a blocked `poll` on another thread return soon. Called with the pool's lock held: must not block.
+    fn wake(&self);
+    /// An item from this source (or handed back by the handler) that the queue refused.
+    fn refused(&self, tenant: TenantId, item: T, reason: RefuseReason);
+}
 
 #[derive(Copy, Clone, Default)]
 struct PoolTenant {
@@ -98,13 +134,33 @@ struct State<T> {
     tenants: Vec<PoolTenant>,
     total_weight: u64,
     workers: usize,
+    /// Workers waiting on the `Condvar`.
     idle: usize,
+    /// A worker is waiting in the source (it is the poller).
+    polling: bool,
     shutting_down: bool,
     refused_shut_down: u64,
     dropped_at_shutdown: u64,
 }
 
 impl<T> State<T> {
+    /// Queues what a source found (and items handed back); refusals go to `refused`, for the source.
+    fn enqueue(
+        &mut self,
+        ready: &mut Vec<(TenantId, T)>,
+        refused: &mut Vec<(TenantId, T, RefuseReason)>,
+        now: Instant,
+    ) {
+        for (tenant, item) in ready.drain(..) {
+            if self.shutting_down {
+                self.refused_shut_down += 1;
+                refused.push((tenant, item, RefuseReason::ShutDown));
+            } else if let Err(r) = self.queue.push(tenant, item, 1, now) {
+                refused.push((tenant, r.item, r.reason));
+            }
+        }
+    }
+
     /// The end of one item: it leaves the tenant's in-flight count (which may unpark the tenant).
     fn finish(&mut self, tenant: TenantId, panicked: bool) {
         self.queue.done(tenant);
@@ -144,6 +200,42 @@ struct Shared<T> {
     state: Mutex<State<T>>,
     wake: Condvar,
     handler: Box<Handler<T>>,
+    source: Option<Arc<dyn Source<T>>>,
+    /// `State::polling`, readable without the lock: a busy worker skips its non-blocking poll while it is set.
+    polling: AtomicBool,
+}
+
+impl<T: Send + 'static> Shared<T> {
+    /// Hands refused items back to the source (outside the lock).
+    fn return_refused(&self, refused: &mut Vec<(TenantId, T, RefuseReason)>) {
+        for (tenant, item, reason) in refused.drain(..) {
+            match &self.source {
+                Some(source) => source.refused(tenant, item, reason),
+                None => drop(item),
+            }
+        }
+    }
+
+    /// Wakes every idle worker (configuration changed what may be served).
+    fn wake_all(&self, g: &State<T>) {
+        self.wake.notify_all();
+        if g.polling
+            && let Some(source) = &self.source
+        {
+            source.wake();
+        }
+    }
+
+    /// Wakes a worker for work that can be served now: one on the `Condvar` if any, else the poller.
+    fn wake_one(&self, g: &State<T>) {
+        if g.idle > 0 {
+            self.wake.notify_one();
+        } else if g.polling
+            && let Some(source) = &self.source
+        {
+            source.wake();
+        }
+    }
 }
 
 /// The worker pool; see the module docs. Dropping it shuts it down (and waits for running handlers).
@@ -160,6 +252,31 @@ impl<T: Send + 'static> Bulkhead<T> {
         config: BulkheadConfig,
         handler: impl Fn(TenantId, T) + Send + Sync + 'static,
     ) -> Result<Bulkhead<T>, BulkheadError> {
+        Self::spawn(
+            config,
+            Box::new(move |tenant, item| {
+                handler(tenant, item);
+                None
+            }),
+            None,
+        )
+    }
+
+    /// Starts the workers over a [`Source`] that they poll themselves (see the module docs). The handler may hand
+    /// its item back (`Some`) to queue it again for the same tenant.
+    pub fn start_with_source(
+        config: BulkheadConfig,
+        source: Arc<dyn Source<T>>,
+        handler: impl Fn(TenantId, T) -> Option<T> + Send + Sync + 'static,
+    ) -> Result<Bulkhead<T>, BulkheadError> {
+        Self::spawn(config, Box::new(handler), Some(source))
+    }
+
+    fn spawn(
+        config: BulkheadConfig,
+        handler: Box<Handler<T>>,
+        source: Option<Arc<dyn Source<T>>>,
+    ) -> Result<Bulkhead<T>, BulkheadError> {
         let workers = if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
         } else {
@@ -172,12 +289,15 @@ impl<T: Send + 'static> Bulkhead<T> {
                 total_weight: 0,
                 workers,
                 idle: 0,
+                polling: false,
                 shutting_down: false,
                 refused_shut_down: 0,
                 dropped_at_shutdown: 0,
             }),
             wake: Condvar::new(),
-            handler: Box::new(handler),
+            handler,
+            source,
+            polling: AtomicBool::new(false),
         });
         let pool = Bulkhead { shared, handles: Mutex::new(Vec::with_capacity(workers)), workers };
         for i in 0..workers {
@@ -218,7 +338,7 @@ impl<T: Send + 'static> Bulkhead<T> {
             PoolTenant { configured: true, weight: cfg.weight, cap: cfg.max_in_flight, limit: provisional, ..t };
         g.recompute_limits();
         if g.queue.has_ready() {
-            self.shared.wake.notify_all();
+            self.shared.wake_all(&g);
         }
         Ok(())
     }
@@ -234,7 +354,7 @@ impl<T: Send + 'static> Bulkhead<T> {
             g.total_weight -= w;
             g.recompute_limits();
             if g.queue.has_ready() {
-                self.shared.wake.notify_all();
+                self.shared.wake_all(&g);
             }
         }
         n
@@ -251,8 +371,8 @@ impl<T: Send + 'static> Bulkhead<T> {
             return Err(Refused { item, reason: RefuseReason::ShutDown });
         }
         g.queue.push(tenant, item, cost, now)?;
-        if g.idle > 0 && g.queue.has_ready() {
-            self.shared.wake.notify_one();
+        if g.queue.has_ready() {
+            self.shared.wake_one(&g);
         }
         Ok(())
     }
@@ -269,7 +389,7 @@ impl<T: Send + 'static> Bulkhead<T> {
         let g = self.shared.state.lock();
         PoolStats {
             workers: g.workers,
-            idle_workers: g.idle,
+            idle_workers: g.idle + usize::from(g.polling),
             queued: g.queue.len(),
             refused_unknown_tenant: g.queue.refused_unknown_tenant(),
             refused_shut_down: g.refused_shut_down,
@@ -293,6 +413,9 @@ impl<T: Send + 'static> Bulkhead<T> {
             };
             g.dropped_at_shutdown += n as u64;
             self.shared.wake.notify_all();
+            if let Some(source) = &self.shared.source {
+                source.wake();
+            }
             n
         };
         let handles = std::mem::take(&mut *self.handles.lock());
@@ -313,14 +436,28 @@ impl<T: Send + 'static> Drop for Bulkhead<T> {
     }
 }
 
-fn worker<T>(shared: &Shared<T>) {
-    let mut finished: Option<(TenantId, bool)> = None;
+fn worker<T: Send + 'static>(shared: &Shared<T>) {
+    // (tenant, panicked, handed back) of the item this worker ran last.
+    let mut finished: Option<(TenantId, bool, Option<T>)> = None;
+    // Both reserved once: the source fills `ready` only up to SOURCE_BATCH, one more is the item handed back.
+    let mut ready: Vec<(TenantId, T)> = Vec::with_capacity(SOURCE_BATCH + 1);
+    let mut refused: Vec<(TenantId, T, RefuseReason)> = Vec::with_capacity(SOURCE_BATCH + 1);
     loop {
+        // What became ready while this worker ran its last item: queued before the next pop, so it competes now.
+        if let Some(source) = &shared.source
+            && !shared.polling.load(Ordering::Acquire)
+        {
+            source.poll(&mut ready, false);
+        }
         let job = {
             let mut g = shared.state.lock();
-            if let Some((tenant, panicked)) = finished.take() {
+            if let Some((tenant, panicked, again)) = finished.take() {
                 g.finish(tenant, panicked);
+                if let Some(item) = again {
+                    ready.push((tenant, item));
+                }
             }
+            g.enqueue(&mut ready, &mut refused, Instant::now());
             let job = loop {
                 if g.shutting_down {
                     break None;
@@ -329,18 +466,38 @@ fn worker<T>(shared: &Shared<T>) {
                 if let Some(p) = g.queue.pop(Instant::now(), |_, _, _| {}) {
                     break Some(p);
                 }
-                g.idle += 1;
-                shared.wake.wait(&mut g);
-                g.idle -= 1;
+                match &shared.source {
+                    Some(source) if !g.polling => {
+                        g.polling = true;
+                        shared.polling.store(true, Ordering::Release);
+                        MutexGuard::unlocked(&mut g, || {
+                            shared.return_refused(&mut refused);
+                            source.poll(&mut ready, true);
+                        });
+                        g.polling = false;
+                        shared.polling.store(false, Ordering::Release);
+                        g.enqueue(&mut ready, &mut refused, Instant::now());
+                    }
+                    _ => {
+                        g.idle += 1;
+                        shared.wake.wait(&mut g);
+                        g.idle -= 1;
+                    }
+                }
             };
-            if job.is_some() && g.idle > 0 && g.queue.has_ready() {
+            // More ready work, or nobody left watching the source: an idle worker is needed.
+            if job.is_some() && g.idle > 0 && (g.queue.has_ready() || (shared.source.is_some() && !g.polling)) {
                 shared.wake.notify_one();
             }
             job
         };
+        shared.return_refused(&mut refused);
         let Some(p) = job else { return };
         let outcome = catch_unwind(AssertUnwindSafe(|| (shared.handler)(p.tenant, p.item)));
-        finished = Some((p.tenant, outcome.is_err()));
+        finished = Some(match outcome {
+            Ok(again) => (p.tenant, false, again),
+            Err(_) => (p.tenant, true, None),
+        });
     }
 }
 

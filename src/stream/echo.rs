@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::sync::mpsc;
 
-use super::provider::{CloseReason, FromAgent, ProviderHandle, ProviderStats, ToAgent};
+use super::provider::{AgentSink, CloseReason, FromAgent, ProviderHandle, ProviderStats, ToAgent};
 use crate::call::FRAME_SAMPLES;
 use crate::metrics::{Direction as MetricDirection, TenantMetrics};
 
@@ -52,7 +52,8 @@ pub fn spawn_echo(capacity: usize, metrics: Option<TenantMetrics>) -> ProviderHa
             stats.dropped_slow_consumer.fetch_add(1, Relaxed);
         }
     });
-    ProviderHandle { tx: to_tx, rx: from_rx, stats }
+    let sink = AgentSink::Channel(to_tx.clone());
+    ProviderHandle { tx: to_tx, rx: from_rx, stats, sink }
 }
 
 #[cfg(test)]
@@ -94,8 +95,9 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_sender_closes() {
-        let ProviderHandle { tx, mut rx, .. } = spawn_echo(2, None);
-        drop(tx);
+        let ProviderHandle { tx, mut rx, sink, .. } = spawn_echo(2, None);
+        // Every sender: the handle's and the sink's.
+        drop((tx, sink));
         assert_eq!(recv(&mut rx).await, Some(FromAgent::Closed(CloseReason::Stopped)));
     }
 

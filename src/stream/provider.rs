@@ -1,12 +1,22 @@
 //! The WebSocket client to a tenant's agent, speaking the Twilio Media Streams protocol.
 //!
 //! [`connect`] opens the socket (TCP + WebSocket handshake, within a deadline); [`ProviderSocket::spawn`] hands it
-//! to one task per call that owns it. The call driver talks to that task only through the bounded channels of
-//! the returned [`ProviderHandle`]: [`ToAgent`] in (caller audio, DTMF, marks whose audio has played, stop), and
-//! [`FromAgent`] out (agent audio, marks, clear, and finally `Closed`).
+//! to one task per call that reads it. The call driver talks to the stream through the returned
+//! [`ProviderHandle`]: its [`AgentSink`] takes caller audio, DTMF and marks whose audio has played; its bounded
+//! channels carry [`ToAgent`] in (the same messages, and stop) and [`FromAgent`] out (agent audio, marks, clear, and
+//! finally `Closed`).
 //!
-//! The task `select!`s over three things: room in the `FromAgent` channel for held-back control messages, the
-//! `ToAgent` channel, and the socket. Nothing is locked across an `.await`; counters are atomics.
+//! Two ways out to the agent:
+//! * **Direct** (`ws://`): the socket's write side is an [`Outbox`] (`stream::outbox`), the one owner of the bytes
+//!   sent, which the media worker serving the call writes to in the call's turn (so the write is spent in the fair
+//!   scheduler's order, with no task wake-up per frame), as do the call's task (marks) and this task (hello, stop,
+//!   and tungstenite's pong and close frames, through [`AgentIo`]). The task only reads.
+//! * **Through the task** (`wss://`, and the echo app): messages cross the bounded `ToAgent` channel to the task,
+//!   which writes them with tungstenite. TLS records cannot be written by two parties, so TLS keeps this path.
+//!
+//! The task `select!`s over: room in the `FromAgent` channel for held-back control messages, the `ToAgent`
+//! channel, the socket, and (direct) the outbox's health once a second and its requests to flush when no media
+//! worker does. Nothing is locked across an `.await`; counters are atomics.
 //!
 //! Per outgoing message: the JSON is written into one reused `String` by [`StreamWriter`], then copied into a
 //! reused `BytesMut` whose frozen slice becomes the tungstenite `Message` (tungstenite's `Message` owns its
@@ -21,12 +31,17 @@
 //! audio is dropped too, so a clear can't overtake audio or wipe audio that came after it.
 
 use std::collections::VecDeque;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
@@ -39,6 +54,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{Instrument, debug, info, warn};
 
+use super::outbox::{self, Outbox, Refused};
 use crate::call::{FRAME_MS, FRAME_SAMPLES, Frame};
 use crate::metrics::{Direction as MetricDirection, TenantMetrics};
 use crate::proto::media_streams::{AgentMessage, AgentMessageError, StreamStart, StreamWriter, parse_agent_message};
@@ -179,17 +195,145 @@ impl ConnectError {
 }
 
 /// A connected WebSocket to an agent, not yet streaming.
-#[derive(Debug)]
 pub struct ProviderSocket {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: AgentWs,
+}
+
+impl std::fmt::Debug for ProviderSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.ws {
+            AgentWs::Plain(_) => "ws",
+            AgentWs::Tls(_) => "wss",
+        };
+        f.debug_struct("ProviderSocket").field("kind", &kind).finish()
+    }
+}
+
+// One per call, moved once into its task: the size difference between the variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+enum AgentWs {
+    Plain(WebSocketStream<AgentIo>),
+    Tls(WebSocketStream<MaybeTlsStream<TcpStream>>),
 }
 
 /// The driver's side of one stream.
 #[derive(Debug)]
 pub struct ProviderHandle {
+    /// To the stream's task: stop (and, through the task, any message).
     pub tx: mpsc::Sender<ToAgent>,
     pub rx: mpsc::Receiver<FromAgent>,
     pub stats: Arc<ProviderStats>,
+    /// Where caller audio, DTMF and marks go: straight to the socket's outbox, or through `tx`.
+    pub sink: AgentSink,
+}
+
+/// Where the call's messages to the agent go (see the module docs). Cloned into the media workers.
+#[derive(Clone)]
+pub enum AgentSink {
+    /// Through the stream task's bounded channel.
+    Channel(mpsc::Sender<ToAgent>),
+    /// Written at once by the caller, through the socket's outbox.
+    Direct(Arc<Outbox>),
+}
+
+impl std::fmt::Debug for AgentSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AgentSink::Channel(_) => "AgentSink::Channel",
+            AgentSink::Direct(_) => "AgentSink::Direct",
+        })
+    }
+}
+
+/// A message the sink did not take (the agent is not keeping up, or the stream has ended): the caller counts it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct NotTaken;
+
+impl AgentSink {
+    /// One frame of caller audio; never waits.
+    pub fn media(&self, frame: Frame) -> Result<(), NotTaken> {
+        match self {
+            AgentSink::Channel(tx) => tx.try_send(ToAgent::Media(frame)).map_err(|_| NotTaken),
+            AgentSink::Direct(outbox) => outbox.media(&frame).map_err(|_: Refused| NotTaken),
+        }
+    }
+
+    /// A DTMF digit; never waits.
+    pub fn dtmf(&self, digit: char) -> Result<(), NotTaken> {
+        match self {
+            AgentSink::Channel(tx) => tx.try_send(ToAgent::Dtmf(digit)).map_err(|_| NotTaken),
+            AgentSink::Direct(outbox) => outbox.dtmf(digit).map_err(|_| NotTaken),
+        }
+    }
+
+    /// Echo of a mark whose audio has played; never waits.
+    pub fn mark_played(&self, name: String) -> Result<(), NotTaken> {
+        match self {
+            AgentSink::Channel(tx) => tx.try_send(ToAgent::MarkPlayed(name)).map_err(|_| NotTaken),
+            AgentSink::Direct(outbox) => outbox.mark(&name).map_err(|_| NotTaken),
+        }
+    }
+
+    /// The socket's outbox, when the stream is written directly.
+    pub fn outbox(&self) -> Option<&Arc<Outbox>> {
+        match self {
+            AgentSink::Direct(outbox) => Some(outbox),
+            AgentSink::Channel(_) => None,
+        }
+    }
+}
+
+/// The byte stream under a plain (`ws://`) WebSocket: reads come from the TCP socket through tokio; writes go
+/// straight to the socket until the stream starts and to its [`Outbox`] after, so that every byte to the agent,
+/// tungstenite's pong and close frames included, passes through the one owner of the write side.
+pub struct AgentIo {
+    tcp: Arc<TcpStream>,
+    outbox: Option<Arc<Outbox>>,
+}
+
+impl AsyncRead for AgentIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            match self.tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // try_read cleared the readiness: poll_read_ready registers for the next edge.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for AgentIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some(outbox) = &self.outbox {
+            return Poll::Ready(outbox.raw(buf).map(|()| buf.len()));
+        }
+        loop {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            match self.tcp.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Nothing is buffered here: a write went to the socket or to the outbox, which flushes on its own.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // With an outbox, pending bytes must still go out: the connection closes when both descriptors do.
+        if self.outbox.is_none() {
+            let _ = socket2::SockRef::from(&*self.tcp).shutdown(std::net::Shutdown::Write);
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -217,7 +361,8 @@ pub async fn connect(url: &str, auth_header: Option<&str>, timeout: Duration) ->
     }
     let host = uri.host().ok_or_else(|| ConnectError::BadUrl(format!("{url:?} has no host")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let default_port = if uri.scheme_str() == Some("wss") { 443 } else { 80 };
+    let tls = uri.scheme_str() == Some("wss");
+    let default_port = if tls { 443 } else { 80 };
     let port = uri.port_u16().unwrap_or(default_port);
     if let Some(auth) = auth_header {
         let mut value = HeaderValue::from_str(auth).map_err(|_| ConnectError::BadAuthHeader)?;
@@ -245,12 +390,23 @@ pub async fn connect(url: &str, auth_header: Option<&str>, timeout: Duration) ->
         })?;
         // Frames are small and latency-bound.
         let _ = tcp.set_nodelay(true);
-        let (ws, _response) = tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(ws_config()), None)
-            .await
-            .map_err(|e| match e {
-                tungstenite::Error::Http(response) => ConnectError::Handshake(format!("HTTP {}", response.status())),
-                other => ConnectError::Handshake(other.to_string()),
-            })?;
+        let handshake_error = |e| match e {
+            tungstenite::Error::Http(response) => ConnectError::Handshake(format!("HTTP {}", response.status())),
+            other => ConnectError::Handshake(other.to_string()),
+        };
+        let ws = if tls {
+            let (ws, _response) =
+                tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(ws_config()), None)
+                    .await
+                    .map_err(handshake_error)?;
+            AgentWs::Tls(ws)
+        } else {
+            let io = AgentIo { tcp: Arc::new(tcp), outbox: None };
+            let (ws, _response) = tokio_tungstenite::client_async_with_config(request, io, Some(ws_config()))
+                .await
+                .map_err(handshake_error)?;
+            AgentWs::Plain(ws)
+        };
         Ok(ProviderSocket { ws })
     };
     tokio::time::timeout(timeout, attempt).await.map_err(|_| ConnectError::Timeout)?
@@ -273,31 +429,53 @@ impl ProviderSocket {
 
     /// [`ProviderSocket::spawn`], recording each media frame's inbound latency (its ingress instant to the flush
     /// of the WebSocket write that carried it) and stream failures in the tenant's metrics.
+    ///
+    /// A `ws://` stream is written directly ([`AgentSink::Direct`]): `connected` and `start` are in the socket's
+    /// outbox before this returns, so whatever the sink is handed next follows them.
     pub fn spawn_metered(self, start: StreamStart, capacity: usize, metrics: Option<TenantMetrics>) -> ProviderHandle {
         let capacity = capacity.max(1);
         let (to_tx, to_rx) = mpsc::channel(capacity);
         let (from_tx, from_rx) = mpsc::channel(capacity);
         let stats = Arc::new(ProviderStats::default());
         let span = tracing::info_span!("provider", stream_sid = %start.stream_sid, call_sid = %start.call_sid);
-        let task = StreamTask {
-            ws: self.ws,
-            writer: StreamWriter::new(&start.stream_sid),
-            out: String::with_capacity(1024),
-            bytes: BytesMut::with_capacity(OUT_BYTES),
-            start,
-            to_rx,
-            from_tx,
-            held: VecDeque::new(),
-            stats: stats.clone(),
-            metrics,
+        let parts = TaskParts { to_rx, from_tx, stats: stats.clone(), metrics };
+        let sink = match self.ws {
+            AgentWs::Plain(mut ws) => {
+                let tcp = Arc::clone(&ws.get_ref().tcp);
+                let outbox = Outbox::new(tcp.as_raw_fd(), &start.stream_sid, stats.clone(), parts.metrics.clone())
+                    .inspect_err(
+                        |e| warn!(error = %e, "no direct writer for the agent socket; writing through the task"),
+                    )
+                    .ok()
+                    .filter(|outbox| outbox.hello(&start).is_ok());
+                if let Some(outbox) = &outbox {
+                    ws.get_mut().outbox = Some(Arc::clone(outbox));
+                }
+                let sink = outbox.clone().map_or_else(|| AgentSink::Channel(to_tx.clone()), AgentSink::Direct);
+                let task = StreamTask::new(ws, start, parts, outbox, Some(tcp));
+                tokio::spawn(task.run().instrument(span));
+                sink
+            }
+            AgentWs::Tls(ws) => {
+                let task = StreamTask::new(ws, start, parts, None, None);
+                tokio::spawn(task.run().instrument(span));
+                AgentSink::Channel(to_tx.clone())
+            }
         };
-        tokio::spawn(task.run().instrument(span));
-        ProviderHandle { tx: to_tx, rx: from_rx, stats }
+        ProviderHandle { tx: to_tx, rx: from_rx, stats, sink }
     }
 }
 
-struct StreamTask {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// The channels and counters a stream task is built with.
+struct TaskParts {
+    to_rx: mpsc::Receiver<ToAgent>,
+    from_tx: mpsc::Sender<FromAgent>,
+    stats: Arc<ProviderStats>,
+    metrics: Option<TenantMetrics>,
+}
+
+struct StreamTask<S> {
+    ws: WebSocketStream<S>,
     writer: StreamWriter,
     /// The JSON of the message being written.
     out: String,
@@ -310,6 +488,10 @@ struct StreamTask {
     held: VecDeque<FromAgent>,
     stats: Arc<ProviderStats>,
     metrics: Option<TenantMetrics>,
+    /// Direct streams: the socket's write side (every write goes through it).
+    outbox: Option<Arc<Outbox>>,
+    /// Direct streams: the socket, to wait for writability when no media worker flushes the outbox.
+    tcp: Option<Arc<TcpStream>>,
 }
 
 /// What woke the loop.
@@ -317,6 +499,38 @@ enum Event {
     Delivered,
     Command(Option<ToAgent>),
     Socket(Option<Result<Message, tungstenite::Error>>),
+    /// The outbox has bytes waiting and no media worker to flush them (or a write failed).
+    FlushWanted,
+    Writable,
+    /// Once a second (direct streams): has a write failed, or stalled too long?
+    Health,
+}
+
+async fn flush_wanted(outbox: Option<&Arc<Outbox>>) {
+    match outbox {
+        Some(outbox) => outbox.task_flush_wanted().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn writable(tcp: Option<&Arc<TcpStream>>) -> io::Result<()> {
+    match tcp {
+        Some(tcp) => tcp.writable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Flushes the outbox if the socket takes it, clearing tokio's readiness when it does not (the outbox writes
+/// through its own descriptor, so tokio cannot see that the socket is full). `Ok(true)`: nothing left.
+fn try_flush(tcp: &TcpStream, outbox: &Outbox) -> io::Result<bool> {
+    let flushed = tcp.try_io(tokio::io::Interest::WRITABLE, || {
+        if outbox.flush() { Ok(()) } else { Err(io::ErrorKind::WouldBlock.into()) }
+    });
+    match flushed {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// What the loop does after handling an event.
@@ -333,7 +547,30 @@ fn ws_error_reason(e: tungstenite::Error) -> CloseReason {
     }
 }
 
-impl StreamTask {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> StreamTask<S> {
+    fn new(
+        ws: WebSocketStream<S>,
+        start: StreamStart,
+        parts: TaskParts,
+        outbox: Option<Arc<Outbox>>,
+        tcp: Option<Arc<TcpStream>>,
+    ) -> StreamTask<S> {
+        StreamTask {
+            ws,
+            writer: StreamWriter::new(&start.stream_sid),
+            out: String::with_capacity(1024),
+            bytes: BytesMut::with_capacity(OUT_BYTES),
+            start,
+            to_rx: parts.to_rx,
+            from_tx: parts.from_tx,
+            held: VecDeque::new(),
+            stats: parts.stats,
+            metrics: parts.metrics,
+            outbox,
+            tcp,
+        }
+    }
+
     async fn run(mut self) {
         debug!("stream started");
         let reason = match self.stream().await {
@@ -344,6 +581,10 @@ impl StreamTask {
             Flow::End(reason) => reason,
             Flow::Continue => unreachable!("stream() returns only on Stop or End"),
         };
+        // Whatever the sink is handed from now on is refused (and counted by the caller), as a closed channel is.
+        if let Some(outbox) = &self.outbox {
+            outbox.close();
+        }
         match &reason {
             CloseReason::Error(e) => {
                 if let Some(m) = &self.metrics {
@@ -358,19 +599,24 @@ impl StreamTask {
 
     /// The stream until it must stop or has ended.
     async fn stream(&mut self) -> Flow {
-        self.writer.connected(&mut self.out);
-        let connected = self.take_message();
-        self.writer.start(&self.start, &mut self.out);
-        let start = self.take_message();
-        let hello = async {
-            self.ws.feed(connected).await?;
-            self.ws.send(start).await
-        };
-        match tokio::time::timeout(WRITE_TIMEOUT, hello).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Flow::End(ws_error_reason(e)),
-            Err(_) => return Flow::End(CloseReason::Error("write to agent timed out".into())),
+        // A direct stream's hello is in its outbox already.
+        if self.outbox.is_none() {
+            self.writer.connected(&mut self.out);
+            let connected = self.take_message();
+            self.writer.start(&self.start, &mut self.out);
+            let start = self.take_message();
+            let hello = async {
+                self.ws.feed(connected).await?;
+                self.ws.send(start).await
+            };
+            match tokio::time::timeout(WRITE_TIMEOUT, hello).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Flow::End(ws_error_reason(e)),
+                Err(_) => return Flow::End(CloseReason::Error("write to agent timed out".into())),
+            }
         }
+        let mut health = tokio::time::interval(Duration::from_secs(1));
+        let mut want_flush = false;
         loop {
             // The branches only borrow disjoint fields; the work that needs all of `self` happens after.
             let event = tokio::select! {
@@ -389,14 +635,36 @@ impl StreamTask {
                 }
                 cmd = self.to_rx.recv() => Event::Command(cmd),
                 msg = self.ws.next() => Event::Socket(msg),
+                () = flush_wanted(self.outbox.as_ref()) => Event::FlushWanted,
+                _ = writable(self.tcp.as_ref()), if want_flush => Event::Writable,
+                _ = health.tick(), if self.outbox.is_some() => Event::Health,
             };
             let flow = match event {
                 Event::Delivered => Flow::Continue,
+                Event::Command(Some(cmd)) if self.outbox.is_some() => self.write_direct(cmd),
                 Event::Command(Some(cmd)) => match tokio::time::timeout(WRITE_TIMEOUT, self.write_batch(cmd)).await {
                     Ok(Ok(flow)) => flow,
                     Ok(Err(e)) => Flow::End(ws_error_reason(e)),
                     Err(_) => Flow::End(CloseReason::Error("write to agent timed out".into())),
                 },
+                Event::FlushWanted => {
+                    want_flush = true;
+                    self.outbox_health()
+                }
+                Event::Writable => match (self.tcp.as_ref(), self.outbox.as_ref()) {
+                    (Some(tcp), Some(outbox)) => match try_flush(tcp, outbox) {
+                        Ok(done) => {
+                            want_flush = !done;
+                            self.outbox_health()
+                        }
+                        Err(e) => Flow::End(CloseReason::Error(e.to_string())),
+                    },
+                    _ => {
+                        want_flush = false;
+                        Flow::Continue
+                    }
+                },
+                Event::Health => self.outbox_health(),
                 Event::Command(None) => Flow::Stop,
                 Event::Socket(Some(Ok(msg))) => self.on_message(msg).await,
                 Event::Socket(Some(Err(e))) => Flow::End(ws_error_reason(e)),
@@ -407,6 +675,34 @@ impl StreamTask {
                 other => return other,
             }
         }
+    }
+
+    /// A direct stream's write failed or stalled past [`WRITE_TIMEOUT`]: it ends, as a failed or stalled write
+    /// ends a stream written by the task.
+    fn outbox_health(&self) -> Flow {
+        let Some(outbox) = &self.outbox else { return Flow::Continue };
+        if let Some(kind) = outbox.failed() {
+            return Flow::End(CloseReason::Error(format!("write to agent failed: {}", io::Error::from(kind))));
+        }
+        if outbox::stalled_too_long(outbox.stalled_since(), WRITE_TIMEOUT) {
+            return Flow::End(CloseReason::Error("write to agent timed out".into()));
+        }
+        Flow::Continue
+    }
+
+    /// A message sent through the channel to a direct stream: written through the outbox like the sink's.
+    fn write_direct(&mut self, cmd: ToAgent) -> Flow {
+        let Some(outbox) = &self.outbox else { return Flow::Continue };
+        let taken = match cmd {
+            ToAgent::Media(frame) => outbox.media(&frame),
+            ToAgent::Dtmf(digit) => outbox.dtmf(digit),
+            ToAgent::MarkPlayed(name) => outbox.mark(&name),
+            ToAgent::Stop => return Flow::Stop,
+        };
+        if taken.is_err() {
+            bump(&self.stats.dropped_slow_consumer);
+        }
+        self.outbox_health()
     }
 
     /// Writes `first` and whatever else is already queued (up to [`MAX_BATCH`]), then flushes once.
@@ -556,11 +852,28 @@ impl StreamTask {
 
     /// `stop`, then the closing handshake, bounded by [`CLOSE_TIMEOUT`]; errors only shorten it.
     async fn stop(&mut self) {
-        self.writer.stop(&self.start.account_sid, &self.start.call_sid, &mut self.out);
-        let stop = self.take_message();
+        let stop = match &self.outbox {
+            // In order behind whatever audio the outbox holds; no data message after it.
+            Some(outbox) => {
+                let _ = outbox.stop(&self.start.account_sid, &self.start.call_sid);
+                None
+            }
+            None => {
+                self.writer.stop(&self.start.account_sid, &self.start.call_sid, &mut self.out);
+                Some(self.take_message())
+            }
+        };
         let handshake = async {
-            self.ws.send(stop).await?;
+            if let Some(stop) = stop {
+                self.ws.send(stop).await?;
+            }
             self.ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: Utf8Bytes::from_static("") })).await?;
+            // Without a media worker to flush it (the call has deregistered), the outbox is flushed from here.
+            if let (Some(outbox), Some(tcp)) = (&self.outbox, &self.tcp) {
+                while !try_flush(tcp, outbox)? {
+                    tcp.writable().await?;
+                }
+            }
             // Wait for the agent's close frame (and the end of the connection); anything else it sends now is moot.
             while let Some(msg) = self.ws.next().await {
                 msg?;
@@ -762,6 +1075,93 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_ws_stream_is_written_directly_by_whoever_holds_the_sink_in_order_and_timed() {
+        let (url, agent) = agent(|mut ws| async move {
+            expect_connected_and_start(&mut ws).await;
+            for i in 0..20u64 {
+                let v = next_json(&mut ws).await;
+                assert_eq!(
+                    (v["event"].as_str(), v["sequenceNumber"].as_str()),
+                    (Some("media"), Some(&*(i + 2).to_string()))
+                );
+                assert_eq!(v["media"]["chunk"], (i + 1).to_string());
+            }
+            let v = next_json(&mut ws).await;
+            assert_eq!((v["event"].as_str(), v["mark"]["name"].as_str()), (Some("mark"), Some("m1")));
+            assert_eq!(next_json(&mut ws).await["event"], "dtmf");
+            assert_eq!(next_json(&mut ws).await["event"], "stop");
+            assert!(matches!(ws.next().await, Some(Ok(Message::Close(_)))));
+        })
+        .await;
+        let metrics = crate::metrics::Metrics::new(&crate::metrics::MetricsConfig::default());
+        let socket = connect(&url, None, Duration::from_secs(2)).await.unwrap();
+        let mut h = socket.spawn_metered(start(), 4, Some(metrics.tenant(TenantId(3), "acme")));
+        let AgentSink::Direct(_) = &h.sink else { panic!("a ws:// stream is written directly, got {:?}", h.sink) };
+        // Written from a plain thread, as a media worker does: no task takes part (the channel holds 4 at most).
+        let sink = h.sink.clone();
+        std::thread::spawn(move || {
+            for i in 0..20u64 {
+                sink.media(frame(i, i as u8)).unwrap();
+            }
+            sink.mark_played("m1".into()).unwrap();
+            sink.dtmf('5').unwrap();
+        })
+        .join()
+        .unwrap();
+        h.tx.send(ToAgent::Stop).await.unwrap();
+        assert_eq!(recv(&mut h.rx).await, FromAgent::Closed(CloseReason::Stopped));
+        tokio::time::timeout(TEST_TIMEOUT, agent).await.unwrap().unwrap();
+        assert_eq!(h.stats.media_out.load(Relaxed), 20);
+        // After the stream ended the sink refuses, as a closed channel does.
+        assert_eq!(h.sink.media(frame(20, 0)), Err(NotTaken));
+        let text = metrics.encode();
+        let count = text
+            .lines()
+            .find_map(|l| l.strip_prefix("fairvox_frame_latency_seconds_count{tenant=\"acme\",direction=\"inbound\"} "))
+            .unwrap_or_else(|| panic!("no inbound latency count in\n{text}"));
+        assert_eq!(count.trim(), "20", "one latency per frame, at its write");
+    }
+
+    #[tokio::test]
+    async fn a_slow_agent_backs_up_the_outbox_which_refuses_audio_past_its_bound_and_delivers_the_rest_in_order() {
+        let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
+        let (url, agent) = agent(|mut ws| async move {
+            // Not reading until told: the socket buffers fill and the outbox holds the rest.
+            let _ = gate_rx.await;
+            expect_connected_and_start(&mut ws).await;
+            let mut chunks = Vec::new();
+            loop {
+                let v = next_json(&mut ws).await;
+                match v["event"].as_str() {
+                    Some("media") => chunks.push(v["media"]["chunk"].as_str().unwrap().parse::<u64>().unwrap()),
+                    Some("stop") => break,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            chunks
+        })
+        .await;
+        let socket = connect(&url, None, Duration::from_secs(2)).await.unwrap();
+        let mut h = socket.spawn(start(), 4);
+        let sink = h.sink.clone();
+        let (mut taken, mut refused) = (0u64, 0u64);
+        // Far more than the socket buffers and the outbox's bound hold.
+        for i in 0..20_000u64 {
+            match sink.media(frame(i, 7)) {
+                Ok(()) => taken += 1,
+                Err(NotTaken) => refused += 1,
+            }
+        }
+        assert!(refused > 0, "the outbox's bound never refused a frame ({taken} taken)");
+        let _ = gate_tx.send(());
+        h.tx.send(ToAgent::Stop).await.unwrap();
+        assert_eq!(recv(&mut h.rx).await, FromAgent::Closed(CloseReason::Stopped));
+        let (_, chunks) = tokio::time::timeout(TEST_TIMEOUT, agent).await.unwrap().unwrap();
+        // Every frame taken arrived, in order, numbered without gaps: a refused frame was never written.
+        assert_eq!(chunks, (1..=taken).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
     async fn agent_messages_become_from_agent_and_garbage_is_counted() {
         let (url, agent) = agent(|mut ws| async move {
             let v = expect_connected_and_start(&mut ws).await;
@@ -865,8 +1265,8 @@ mod tests {
         })
         .await;
         let h = connect(&url, None, Duration::from_secs(2)).await.unwrap().spawn(start(), 4);
-        let ProviderHandle { tx, mut rx, .. } = h;
-        drop(tx);
+        let ProviderHandle { tx, mut rx, sink, .. } = h;
+        drop((tx, sink));
         assert_eq!(recv(&mut rx).await, FromAgent::Closed(CloseReason::Stopped));
         tokio::time::timeout(TEST_TIMEOUT, agent).await.unwrap().unwrap();
     }
@@ -1001,20 +1401,13 @@ mod tests {
     async fn outgoing_payloads_reuse_one_buffer() {
         let (url, agent) = agent(|mut ws| async move { while let Some(Ok(_)) = ws.next().await {} }).await;
         let socket = connect(&url, None, Duration::from_secs(2)).await.unwrap();
+        let super::AgentWs::Plain(ws) = socket.ws else { panic!("a ws:// URL gives a plain socket") };
         let (_to_tx, to_rx) = mpsc::channel(1);
         let (from_tx, _from_rx) = mpsc::channel(1);
-        let mut task = StreamTask {
-            ws: socket.ws,
-            writer: StreamWriter::new("MZ1"),
-            out: String::new(),
-            bytes: BytesMut::with_capacity(OUT_BYTES),
-            start: start(),
-            to_rx,
-            from_tx,
-            held: VecDeque::new(),
-            stats: Arc::default(),
-            metrics: None,
-        };
+        // The task's own write path (the one `wss://` streams use), over the plain socket.
+        let parts = TaskParts { to_rx, from_tx, stats: Arc::default(), metrics: None };
+        let mut task = StreamTask::new(ws, start(), parts, None, None);
+        task.writer = StreamWriter::new("MZ1");
         let base = task.bytes.as_ptr() as usize;
         for i in 0..1000u64 {
             task.writer.media(i * 20, &[0x55; FRAME_SAMPLES], &mut task.out);

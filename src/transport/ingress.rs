@@ -1,36 +1,50 @@
-//! The media workers: the threads that read every call's RTP, in the order the scheduler decides.
+//! The media workers: the threads that watch and read every call's RTP, in the order the scheduler decides.
 //!
-//! Owns [`MediaWorkers`] (a [`Bulkhead`] of turns, one queue per tenant) and each call's inbound state,
-//! [`CallIngress`]: latch, receive statistics, policer, DTMF detector and re-framer, with the hand-off of finished
-//! frames to the call's provider channel.
+//! Owns [`MediaWorkers`] (a [`Bulkhead`] of turns, one queue per tenant, over an epoll set of the calls' RTP
+//! sockets, [`readiness`]) and each call's inbound state, [`CallIngress`]: latch, receive statistics, policer, DTMF
+//! detector and re-framer, with the hand-off of finished frames to the call's agent ([`AgentSink`]): for a `ws://`
+//! agent the frame is written to the socket's outbox right here, in the turn (`stream::outbox`), and a lagging
+//! agent's pending bytes are flushed by [`FlushTurn`]s of the same tenant when its socket turns writable.
 //!
-//! A call's task does not read its RTP socket. When the socket turns readable, the task queues one
-//! [`IngressTurn`] for its tenant and waits until the turn is over; a worker pops the turn (by deficit round robin
-//! over tenants in proportion to plan weight under `fair`, in arrival order under `fifo`) and reads up to
-//! [`TURN_PACKETS`] packets. So the costly part of inbound media, the `recvmsg` calls and everything after them,
-//! runs where the scheduler decides, and a tenant that floods or has many calls waits in its own queue.
+//! Readiness is the workers' own. A call's RTP socket is registered in the pool's epoll set (edge-triggered and
+//! one-shot, a token per call) for as long as its [`CallInbound`] lives; no async task takes part in inbound
+//! reads. A worker with nothing queued waits in `epoll_wait`; a busy worker polls the set without waiting between
+//! turns. Each ready socket becomes one [`IngressTurn`] queued for its tenant, in batches under one lock, and a
+//! worker pops turns by deficit round robin over tenants in proportion to plan weight under `fair` (in arrival order
+//! under `fifo`) and reads up to [`TURN_PACKETS`] packets with one `recvmmsg`. So every per-packet cost on the
+//! inbound side — discovering readiness, the read, and everything after it — is spent on the workers in the order
+//! the scheduler decides; a tenant that floods or has many calls waits in its own queue, its packets ageing in its
+//! own sockets, and costs no wake-up of anyone else's thread.
 //!
 //! * **Order**: one turn per call at a time, so a call's packets are read and framed in order whichever worker
-//!   serves it.
+//!   serves it. The socket is armed one-shot: after its event fires it stays disarmed until the turn ends. A turn
+//!   that read a full batch goes straight back into its tenant's queue (more may be waiting); one that read less
+//!   re-arms the socket (`EPOLL_CTL_MOD`), and the kernel checks readiness when re-arming, so a packet that arrived
+//!   during the turn raises the event at once: no lost wake-up.
 //! * **Deadline**: each packet carries its kernel receive time (`SO_TIMESTAMPNS`). A packet older than its
 //!   tenant's `max_frame_queue_ms` when a worker reads it is dropped and counted as `deadline`: the time it spent
 //!   in the socket while its tenant's turns queued is the tenant's own backlog, and forwarding it would only make
 //!   the agent's audio later. The same receive time is each frame's ingress instant for latency figures.
 //! * **Policing** runs right after the read, before parsing beyond the header, framing or any hand-off.
-//! * **Bounds**: a tenant's queue holds one turn per call, sized from its plan's concurrency; a refused turn (the
-//!   pool shut down, say) makes the call drain its socket itself and count those packets as `queue_full`.
+//! * **Bounds**: a tenant's queue holds one turn per call, sized from its plan's concurrency; a refused turn (a
+//!   tenant not configured, or the pool shut down) drains the call's socket on the worker, counting those packets as
+//!   `queue_full`, and re-arms it.
+//! * **Call end**: dropping the [`CallInbound`] marks the call ended, removes its socket from the set, then frees
+//!   its token (a generation number makes a token whose event was already collected match nothing). The socket is
+//!   owned by the call's shared state, so it is closed only after the last turn holding it is gone: the descriptor
+//!   cannot be reused while the set could still name it. A turn of an ended call reads nothing.
 //! * **No allocation** per packet or turn: a turn is an `Arc` clone, buffers live on the worker's stack, and the
 //!   per-tenant metrics are handles made at call start.
 
-use std::net::SocketAddr;
+mod readiness;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
-use tokio::sync::{Notify, mpsc};
 
 use crate::call::police::{Policer, Verdict};
 use crate::call::reframe::Reframer;
@@ -40,16 +54,23 @@ use crate::metrics::{Direction as MetricDirection, FrameDropReason, TenantMetric
 use crate::proto::dtmf::{self, DtmfDetector};
 use crate::proto::rtp::{self, PacketVerdict, ReceiveStats};
 use crate::proto::sdp::Negotiated;
-use crate::sched::bulkhead::{Bulkhead, BulkheadConfig, BulkheadError};
+use crate::sched::bulkhead::{Bulkhead, BulkheadConfig, BulkheadError, PoolStats, Source};
 use crate::sched::plan::Plan;
 use crate::sched::wfq::{ConfigError, SchedulerKind, TenantConfig};
-use crate::stream::provider::ToAgent;
+use crate::stream::outbox::WriteWaker;
+use crate::stream::provider::AgentSink;
 use crate::tenant::{Codec, TenantId};
 use crate::transport::media::MediaCounters;
 
-/// Most packets one turn reads: a turn is the unit the fair queue charges (cost 1), so it is kept short. Four
-/// covers a 10 ms packetization with a frame of slack; a call with more queued gets another turn at once.
+use readiness::Readiness;
+
+/// Most packets one turn reads (one `recvmmsg`): a turn is the unit the fair queue charges (cost 1), so it is kept
+/// short. Four covers a 10 ms packetization with a frame of slack; a call with more queued gets another turn.
 pub const TURN_PACKETS: usize = 4;
+/// Receive buffer per packet: RTP of up to 640 samples is well inside it; larger datagrams are truncated.
+const PACKET_BUF: usize = 2048;
+/// Most packets a refused turn drains before it re-arms the socket (the rest raise the event again).
+const REFUSED_DRAIN: usize = 64;
 /// A latched source silent this long may be replaced by a new one (the carrier moved media).
 const RELATCH_AFTER: Duration = Duration::from_secs(2);
 /// Gap filled with silence by the re-framer before it resynchronises: 200 ms.
@@ -66,19 +87,35 @@ pub struct TurnCounts {
     pub late: AtomicU64,
 }
 
+/// The media workers could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediaWorkersError {
+    #[error("cannot create the media workers' epoll set: {0}")]
+    Readiness(#[source] std::io::Error),
+    #[error(transparent)]
+    Pool(#[from] BulkheadError),
+}
+
 /// The worker pool that serves calls' inbound media.
 pub struct MediaWorkers {
-    pool: Bulkhead<IngressTurn>,
+    pool: Bulkhead<MediaTurn>,
+    readiness: Arc<Readiness>,
     /// Per tenant, by `TenantId` (grown by `configure_tenant`).
     counts: RwLock<Vec<Arc<TurnCounts>>>,
 }
 
 impl MediaWorkers {
-    /// Starts `workers` threads (0: one per core) under `scheduler`.
-    pub fn start(workers: usize, scheduler: SchedulerKind) -> Result<MediaWorkers, BulkheadError> {
-        let pool =
-            Bulkhead::start(BulkheadConfig { workers, scheduler, quantum: 1 }, |_, turn: IngressTurn| turn.serve())?;
-        Ok(MediaWorkers { pool, counts: RwLock::new(Vec::new()) })
+    /// Starts `workers` threads (0: one per core) under `scheduler`, over a new epoll set.
+    pub fn start(workers: usize, scheduler: SchedulerKind) -> Result<MediaWorkers, MediaWorkersError> {
+        let readiness = Arc::new(Readiness::new().map_err(MediaWorkersError::Readiness)?);
+        let source: Arc<dyn Source<MediaTurn>> = readiness.clone();
+        let pool = Bulkhead::start_with_source(
+            BulkheadConfig { workers, scheduler, quantum: 1 },
+            source,
+            |_, turn: MediaTurn| turn.serve(),
+        )?;
+        Ok(MediaWorkers { pool, readiness, counts: RwLock::new(Vec::new()) })
     }
 
     /// The tenant's turn counters (shared with its calls; a new set for a tenant not configured yet).
@@ -127,24 +164,74 @@ impl MediaWorkers {
         self.pool.remove_tenant(tenant);
     }
 
-    /// Stops the workers; queued turns end unserved (their calls are told, and are ending anyway).
+    /// The pool's gauges and refusal counters.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.pool_stats()
+    }
+
+    /// A tenant's counters in the pool: `processed` counts every turn served, reads and flushes alike.
+    pub fn tenant_stats(&self, tenant: TenantId) -> Option<crate::sched::BulkheadStats> {
+        self.pool.stats(tenant)
+    }
+
+    /// Calls whose RTP sockets are in the epoll set now.
+    pub fn registered_calls(&self) -> usize {
+        self.readiness.registered()
+    }
+
+    /// Stops the workers; queued turns end unserved. Sockets still registered are no longer read (the process is
+    /// ending); their calls deregister as they end.
     pub fn shutdown(&self) {
         self.pool.shutdown();
     }
 
-    /// Queues a turn for `call`. On refusal the turn comes back (and is dropped, which wakes the call).
-    fn submit(&self, call: &Arc<CallIngress>) -> bool {
-        let now = Instant::now();
-        let turn = IngressTurn { call: Arc::clone(call), queued_at: now, wake_call: true };
-        match self.pool.submit(call.tenant, turn, 1, now) {
-            Ok(()) => true,
-            Err(refused) => {
-                // The call is not waiting for this turn: its drop must not leave a stale wake-up behind.
-                refused.into_item().wake_call = false;
-                false
-            }
+    /// Takes a call's inbound media onto the workers: builds its shared state around `socket` (its RTP socket,
+    /// made non-blocking here, with kernel receive stamps) and adds the socket to the epoll set, armed. From here
+    /// on only the workers read it. The call's inbound side lives as long as the returned handle.
+    pub fn register(&self, socket: UdpSocket, setup: InboundSetup) -> std::io::Result<CallInbound> {
+        socket.set_nonblocking(true)?;
+        // Without kernel timestamps a packet's age is measured from its read: deadlines then miss the time spent
+        // in the socket, nothing worse.
+        if let Err(e) = enable_receive_timestamps(&socket) {
+            tracing::debug!(error = %e, "no kernel receive timestamps on an RTP socket");
         }
+        let turns = self.turn_counts(setup.tenant);
+        let readiness = Arc::clone(&self.readiness);
+        let outbox_fd = setup.sink.outbox().map(|o| o.fd());
+        let call = self.readiness.register(socket.as_raw_fd(), outbox_fd, |token| {
+            Arc::new(CallIngress {
+                tenant: setup.tenant,
+                socket,
+                state: Mutex::new(Ingress::new(setup.tenant, setup.call, setup.negotiated)),
+                sink: setup.sink,
+                counters: setup.counters,
+                metrics: setup.metrics,
+                max_age: setup.max_age,
+                turns,
+                readiness,
+                token,
+                ended: AtomicBool::new(false),
+            })
+        })?;
+        if let Some(outbox) = call.sink.outbox() {
+            let waker = readiness::FlushWaker::new(Arc::clone(&self.readiness), outbox.fd(), call.token);
+            outbox.set_waker(Some(Arc::new(waker) as Arc<dyn WriteWaker>));
+        }
+        Ok(CallInbound(call))
     }
+}
+
+/// What a call's inbound side needs besides its socket.
+pub struct InboundSetup {
+    pub tenant: TenantId,
+    pub call: CallId,
+    pub negotiated: Negotiated,
+    /// Where the call's frames go: its provider stream's outbox (written in the turn) or channel.
+    pub sink: AgentSink,
+    pub counters: Arc<MediaCounters>,
+    pub metrics: TenantMetrics,
+    /// The tenant's `max_frame_queue_ms`: a packet older than this when read is dropped as `deadline`.
+    pub max_age: Duration,
 }
 
 /// Decides, from once-a-second samples of [`MediaWorkers::totals`], which tenants the workers are persistently
@@ -199,109 +286,88 @@ impl BehindTracker {
     }
 }
 
-/// What the call task's RTP arm is waiting for.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum TurnState {
-    /// For the socket to turn readable.
-    Idle,
-    /// For the worker to finish the turn it queued.
-    Queued,
-}
-
-/// One call's inbound media: shared by its task (which queues turns, and reads the latch and statistics for
-/// playout and RTCP) and the worker serving its turn. The lock is held for one turn or one short read, never
-/// across an `.await`.
+/// One call's inbound media: shared by its task (which reads the latch and statistics for playout and RTCP, and
+/// sends playout RTP from the same socket), the epoll registry, and the worker serving its turn. The lock is held
+/// for one turn or one short read, never across an `.await`.
 pub struct CallIngress {
     pub tenant: TenantId,
-    socket: Arc<UdpSocket>,
+    /// The call's RTP socket (non-blocking). Closed when the last holder goes, after deregistration.
+    socket: UdpSocket,
     pub state: Mutex<Ingress>,
-    turn_over: Notify,
-    provider_tx: mpsc::Sender<ToAgent>,
+    sink: AgentSink,
     counters: Arc<MediaCounters>,
     metrics: TenantMetrics,
     max_age: Duration,
     turns: Arc<TurnCounts>,
+    readiness: Arc<Readiness>,
+    /// The call's epoll token (slot and generation in the registry).
+    token: u64,
+    /// Set when the call's [`CallInbound`] is dropped: its turns read nothing and re-arm nothing.
+    ended: AtomicBool,
 }
 
 impl CallIngress {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        tenant: TenantId,
-        call: CallId,
-        socket: Arc<UdpSocket>,
-        negotiated: Negotiated,
-        provider_tx: mpsc::Sender<ToAgent>,
-        counters: Arc<MediaCounters>,
-        metrics: TenantMetrics,
-        max_age: Duration,
-        turns: Arc<TurnCounts>,
-    ) -> Arc<CallIngress> {
-        // Without kernel timestamps a packet's age is measured from its read: deadlines then miss the time spent
-        // in the socket, nothing worse.
-        if let Err(e) = enable_receive_timestamps(&socket) {
-            tracing::debug!(error = %e, "no kernel receive timestamps on an RTP socket");
-        }
-        Arc::new(CallIngress {
-            tenant,
-            socket,
-            state: Mutex::new(Ingress::new(tenant, call, negotiated)),
-            turn_over: Notify::new(),
-            provider_tx,
-            counters,
-            metrics,
-            max_age,
-            turns,
-        })
+    /// Sends one datagram from the call's RTP socket without waiting (playout, symmetric RTP). A full send buffer
+    /// is an error like any other: the packet is not sent.
+    pub fn send_to(&self, packet: &[u8], dest: SocketAddr) -> std::io::Result<usize> {
+        self.socket.send_to(packet, dest)
     }
 
-    /// Waits for the next step of the RTP arm and returns the new state. Cancel-safe: dropped mid-wait, the state
-    /// is unchanged and a finished turn's notification is kept for the next call.
-    pub async fn next(self: &Arc<Self>, state: TurnState, workers: &MediaWorkers) -> TurnState {
-        match state {
-            TurnState::Idle => {
-                if self.socket.readable().await.is_err() {
-                    return std::future::pending().await;
-                }
-                if workers.submit(self) {
-                    TurnState::Queued
-                } else {
-                    self.drain_refused();
-                    TurnState::Idle
-                }
-            }
-            TurnState::Queued => {
-                self.turn_over.notified().await;
-                TurnState::Idle
-            }
+    /// The address the RTP socket is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Watches the socket again (one-shot). Called when a turn ends without a full batch, or is dropped unserved.
+    fn arm(&self) {
+        if !self.ended.load(Ordering::Acquire) {
+            self.readiness.arm(self.socket.as_raw_fd(), self.token);
         }
     }
 
-    /// The pool refused the turn: read what is queued in the socket and count it as dropped, so the call does not
-    /// spin on a socket that stays readable.
+    /// A refused turn: read what is queued in the socket and count it as dropped, so the call does not come back
+    /// at once for packets nobody will serve.
     fn drain_refused(&self) {
-        let mut buf = [0u8; 2048];
-        while self.socket.try_recv_from(&mut buf).is_ok() {
+        let mut buf = [0u8; PACKET_BUF];
+        for _ in 0..REFUSED_DRAIN {
+            if self.socket.recv_from(&mut buf).is_err() {
+                break;
+            }
             self.counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
             self.metrics.frame_dropped(FrameDropReason::QueueFull);
         }
     }
 
-    /// Runs one turn on a worker thread.
-    fn serve(&self) {
-        let mut buf = [0u8; 2048];
+    /// Runs one turn on a worker thread: one `recvmmsg` of up to [`TURN_PACKETS`], then each packet's deadline,
+    /// latch, statistics, policing and framing. Returns whether the batch was full (more may be waiting).
+    fn serve(&self) -> bool {
+        let mut bufs = [[0u8; PACKET_BUF]; TURN_PACKETS];
+        let mut got = [Received::EMPTY; TURN_PACKETS];
+        let n = match recv_batch(&self.socket, &mut bufs, &mut got) {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    tracing::debug!(error = %e, "RTP socket read failed");
+                }
+                return false;
+            }
+        };
+        let now = Instant::now();
+        let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         let mut state = self.state.lock();
-        for _ in 0..TURN_PACKETS {
-            let read = self.socket.try_io(Interest::READABLE, || recv_stamped(&self.socket, &mut buf));
-            let Ok((n, from, age)) = read else { break };
-            let now = Instant::now();
+        for (buf, r) in bufs.iter().zip(&got).take(n) {
+            let Some(from) = r.from else { continue };
+            // Zero without a stamp, or if the wall clock stepped back.
+            let age = r.stamp.map_or(Duration::ZERO, |stamp| wall.saturating_sub(stamp));
             if age > self.max_age {
                 self.counters.dropped_deadline.fetch_add(1, Ordering::Relaxed);
                 self.metrics.frame_dropped(FrameDropReason::Deadline);
                 continue;
             }
             let received = now.checked_sub(age).unwrap_or(now);
-            state.on_rtp(&buf[..n], from, received, now, &self.provider_tx, &self.counters, &self.metrics);
+            state.on_rtp(&buf[..r.len], from, received, now, &self.sink, &self.counters, &self.metrics);
         }
+        n == TURN_PACKETS
     }
 
     /// Hands a DTMF digit from SIP INFO to the agent, counted with the RTP ones.
@@ -309,36 +375,108 @@ impl CallIngress {
         let mut state = self.state.lock();
         state.dtmf_count += 1;
         drop(state);
-        if self.provider_tx.try_send(ToAgent::Dtmf(digit)).is_err() {
+        if self.sink.dtmf(digit).is_err() {
             self.counters.dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-/// A call's turn on a media worker. Dropping it, served or not, tells the call's task the turn is over.
+/// A call's inbound side as its task holds it: while it lives the workers read the call's RTP. Dropping it (on
+/// every end of the call, a panic unwinding included) takes the socket out of the epoll set.
+pub struct CallInbound(Arc<CallIngress>);
+
+impl std::ops::Deref for CallInbound {
+    type Target = CallIngress;
+
+    fn deref(&self) -> &CallIngress {
+        &self.0
+    }
+}
+
+impl Drop for CallInbound {
+    fn drop(&mut self) {
+        // Ended first: a turn already queued or running then reads nothing and does not re-arm; the outbox stops
+        // asking the workers for flushes (it waits for any flush in progress); then out of the set while both
+        // descriptors are certainly open (this handle holds them), then the token is freed.
+        self.0.ended.store(true, Ordering::Release);
+        let outbox = self.0.sink.outbox();
+        if let Some(outbox) = outbox {
+            outbox.set_waker(None);
+        }
+        self.0.readiness.deregister(self.0.socket.as_raw_fd(), outbox.map(|o| o.fd()), self.0.token);
+    }
+}
+
+/// A unit of a call's work on the media workers, charged 1 to the call's tenant.
+pub enum MediaTurn {
+    /// Read the call's RTP: one at a time per call.
+    Read(IngressTurn),
+    /// Write what waits in the call's agent outbox: its socket turned writable.
+    Flush(FlushTurn),
+}
+
+impl MediaTurn {
+    fn serve(self) -> Option<MediaTurn> {
+        match self {
+            MediaTurn::Read(turn) => turn.serve().map(MediaTurn::Read),
+            MediaTurn::Flush(turn) => {
+                turn.serve();
+                None
+            }
+        }
+    }
+}
+
+/// A flush of a call's agent outbox (see `stream::outbox`); one at a time per call, by the one-shot registration
+/// of the outbox's socket.
+pub struct FlushTurn {
+    call: Arc<CallIngress>,
+}
+
+impl FlushTurn {
+    /// Writes what the socket takes; the outbox asks for writability again if some is left.
+    fn serve(self) {
+        if let Some(outbox) = self.call.sink.outbox() {
+            outbox.flush();
+        }
+    }
+}
+
+/// A call's read turn on a media worker. Dropped without being handed back (served, refused, drained at shutdown,
+/// unwound by a panic), it re-arms the call's socket unless the call has ended, so a live call is never left
+/// unwatched.
 pub struct IngressTurn {
     call: Arc<CallIngress>,
     queued_at: Instant,
-    wake_call: bool,
 }
 
 impl IngressTurn {
-    fn serve(self) {
+    fn new(call: Arc<CallIngress>, now: Instant) -> IngressTurn {
+        IngressTurn { call, queued_at: now }
+    }
+
+    /// Serves the turn; hands it back when the call may have more packets waiting.
+    fn serve(mut self) -> Option<IngressTurn> {
+        if self.call.ended.load(Ordering::Acquire) {
+            return None;
+        }
         let wait = self.queued_at.elapsed();
         self.call.metrics.sched_wait(wait);
         self.call.turns.turns.fetch_add(1, Ordering::Relaxed);
         if wait > LATE_TURN {
             self.call.turns.late.fetch_add(1, Ordering::Relaxed);
         }
-        self.call.serve();
+        if self.call.serve() && !self.call.ended.load(Ordering::Acquire) {
+            self.queued_at = Instant::now();
+            return Some(self);
+        }
+        None
     }
 }
 
 impl Drop for IngressTurn {
     fn drop(&mut self) {
-        if self.wake_call {
-            self.call.turn_over.notify_one();
-        }
+        self.call.arm();
     }
 }
 
@@ -385,7 +523,7 @@ impl Ingress {
         from: SocketAddr,
         received: Instant,
         now: Instant,
-        tx: &mpsc::Sender<ToAgent>,
+        sink: &AgentSink,
         counters: &MediaCounters,
         metrics: &TenantMetrics,
     ) {
@@ -418,8 +556,11 @@ impl Ingress {
             self.reframer.reset();
             self.dtmf.reset();
         }
-        // Held to the negotiated rate before any decoding or hand-off (see call::police).
-        let verdict = if is_dtmf { self.policer.event(now) } else { self.policer.audio(payload.len(), now) };
+        // Held to the negotiated rate before any decoding or hand-off (see call::police), measured at the kernel's
+        // receive time: how the sender paced its packets, not how late a busy worker read them (a stall of ours
+        // would otherwise bunch a well-paced call's packets and police them).
+        let verdict =
+            if is_dtmf { self.policer.event(received) } else { self.policer.audio(payload.len(), received) };
         if verdict == Verdict::Policed {
             counters.policed.fetch_add(1, Ordering::Relaxed);
             metrics.frame_dropped(FrameDropReason::Policed);
@@ -430,7 +571,7 @@ impl Ingress {
                 && let Some(digit) = self.dtmf.on_packet(header.timestamp, &event)
             {
                 self.dtmf_count += 1;
-                if tx.try_send(ToAgent::Dtmf(digit)).is_err() {
+                if sink.dtmf(digit).is_err() {
                     counters.dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -456,7 +597,7 @@ impl Ingress {
             let frame = Frame { tenant, call, seq: *seq, ts, payload: *samples, t_ingress: received };
             *seq += 1;
             counters.frames_in.fetch_add(1, Ordering::Relaxed);
-            if tx.try_send(ToAgent::Media(frame)).is_err() {
+            if sink.media(frame).is_err() {
                 counters.dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
                 metrics.frame_dropped(FrameDropReason::SlowConsumer);
             } else {
@@ -467,9 +608,7 @@ impl Ingress {
 }
 
 /// Asks the kernel to stamp each datagram with its receive time (`SO_TIMESTAMPNS`, `CLOCK_REALTIME`).
-#[cfg(target_os = "linux")]
 fn enable_receive_timestamps(socket: &UdpSocket) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     let on: libc::c_int = 1;
     // SAFETY: a valid socket descriptor and a c_int option value of the size passed.
     let rc = unsafe {
@@ -484,55 +623,73 @@ fn enable_receive_timestamps(socket: &UdpSocket) -> std::io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
-#[cfg(not(target_os = "linux"))]
-fn enable_receive_timestamps(_socket: &UdpSocket) -> std::io::Result<()> {
-    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+/// One datagram of a batch: its length, source (`None` for an address family we do not speak), and kernel
+/// receive stamp (wall clock, since the epoch).
+#[derive(Copy, Clone)]
+struct Received {
+    len: usize,
+    from: Option<SocketAddr>,
+    stamp: Option<Duration>,
 }
 
-/// One non-blocking `recvmsg`: the datagram's length, source, and age (now minus the kernel's receive stamp;
-/// zero without a stamp or if the wall clock stepped back).
-#[cfg(target_os = "linux")]
-fn recv_stamped(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, Duration)> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: every pointer handed to recvmsg points into a live local of the stated size; the control buffer is
-    // u64-aligned as cmsghdr requires; the CMSG_* walk stays within msg_controllen as set by the kernel.
+impl Received {
+    const EMPTY: Received = Received { len: 0, from: None, stamp: None };
+}
+
+/// One non-blocking `recvmmsg` of up to [`TURN_PACKETS`] datagrams into `bufs`; fills `out` and returns how many.
+/// `WouldBlock` when none is waiting.
+fn recv_batch(
+    socket: &UdpSocket,
+    bufs: &mut [[u8; PACKET_BUF]; TURN_PACKETS],
+    out: &mut [Received; TURN_PACKETS],
+) -> std::io::Result<usize> {
+    // SAFETY: every pointer handed to recvmmsg points into a live local (or `bufs`) of the stated size; the control
+    // buffers are u64-aligned as cmsghdr requires; the CMSG_* walk of each message stays within the msg_controllen
+    // the kernel set for it; only the first `n` (as returned) headers are read back.
     unsafe {
-        let mut addr: libc::sockaddr_storage = std::mem::zeroed();
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        let mut control = [0u64; 8];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT);
+        let mut addrs: [libc::sockaddr_storage; TURN_PACKETS] = std::mem::zeroed();
+        let mut iovs: [libc::iovec; TURN_PACKETS] = std::mem::zeroed();
+        let mut controls = [[0u64; 8]; TURN_PACKETS];
+        let mut msgs: [libc::mmsghdr; TURN_PACKETS] = std::mem::zeroed();
+        for i in 0..TURN_PACKETS {
+            iovs[i] = libc::iovec { iov_base: bufs[i].as_mut_ptr().cast(), iov_len: PACKET_BUF };
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = controls[i].as_mut_ptr().cast();
+            h.msg_controllen = std::mem::size_of_val(&controls[i]) as _;
+        }
+        let n = libc::recvmmsg(
+            socket.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            TURN_PACKETS as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        );
         if n < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let mut age = Duration::ZERO;
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                let stamp = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-                let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                age = wall.saturating_sub(stamp);
+        let n = n as usize;
+        for i in 0..n {
+            let h = &msgs[i].msg_hdr;
+            let mut stamp = None;
+            let mut cmsg = libc::CMSG_FIRSTHDR(h);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    stamp = Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+                }
+                cmsg = libc::CMSG_NXTHDR(h, cmsg);
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            out[i] =
+                Received { len: (msgs[i].msg_len as usize).min(PACKET_BUF), from: sockaddr_to_std(&addrs[i]), stamp };
         }
-        let from = sockaddr_to_std(&addr).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
-        Ok((n as usize, from, age))
+        Ok(n)
     }
 }
 
-#[cfg(not(target_os = "linux"))]
-fn recv_stamped(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, Duration)> {
-    socket.try_recv_from(buf).map(|(n, from)| (n, from, Duration::ZERO))
-}
-
-#[cfg(target_os = "linux")]
 fn sockaddr_to_std(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
     match i32::from(addr.ss_family) {

@@ -1,9 +1,11 @@
 //! The media driver of one call: owns its RTP and RTCP sockets, the provider stream handle and the 20 ms playout
 //! clock, and runs the sans-IO pieces (RTP parse and statistics, G.711, re-framing, DTMF detection, playout).
 //!
-//! Inbound: the socket turns readable -> a turn queued for the tenant on the media workers -> a worker reads
-//! (`transport::ingress`: latch, statistics, policing, G.711 to µ-law, re-framing) -> [`Frame`] -> provider stream
-//! (bounded; a full channel drops the frame and counts it as `slow_consumer`).
+//! Inbound is not this task's: the call's RTP socket is registered with the media workers (`transport::ingress`),
+//! which watch it, read it in their scheduler's order (latch, statistics, policing, G.711 to µ-law, re-framing) and
+//! hand each [`Frame`] to the provider stream: written to a `ws://` agent's socket in the turn, or through a
+//! bounded channel to the stream's task (`wss://`, echo); an agent that does not keep up loses the frame, counted
+//! as `slow_consumer`. The task holds the registration ([`CallInbound`]) for the life of the call.
 //! Outbound: agent audio -> bounded playout buffer -> one frame per 20 ms tick -> RTP to the caller.
 //! It ends on a command from the SIP side, on the agent closing, or on RTP inactivity, and always writes a record.
 
@@ -27,9 +29,9 @@ use crate::proto::rtp::{self, RtpHeader};
 use crate::proto::sdp::{Direction, Negotiated};
 use crate::sched::admission::CallPermit;
 use crate::stream::echo;
-use crate::stream::provider::{self, FromAgent, ProviderHandle, ToAgent};
+use crate::stream::provider::{self, AgentSink, FromAgent, ProviderHandle, ToAgent};
 use crate::tenant::{AppKind, Codec, TenantId};
-use crate::transport::ingress::{CallIngress, MediaWorkers, TurnState};
+use crate::transport::ingress::{CallInbound, InboundSetup, MediaWorkers};
 use crate::transport::rtp_ports::RtpLease;
 
 /// Capacity of the per-call channels to and from the provider stream (frames are 20 ms: 50 = 1 s).
@@ -120,14 +122,13 @@ pub async fn run_call(
     let call = setup.call;
     let mut record = Recorder::new(&setup);
 
-    let rtp = match std_to_tokio(lease.rtp.try_clone()) {
-        Some(s) => Arc::new(s),
-        None => {
-            let _ = reports
-                .send(MediaReport::Failed { call, status: 503, reason: "Service Unavailable", retry_after: Some(5) })
-                .await;
-            return record.finish(&*sink, EndReason::MediaUnavailable);
-        }
+    // The RTP socket goes to the media workers (a descriptor of its own, closed only after it leaves their epoll
+    // set); RTCP stays on this task.
+    let Ok(rtp) = lease.rtp.try_clone() else {
+        let _ = reports
+            .send(MediaReport::Failed { call, status: 503, reason: "Service Unavailable", retry_after: Some(5) })
+            .await;
+        return record.finish(&*sink, EndReason::MediaUnavailable);
     };
     let rtcp = std_to_tokio(lease.rtcp.try_clone());
     let port = lease.port;
@@ -172,13 +173,36 @@ pub async fn run_call(
             return record.finish(&*sink, reason);
         }
     };
+    let inbound = setup.workers.register(
+        rtp,
+        InboundSetup {
+            tenant: setup.tenant,
+            call,
+            negotiated: setup.negotiated.clone(),
+            sink: handle.sink.clone(),
+            counters: Arc::clone(&counters),
+            metrics: setup.metrics.clone(),
+            max_age: setup.max_frame_age,
+        },
+    );
+    let inbound = match inbound {
+        Ok(inbound) => inbound,
+        Err(e) => {
+            tracing::warn!(tenant = %setup.tenant_name, call_id = %call, error = %e, "cannot hand the RTP socket to the media workers");
+            let _ = tokio::time::timeout(Duration::from_secs(1), handle.tx.send(ToAgent::Stop)).await;
+            let _ = reports
+                .send(MediaReport::Failed { call, status: 503, reason: "Service Unavailable", retry_after: Some(5) })
+                .await;
+            return record.finish(&*sink, EndReason::MediaUnavailable);
+        }
+    };
     if reports.send(MediaReport::Ready { call, port }).await.is_err() {
         return record.finish(&*sink, EndReason::ServerDrain);
     }
     record.answered();
 
-    let mut media = CallMedia::new(&setup, handle, Arc::clone(&rtp), counters);
-    let reason = media.run(&rtp, rtcp.as_ref(), &mut commands, &setup).await;
+    let mut media = CallMedia::new(&setup, handle, inbound, counters);
+    let reason = media.run(rtcp.as_ref(), &mut commands, &setup).await;
     if matches!(reason, EndReason::AgentHangup | EndReason::RtpTimeout | EndReason::BudgetExhausted) {
         let _ = reports.send(MediaReport::Ended { call }).await;
     }
@@ -196,6 +220,8 @@ pub async fn run_call(
         );
     }
     record.packets_out = media.packets_out;
+    // Out of the workers' epoll set before the lease's descriptor closes and its port goes back to the pool.
+    drop(media);
     drop(lease);
     record.finish(&*sink, reason);
 }
@@ -210,10 +236,14 @@ fn std_to_tokio(socket: std::io::Result<std::net::UdpSocket>) -> Option<UdpSocke
 struct CallMedia {
     call: CallId,
     negotiated: Negotiated,
+    /// To the provider task: stop.
     provider_tx: mpsc::Sender<ToAgent>,
+    /// Marks played go here (DTMF from SIP INFO too, through the inbound side).
+    sink: AgentSink,
     provider_rx: mpsc::Receiver<FromAgent>,
-    /// Inbound state, shared with the media worker serving the call's turn.
-    ingress: Arc<CallIngress>,
+    /// Inbound state, shared with the media worker serving the call's turn; registered with the workers while
+    /// it lives. Its socket also sends the playout RTP.
+    ingress: CallInbound,
     playout: Playout,
     counters: Arc<MediaCounters>,
     metrics: TenantMetrics,
@@ -231,22 +261,12 @@ struct CallMedia {
 }
 
 impl CallMedia {
-    fn new(setup: &CallSetup, handle: ProviderHandle, rtp: Arc<UdpSocket>, counters: Arc<MediaCounters>) -> CallMedia {
-        let ingress = CallIngress::new(
-            setup.tenant,
-            setup.call,
-            rtp,
-            setup.negotiated.clone(),
-            handle.tx.clone(),
-            Arc::clone(&counters),
-            setup.metrics.clone(),
-            setup.max_frame_age,
-            setup.workers.turn_counts(setup.tenant),
-        );
+    fn new(setup: &CallSetup, handle: ProviderHandle, ingress: CallInbound, counters: Arc<MediaCounters>) -> CallMedia {
         CallMedia {
             call: setup.call,
             negotiated: setup.negotiated.clone(),
             provider_tx: handle.tx,
+            sink: handle.sink,
             provider_rx: handle.rx,
             ingress,
             playout: Playout::new(setup.playout_max_samples, 64),
@@ -266,7 +286,6 @@ impl CallMedia {
 
     async fn run(
         &mut self,
-        rtp: &UdpSocket,
         rtcp: Option<&UdpSocket>,
         commands: &mut mpsc::Receiver<MediaCommand>,
         setup: &CallSetup,
@@ -292,12 +311,9 @@ impl CallMedia {
         let mut billed: u64 = 0;
         let mut rtcp_tick = tokio::time::interval_at(tokio::time::Instant::now() + RTCP_INTERVAL, RTCP_INTERVAL);
         let mut rtcp_buf = [0u8; 1500];
-        let ingress = Arc::clone(&self.ingress);
-        let mut turn = TurnState::Idle;
         let cname = format!("fairvox@{}", setup.advertise_ip);
         loop {
             tokio::select! {
-                next = ingress.next(turn, &setup.workers) => turn = next,
                 received = recv_opt(rtcp, &mut rtcp_buf) => {
                     if let Some((n, from)) = received {
                         self.on_rtcp(&rtcp_buf[..n], from);
@@ -309,8 +325,8 @@ impl CallMedia {
                         Some(FromAgent::Frame(frame)) => { self.playout.push_audio(&frame); }
                         Some(FromAgent::Mark(name)) => { self.playout.push_mark(name); }
                         Some(FromAgent::Clear) => {
-                            let tx = &self.provider_tx;
-                            self.playout.clear(|mark| { let _ = tx.try_send(ToAgent::MarkPlayed(mark)); });
+                            let sink = &self.sink;
+                            self.playout.clear(|mark| { let _ = sink.mark_played(mark); });
                         }
                         Some(FromAgent::Closed(_)) | None => return EndReason::AgentHangup,
                     }
@@ -331,7 +347,7 @@ impl CallMedia {
                     playout.as_mut().reset(step_at(next_step));
                     // Outbound latency: how late this frame leaves against its place on the 20 ms grid.
                     let lateness = now.saturating_duration_since(step_at(step));
-                    self.on_tick(rtp, step, lateness).await;
+                    self.on_tick(step, lateness);
                     if !self.playout_pending() {
                         armed = false;
                         // The next packet starts a talk spurt: it carries the marker bit (RFC 3551 §4.1).
@@ -404,14 +420,14 @@ impl CallMedia {
 
     /// Plays step `step` of the call's 20 ms grid. The RTP timestamp follows the grid whether or not earlier
     /// steps sent anything, so silence keeps timing intact.
-    async fn on_tick(&mut self, rtp: &UdpSocket, step: u64, lateness: Duration) {
+    fn on_tick(&mut self, step: u64, lateness: Duration) {
         self.out_ts = self.ts_base.wrapping_add((step as u32).wrapping_mul(FRAME_SAMPLES as u32));
         let may_send = matches!(self.negotiated.answer_direction, Direction::SendRecv | Direction::SendOnly);
         let dest = self.ingress.state.lock().latched.or(self.negotiated.remote);
         let mut frame = [0u8; FRAME_SAMPLES];
-        let tx = &self.provider_tx;
+        let sink = &self.sink;
         let has_audio = self.playout.next_frame(&mut frame, |mark| {
-            let _ = tx.try_send(ToAgent::MarkPlayed(mark));
+            let _ = sink.mark_played(mark);
         });
         let (Some(dest), true, true) = (dest, has_audio, may_send) else {
             self.sending = false;
@@ -431,7 +447,8 @@ impl CallMedia {
             Codec::Pcmu => body.copy_from_slice(&frame),
             Codec::Pcma => g711::ulaw_to_alaw_slice(&frame, body),
         }
-        if rtp.send_to(&packet[..n + FRAME_SAMPLES], dest).await.is_ok() {
+        // A non-blocking send: a UDP socket whose send buffer is full drops the packet, as the network would.
+        if self.ingress.send_to(&packet[..n + FRAME_SAMPLES], dest).is_ok() {
             self.sending = true;
             self.out_seq = self.out_seq.wrapping_add(1);
             self.packets_out += 1;

@@ -258,3 +258,121 @@ fn late_items_are_dropped_by_the_pool_not_processed() {
     assert_eq!(pool.stats(t(1)).unwrap().processed, 0);
     assert_eq!(pool.stats(t(0)).unwrap().queue.dropped_deadline, 0);
 }
+
+/// An in-memory [`Source`]: items pushed by the test become ready; a blocked poll waits on a condvar until an item
+/// or a wake-up comes. Refused items are kept for the test to look at.
+#[derive(Default)]
+struct TestSource {
+    ready: parking_lot::Mutex<(std::collections::VecDeque<(TenantId, u32)>, bool)>,
+    cv: parking_lot::Condvar,
+    blocked_polls: AtomicU64,
+    wakes: AtomicU64,
+    refused: parking_lot::Mutex<Vec<(TenantId, u32, RefuseReason)>>,
+}
+
+impl TestSource {
+    fn push(&self, tenant: TenantId, item: u32) {
+        self.ready.lock().0.push_back((tenant, item));
+        self.cv.notify_all();
+    }
+}
+
+impl Source<u32> for TestSource {
+    fn poll(&self, ready: &mut Vec<(TenantId, u32)>, block: bool) {
+        let mut g = self.ready.lock();
+        if block {
+            self.blocked_polls.fetch_add(1, SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while g.0.is_empty() && !g.1 && Instant::now() < deadline {
+                self.cv.wait_until(&mut g, deadline);
+            }
+            g.1 = false;
+        }
+        while ready.len() < ready.capacity()
+            && let Some(x) = g.0.pop_front()
+        {
+            ready.push(x);
+        }
+    }
+
+    fn wake(&self) {
+        self.wakes.fetch_add(1, SeqCst);
+        self.ready.lock().1 = true;
+        self.cv.notify_all();
+    }
+
+    fn refused(&self, tenant: TenantId, item: u32, reason: RefuseReason) {
+        self.refused.lock().push((tenant, item, reason));
+    }
+}
+
+#[test]
+fn a_source_feeds_the_workers_and_handed_back_items_run_again() {
+    let source = Arc::new(TestSource::default());
+    let served = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let s = Arc::clone(&served);
+    let dyn_source: Arc<dyn Source<u32>> = source.clone();
+    // Items below 100 are handed back once, as 100 + item.
+    let pool = Bulkhead::start_with_source(config(2, SchedulerKind::Fair), dyn_source, move |tenant, item: u32| {
+        s.lock().push((tenant, item));
+        (item < 100).then_some(item + 100)
+    })
+    .unwrap();
+    pool.configure_tenant(t(0), tenant(1, 1_000, Duration::from_secs(60))).unwrap();
+    wait_until("a worker waits in the source", || source.blocked_polls.load(SeqCst) >= 1);
+    for k in 0..50 {
+        source.push(t(0), k);
+    }
+    wait_until("100 items served", || served.lock().len() == 100);
+    let mut items: Vec<u32> = served.lock().iter().map(|&(_, i)| i).collect();
+    items.sort_unstable();
+    assert_eq!(items, (0..50).chain(100..150).collect::<Vec<_>>());
+    let s = pool.stats(t(0)).unwrap();
+    assert_eq!((s.queue.enqueued, s.processed), (100, 100));
+    // A submit while the only idle worker waits in the source wakes it.
+    wait_until("both workers idle", || pool.pool_stats().idle_workers == 2);
+    let wakes = source.wakes.load(SeqCst);
+    pool.submit(t(0), 500, 1, Instant::now()).unwrap();
+    wait_until("the submitted item served", || served.lock().iter().any(|&(_, i)| i == 500));
+    assert!(source.wakes.load(SeqCst) > wakes || pool.pool_stats().workers == 2, "a worker was woken");
+    assert!(source.refused.lock().is_empty());
+    // Shutdown wakes the worker blocked in the source and joins it.
+    assert_eq!(pool.shutdown(), 0);
+    assert!(pool.pool_stats().shut_down);
+}
+
+#[test]
+fn a_submit_wakes_a_lone_worker_blocked_in_the_source() {
+    let source = Arc::new(TestSource::default());
+    let served = Arc::new(AtomicU64::new(0));
+    let s = Arc::clone(&served);
+    let dyn_source: Arc<dyn Source<u32>> = source.clone();
+    let pool = Bulkhead::start_with_source(config(1, SchedulerKind::Fair), dyn_source, move |_, _: u32| {
+        s.fetch_add(1, SeqCst);
+        None
+    })
+    .unwrap();
+    pool.configure_tenant(t(0), tenant(1, 10, Duration::from_secs(60))).unwrap();
+    wait_until("the worker waits in the source", || source.blocked_polls.load(SeqCst) >= 1);
+    let t0 = Instant::now();
+    pool.submit(t(0), 1, 1, Instant::now()).unwrap();
+    wait_until("the item served", || served.load(SeqCst) == 1);
+    // Woken, not found by the source's 10 s safety timeout.
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(source.wakes.load(SeqCst) >= 1);
+}
+
+#[test]
+fn items_the_queue_refuses_go_back_to_the_source() {
+    let source = Arc::new(TestSource::default());
+    let dyn_source: Arc<dyn Source<u32>> = source.clone();
+    let pool = Bulkhead::start_with_source(config(1, SchedulerKind::Fair), dyn_source, |_, _: u32| None).unwrap();
+    pool.configure_tenant(t(0), tenant(1, 10, Duration::from_secs(60))).unwrap();
+    // Tenant 3 is not configured.
+    source.push(t(3), 7);
+    source.push(t(0), 8);
+    wait_until("tenant 0's item served", || pool.stats(t(0)).unwrap().processed == 1);
+    wait_until("the refusal handed back", || !source.refused.lock().is_empty());
+    assert_eq!(source.refused.lock().as_slice(), &[(t(3), 7, RefuseReason::UnknownTenant)]);
+    assert_eq!(pool.pool_stats().refused_unknown_tenant, 1);
+}
