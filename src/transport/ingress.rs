@@ -559,8 +559,7 @@ impl Ingress {
         // Held to the negotiated rate before any decoding or hand-off (see call::police), measured at the kernel's
         // receive time: how the sender paced its packets, not how late a busy worker read them (a stall of ours
         // would otherwise bunch a well-paced call's packets and police them).
-        let verdict =
-            if is_dtmf { self.policer.event(received) } else { self.policer.audio(payload.len(), received) };
+        let verdict = if is_dtmf { self.policer.event(received) } else { self.policer.audio(payload.len(), received) };
         if verdict == Verdict::Policed {
             counters.policed.fetch_add(1, Ordering::Relaxed);
             metrics.frame_dropped(FrameDropReason::Policed);
