@@ -1,8 +1,9 @@
 //! The operator CLI (`fairvox tenant|app|number|key|usage|calls|offboard ...`), the real binary against a real server
 //! over HTTP: a tenant onboarded end to end with it (and a call placed to the number it claimed), listings as tables
 //! and as the API's JSON byte for byte, the API's errors shown with their code and message and distinct exit codes
-//! (usage 2, API refusal 3, unreachable 5), a revoked key failing, usage as CSV, and the URL and token found from the
-//! server's config and data directory.
+//! (usage 2, API refusal 3, unreachable 5), a revoked key failing, usage as CSV, the URL and token found from the
+//! server's config and data directory, and a tenant offboarded with it while a call is up (start, status in the
+//! drain and when finished, the export bundle, final invoice and certificate downloaded, what is left afterwards).
 
 mod common;
 

@@ -180,10 +180,14 @@ pub fn object(value: &Value) -> String {
     out
 }
 
-/// A value inside a step's detail: times for `*_ms` fields, nested objects in braces, lists joined with `, `.
+/// A value inside a step's detail: times for `*_ms` fields, nested objects in braces, lists joined with `,` (spaces
+/// separate the detail's `field=value` pairs).
 fn detail_value(field: &str, value: &Value) -> String {
     match value {
         Value::Number(n) if field.ends_with("_ms") => n.as_i64().map(utc).unwrap_or_else(|| n.to_string()),
+        Value::Array(items) if !items.is_empty() => {
+            items.iter().map(|v| detail_value("", v)).collect::<Vec<_>>().join(",")
+        }
         Value::Object(map) if !map.is_empty() => format!(
             "{{{}}}",
             map.iter().map(|(k, v)| format!("{}={}", clean(k), detail_value(k, v))).collect::<Vec<_>>().join(" ")
@@ -343,7 +347,7 @@ mod tests {
                 {"name": "drain_calls", "state": "running", "started_at_ms": 1000, "finished_at_ms": null,
                  "detail": {}},
                 {"name": "delete_rows", "state": "pending", "started_at_ms": null, "finished_at_ms": null,
-                 "detail": {"rows_deleted": {"apps": 1, "calls": 2}, "deadline_ms": 0, "released": ["+1555"]}}
+                 "detail": {"rows_deleted": {"apps": 1, "calls": 2}, "deadline_ms": 0, "released": ["+1555", "+1666"]}}
             ],
             "links": {"self": "/v1/tenants/acme/offboard", "export": null, "final_invoice": null, "certificate": null}
         });
@@ -370,7 +374,7 @@ mod tests {
         );
         assert!(out.contains("drain_calls  running  1970-01-01 00:00:01 UTC  -                        -\n"), "{out}");
         assert!(
-            out.contains("deadline_ms=1970-01-01 00:00:00 UTC released=+1555 rows_deleted={apps=1 calls=2}\n"),
+            out.contains("deadline_ms=1970-01-01 00:00:00 UTC released=+1555,+1666 rows_deleted={apps=1 calls=2}\n"),
             "{out}"
         );
         assert!(!out.contains("downloads:"), "no link yet: {out}");
