@@ -1,8 +1,9 @@
 //! The operator CLI (`fairvox tenant|app|number|key|usage|calls|offboard ...`), the real binary against a real server
 //! over HTTP: a tenant onboarded end to end with it (and a call placed to the number it claimed), listings as tables
 //! and as the API's JSON byte for byte, the API's errors shown with their code and message and distinct exit codes
-//! (usage 2, API refusal 3, unreachable 5), a revoked key failing, usage as CSV, and the URL and token found from the
-//! server's config and data directory.
+//! (usage 2, API refusal 3, unreachable 5), a revoked key failing, usage as CSV, the URL and token found from the
+//! server's config and data directory, and a tenant offboarded with it while a call is up (start, status in the
+//! drain and when finished, the export bundle, final invoice and certificate downloaded, what is left afterwards).
 
 mod common;
 
@@ -297,4 +298,214 @@ fn url_and_token_come_from_the_servers_config_and_data_dir() {
     );
     assert_eq!(wrong.code, 3, "{}", wrong.stderr);
     assert!(wrong.stderr.contains("401") && !wrong.stderr.contains("not-the-operator-token"), "{}", wrong.stderr);
+}
+
+/// The SHA-256 of a file, in hex.
+fn sha256_of(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn an_operator_offboards_a_tenant_end_to_end_with_the_cli() {
+    // A grace long enough for the CLI to see the job in the drain with a call up, short enough for a test.
+    let server = Server::start("[offboard]\ngrace_secs = 4\n");
+    let cli = Cli::new(&server);
+    let here = |name: &str| cli.scratch.path().join(name);
+
+    // What it does, as its help says.
+    let help = cli.op(&["offboard", "--help"]);
+    assert_eq!(help.code, 0, "{}", help.stderr);
+    for (command, says) in [
+        ("start", "Start offboarding a tenant; starting it again shows the same job"),
+        ("status", "steps"),
+        ("export", "export bundle"),
+        ("invoice", "final invoice"),
+        ("certificate", "deletion certificate"),
+    ] {
+        assert!(
+            help.stdout.lines().any(|l| l.trim_start().starts_with(command) && l.contains(says)),
+            "`{command}` in the help: {}",
+            help.stdout
+        );
+    }
+
+    // A tenant with an echo app on a number, a key, and a finished call of known length.
+    cli.ok(&["tenant", "create", "acme", "--name", "Acme Dental"]);
+    let app = cli.ok(&["app", "create", "--tenant", "acme", "--name", "front-desk", "--echo", "--json"]).json();
+    let app_id = app["id"].as_str().unwrap().to_owned();
+    cli.ok(&["number", "claim", ACME_ECHO_NUMBER, "--app", &app_id, "--tenant", "acme"]);
+    let key = cli.ok(&["key", "create", "--tenant", "acme", "--name", "ci", "--json"]).json()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::thread::sleep(Duration::from_secs(1)); // the number routes within a second
+    Sipp::builtin("uac", Some(server.sip_addr()))
+        .service(&ACME_ECHO_NUMBER[1..])
+        .pause_ms(2500)
+        .run(SIPP_TIMEOUT)
+        .assert_success("a 2 s call");
+    assert!(wait_until(Duration::from_secs(10), || {
+        cli.with_key(&key, &["calls", "--json"]).json()["items"].as_array().is_some_and(|a| a.len() == 1)
+    }));
+    // And a call still up when the offboarding starts: the drain gives it the grace, then hangs it up.
+    let up = Sipp::new(&server, "uac_wait_for_bye.xml").service(&ACME_ECHO_NUMBER[1..]).spawn(SIPP_TIMEOUT);
+    assert!(wait_until(Duration::from_secs(10), || server.log().matches("incoming call").count() == 2));
+    std::thread::sleep(Duration::from_millis(500)); // answered and acknowledged
+
+    // start: the job, shown as its state and its steps.
+    let started = cli.ok(&["offboard", "start", "acme"]);
+    let first = |out: &str, field: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(field).filter(|rest| rest.starts_with(' ')).map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no {field} line in:\n{out}"))
+    };
+    assert_eq!(first(&started.stdout, "tenant"), "acme");
+    assert_eq!(first(&started.stdout, "status"), "running");
+    assert_eq!(first(&started.stdout, "grace_secs"), "4 s");
+    let header = started.stdout.lines().find(|l| l.starts_with("STEP ")).expect("the steps table");
+    assert!(header.split_whitespace().eq(["STEP", "STATE", "STARTED", "FINISHED", "DETAIL"]), "{header}");
+    let steps = ["suspend", "drain_calls", "export", "final_invoice", "release_numbers", "revoke_keys", "delete_rows"];
+    for step in steps.iter().chain(["certificate"].iter()) {
+        assert!(started.stdout.lines().any(|l| l.starts_with(&format!("{step} "))), "{step}: {}", started.stdout);
+    }
+    assert!(started.stderr.contains("fairvox offboard status acme"), "{}", started.stderr);
+    // Starting it again is the same job; --json is the API's body (the job as POST answers it).
+    let again = cli.ok(&["offboard", "start", "acme", "--json"]).json();
+    let direct: Value = serde_json::from_str(&api_get(&server, "/v1/tenants/acme/offboard", &cli.token).body).unwrap();
+    assert_eq!(again["created_at_ms"], direct["created_at_ms"]);
+    assert_eq!(again["tenant"], "acme");
+
+    // In the drain: status shows it, with the step running; nothing to download yet (exit 1, and why).
+    let mut in_drain = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            in_drain = cli.ok(&["offboard", "status", "acme", "--json"]).json();
+            in_drain["step"] == "drain_calls" && in_drain["drain_deadline_ms"].is_i64()
+        }),
+        "{in_drain:#}"
+    );
+    let status = cli.ok(&["offboard", "status", "acme"]);
+    assert_eq!(first(&status.stdout, "step"), "drain_calls");
+    assert!(status.stdout.lines().any(|l| l.starts_with("suspend ") && l.contains(" done ")), "{}", status.stdout);
+    assert!(
+        status.stdout.lines().any(|l| l.starts_with("drain_calls ") && l.contains(" running ")),
+        "{}",
+        status.stdout
+    );
+    assert!(!status.stdout.contains("downloads:"), "{}", status.stdout);
+    let early = cli.op(&["offboard", "export", "acme"]);
+    assert_eq!(early.code, 1, "{}{}", early.stdout, early.stderr);
+    assert!(early.stderr.contains("no export bundle yet (job status: running, step: drain_calls)"), "{}", early.stderr);
+    assert!(!here("acme-export.tar.gz").exists());
+    // The tenant's key already fails: exit 3, the API's 401.
+    let refused = cli.with_key(&key, &["calls"]);
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(refused.stderr.contains("401"), "{}", refused.stderr);
+
+    // status until done; then --json is the API's body byte for byte, and the table says what each step did.
+    let mut job = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            std::thread::sleep(Duration::from_millis(200)); // a CLI process per poll: not too many
+            job = cli.ok(&["offboard", "status", "acme", "--json"]).json();
+            job["status"] == "finished"
+        }),
+        "{job:#}"
+    );
+    up.wait().assert_success("the call up got its BYE at the end of the grace");
+    let as_json = cli.ok(&["offboard", "status", "acme", "--json"]);
+    let direct = api_get(&server, "/v1/tenants/acme/offboard", &cli.token);
+    assert_eq!(as_json.stdout.trim_end_matches('\n'), direct.body);
+    let done = cli.ok(&["offboard", "status", "acme"]);
+    assert_eq!(first(&done.stdout, "status"), "finished");
+    assert_eq!(first(&done.stdout, "step"), "done");
+    for step in steps.iter().chain(["certificate"].iter()) {
+        assert!(
+            done.stdout.lines().any(|l| l.starts_with(&format!("{step} ")) && l.contains(" done ")),
+            "{step} done: {}",
+            done.stdout
+        );
+    }
+    let row = |step: &str| done.stdout.lines().find(|l| l.starts_with(&format!("{step} "))).unwrap().to_owned();
+    assert!(row("suspend").ends_with("status_before=active"), "{}", row("suspend"));
+    assert!(row("drain_calls").contains("calls_ended_at_deadline=yes"), "{}", row("drain_calls"));
+    assert!(row("release_numbers").ends_with(&format!("released={ACME_ECHO_NUMBER}")), "{}", row("release_numbers"));
+    assert!(row("revoke_keys").contains(&format!("revoked={}", &key[..12])), "{}", row("revoke_keys"));
+    assert!(row("delete_rows").contains("rows_deleted={api_keys=1 apps=1 "), "{}", row("delete_rows"));
+    let sha = job["export"]["sha256"].as_str().unwrap().to_owned();
+    assert_eq!(
+        first(&done.stdout, "export"),
+        format!("acme-export.tar.gz ({} bytes, SHA-256 {sha})", job["export"]["bytes"])
+    );
+    for (what, command) in [("export", "export"), ("final_invoice", "invoice"), ("certificate", "certificate")] {
+        let link = job["links"][what].as_str().unwrap();
+        assert!(
+            done.stdout.lines().any(|l| l.starts_with(what)
+                && l.contains(link)
+                && l.ends_with(&format!("fairvox offboard {command} acme"))),
+            "{what}: {}",
+            done.stdout
+        );
+    }
+
+    // export: the bundle, named as the server names it, its SHA-256 the one the job and the certificate give.
+    let export = cli.ok(&["offboard", "export", "acme"]);
+    let bundle = here("acme-export.tar.gz");
+    let bytes = std::fs::metadata(&bundle).expect("the bundle is written").len();
+    assert_eq!(sha256_of(&bundle), sha);
+    assert_eq!(export.stdout, format!("wrote acme-export.tar.gz ({bytes} bytes, SHA-256 {sha})\n"));
+    // Not replaced without --force (exit 1); with --force and --json, the file's facts as JSON.
+    let twice = cli.op(&["offboard", "export", "acme"]);
+    assert_eq!(twice.code, 1, "{}", twice.stderr);
+    assert!(twice.stderr.contains("exists: give --force"), "{}", twice.stderr);
+    let forced = cli.ok(&["offboard", "export", "acme", "--force", "--json"]).json();
+    assert_eq!(forced, serde_json::json!({"file": "acme-export.tar.gz", "bytes": bytes, "sha256": sha}));
+
+    // certificate: the API's certificate as it came, carrying the bundle's SHA-256 and what was deleted.
+    let cert_out = here("cert.json");
+    let cert_run = cli.ok(&["offboard", "certificate", "acme", "--output", cert_out.to_str().unwrap()]);
+    assert!(cert_run.stdout.starts_with(&format!("wrote {}", cert_out.display())), "{}", cert_run.stdout);
+    let cert_text = std::fs::read_to_string(&cert_out).unwrap();
+    assert_eq!(cert_text, api_get(&server, "/v1/tenants/acme/offboard/certificate", &cli.token).body);
+    let cert: Value = serde_json::from_str(&cert_text).unwrap();
+    assert_eq!(cert["export"]["sha256"], sha.as_str(), "the certificate carries the downloaded bundle's SHA-256");
+    assert_eq!(cert["tenant"], "acme");
+    assert_eq!(cert["rows_deleted"]["tenants"], 1);
+    assert_eq!(cert["keys_revoked"], serde_json::json!([&key[..12]]));
+
+    // invoice: the final invoice, both calls billed (the finished one and the one the drain ended).
+    let invoice_run = cli.ok(&["offboard", "invoice", "acme"]);
+    let invoice_file = here("acme-final-invoice.json");
+    assert!(invoice_run.stdout.starts_with("wrote acme-final-invoice.json ("), "{}", invoice_run.stdout);
+    let invoice_text = std::fs::read_to_string(&invoice_file).unwrap();
+    assert_eq!(invoice_text, api_get(&server, "/v1/tenants/acme/offboard/invoice", &cli.token).body);
+    let invoice: Value = serde_json::from_str(&invoice_text).unwrap();
+    assert_eq!((invoice["status"].as_str(), invoice["calls"].as_i64()), (Some("final"), Some(2)), "{invoice:#}");
+    assert_eq!(invoice["billable_secs"], cert["final_invoice"]["billable_secs"]);
+    assert!(invoice["billable_secs"].as_i64().unwrap() >= 2 + 4, "the 2 s call and the grace: {invoice:#}");
+
+    // After: the tenant is gone for the API (404, not listed), its key fails, its number is free; its job stays.
+    let gone = cli.op(&["tenant", "get", "acme"]);
+    assert_eq!(gone.code, 3, "{}", gone.stderr);
+    assert!(gone.stderr.contains("404") && gone.stderr.contains("not_found"), "{}", gone.stderr);
+    assert!(!cli.ok(&["tenant", "list"]).stdout.lines().any(|l| l.starts_with("acme ")));
+    let dead = cli.with_key(&key, &["app", "list"]);
+    assert_eq!(dead.code, 3, "{}", dead.stderr);
+    assert!(dead.stderr.contains("401") && dead.stderr.contains("unauthorized"), "{}", dead.stderr);
+    cli.ok(&["tenant", "create", "bravo", "--name", "Bravo"]);
+    let b_app = cli.ok(&["app", "create", "--tenant", "bravo", "--name", "e", "--echo", "--json"]).json();
+    cli.ok(&["number", "claim", ACME_ECHO_NUMBER, "--app", b_app["id"].as_str().unwrap(), "--tenant", "bravo"]);
+    assert_eq!(first(&cli.ok(&["offboard", "status", "acme"]).stdout, "status"), "finished");
+    // A tenant key never sees an offboarding, its own or another's: the API's 404.
+    let b_key = cli.ok(&["key", "create", "--tenant", "bravo", "--name", "ci", "--json"]).json()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for tenant in ["acme", "bravo"] {
+        let hidden = cli.with_key(&b_key, &["offboard", "status", tenant]);
+        assert_eq!(hidden.code, 3, "{}", hidden.stderr);
+        assert!(hidden.stderr.contains("404"), "{}", hidden.stderr);
+    }
 }

@@ -362,15 +362,22 @@ fn offboard(client: &Client, out: Out, action: OffboardAction) -> Result<(), Cli
     let job = |t: &str| format!("/v1/tenants/{}/offboard", seg(t));
     match action {
         OffboardAction::Start { tenant } => {
-            let reply = client.expect_ok("POST", &job(&tenant), Some(&json!({})))?;
-            print(out, &reply, client, render::object)
+            let reply = client.expect_ok("POST", &job(&tenant), None)?;
+            print(out, &reply, client, render::offboard_job)?;
+            if !out.json {
+                eprintln!("Follow it with: fairvox offboard status {}", clean(&tenant));
+            }
+            Ok(())
         }
         OffboardAction::Status { tenant } => {
             let reply = client.expect_ok("GET", &job(&tenant), None)?;
-            print(out, &reply, client, render::object)
+            print(out, &reply, client, render::offboard_job)
         }
         OffboardAction::Export { tenant, output, force } => {
             download_link(client, out, &job(&tenant), &tenant, Artifact::Export, output, force)
+        }
+        OffboardAction::Invoice { tenant, output, force } => {
+            download_link(client, out, &job(&tenant), &tenant, Artifact::FinalInvoice, output, force)
         }
         OffboardAction::Certificate { tenant, output, force } => {
             download_link(client, out, &job(&tenant), &tenant, Artifact::Certificate, output, force)
@@ -378,9 +385,11 @@ fn offboard(client: &Client, out: Out, action: OffboardAction) -> Result<(), Cli
     }
 }
 
+/// What an offboarding job produces, each downloaded from its link in the job's `links`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Artifact {
     Export,
+    FinalInvoice,
     Certificate,
 }
 
@@ -388,68 +397,57 @@ impl Artifact {
     fn name(self) -> &'static str {
         match self {
             Artifact::Export => "export bundle",
+            Artifact::FinalInvoice => "final invoice",
             Artifact::Certificate => "deletion certificate",
         }
     }
 
-    /// Whether a link found at `path` (its JSON keys, joined with `.`) is this artifact's.
-    fn matches(self, path: &str) -> bool {
-        let p = path.to_ascii_lowercase();
+    /// Its key in the job's `links`.
+    fn link(self) -> &'static str {
         match self {
-            Artifact::Export => p.contains("export") || p.contains("bundle"),
-            Artifact::Certificate => p.contains("certificate"),
+            Artifact::Export => "export",
+            Artifact::FinalInvoice => "final_invoice",
+            Artifact::Certificate => "certificate",
+        }
+    }
+
+    /// The file written when neither `--output` nor the server names one.
+    fn default_file(self, tenant: &str) -> String {
+        match self {
+            Artifact::Export => format!("{tenant}-export"),
+            Artifact::FinalInvoice => format!("{tenant}-final-invoice.json"),
+            Artifact::Certificate => format!("{tenant}-certificate.json"),
         }
     }
 }
 
-/// Every string in `v` that looks like a link (`/...` or `http(s)://...`), with the path of keys it is under.
-fn links(v: &Value, at: &str, found: &mut Vec<(String, String)>) {
-    match v {
-        Value::String(s) if s.starts_with('/') || s.starts_with("http://") || s.starts_with("https://") => {
-            found.push((at.to_owned(), s.clone()))
-        }
-        Value::Object(map) => {
-            for (k, v) in map {
-                links(v, &if at.is_empty() { k.clone() } else { format!("{at}.{k}") }, found);
-            }
-        }
-        Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                links(v, &format!("{at}[{i}]"), found);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// The API path to download `what` from, found in the job's state: a link of this server only (an absolute link
-/// elsewhere would receive the credential).
+/// The API path to download `what` from: the job's `links.<what>`, a path on this server (an absolute link
+/// elsewhere would receive the credential). `null` until the job has produced it.
 fn artifact_path(client: &Client, state: &Value, what: Artifact) -> Result<String, CliError> {
-    let mut found = Vec::new();
-    links(state, "", &mut found);
-    let (_, link) = found.iter().find(|(at, _)| what.matches(at)).ok_or_else(|| {
-        let status =
-            state.get("status").or_else(|| state.get("state")).map(|s| render::cell(Some(s), render::Show::Plain));
-        CliError::Local(format!(
-            "the offboarding job has no link to its {} yet (job status: {}); `fairvox offboard status` shows its steps",
-            what.name(),
-            status.unwrap_or_else(|| "unknown".to_owned())
-        ))
-    })?;
+    let bad = |reason: String| CliError::BadResponse { url: client.url("/"), reason };
+    let link = match state.get("links").and_then(|l| l.get(what.link())) {
+        Some(Value::String(link)) => link,
+        Some(Value::Null) => {
+            return Err(CliError::Local(format!(
+                "the offboarding job has no {} yet (job status: {}, step: {}); `fairvox offboard status` shows its steps",
+                what.name(),
+                render::cell(state.get("status"), render::Show::Plain),
+                render::cell(state.get("step"), render::Show::Plain),
+            )));
+        }
+        _ => return Err(bad(format!("the offboarding job has no links.{}", what.link()))),
+    };
     if link.starts_with('/') {
         return Ok(link.clone());
     }
     let base = client.base();
     match link.strip_prefix(base) {
         Some(rest) if rest.starts_with('/') => Ok(rest.to_owned()),
-        _ => Err(CliError::BadResponse {
-            url: client.url("/"),
-            reason: format!(
-                "the {} link {} is not on this server ({base}): not sending the credential there",
-                what.name(),
-                clean(link)
-            ),
-        }),
+        _ => Err(bad(format!(
+            "the {} link {} is not on this server ({base}): not sending the credential there",
+            what.name(),
+            clean(link)
+        ))),
     }
 }
 
@@ -464,10 +462,7 @@ fn download_link(
 ) -> Result<(), CliError> {
     let state = parse(&client.expect_ok("GET", job, None)?, client)?;
     let path = artifact_path(client, &state, what)?;
-    let fallback = match what {
-        Artifact::Export => format!("{tenant}-export"),
-        Artifact::Certificate => format!("{tenant}-certificate.json"),
-    };
+    let fallback = what.default_file(tenant);
     let name = |headers: &[(String, String)]| match &output {
         Some(p) => p.clone(),
         None => PathBuf::from(file_name_from(headers).unwrap_or_else(|| with_extension(&fallback, headers))),
@@ -645,15 +640,40 @@ mod tests {
     }
 
     #[test]
-    fn offboard_links_are_found_by_name() {
-        let state = json!({"status": "done", "steps": [{"name": "export", "done": true}],
-                           "links": {"export": "/v1/tenants/acme/offboard/export", "certificate": "/v1/tenants/acme/offboard/certificate"}});
-        let mut found = Vec::new();
-        links(&state, "", &mut found);
-        let export = found.iter().find(|(at, _)| Artifact::Export.matches(at)).unwrap();
-        assert_eq!(export.1, "/v1/tenants/acme/offboard/export");
-        let cert = found.iter().find(|(at, _)| Artifact::Certificate.matches(at)).unwrap();
-        assert_eq!(cert.1, "/v1/tenants/acme/offboard/certificate");
+    fn offboard_downloads_follow_the_jobs_links_on_this_server_only() {
+        let target = super::super::client::Target {
+            url: Some("http://127.0.0.1:8080".into()),
+            token: Some("operator-token-0123456789abcdef0123456789".into()),
+            token_file: None,
+            data_dir: None,
+            config: None,
+            timeout: std::time::Duration::from_secs(1),
+        };
+        let client = Client::new(&target).unwrap();
+        let state = json!({"status": "finished", "step": "done",
+                           "export": {"file_name": "acme-export.tar.gz"},
+                           "links": {"self": "/v1/tenants/acme/offboard", "export": "/v1/tenants/acme/offboard/export",
+                                     "final_invoice": "http://127.0.0.1:8080/v1/tenants/acme/offboard/invoice",
+                                     "certificate": "http://elsewhere.example/v1/tenants/acme/offboard/certificate"}});
+        assert_eq!(artifact_path(&client, &state, Artifact::Export).unwrap(), "/v1/tenants/acme/offboard/export");
+        assert_eq!(
+            artifact_path(&client, &state, Artifact::FinalInvoice).unwrap(),
+            "/v1/tenants/acme/offboard/invoice"
+        );
+        let elsewhere = artifact_path(&client, &state, Artifact::Certificate).unwrap_err();
+        assert!(matches!(elsewhere, CliError::BadResponse { .. }), "{elsewhere}");
+        assert!(elsewhere.to_string().contains("not on this server"), "{elsewhere}");
+
+        let running = json!({"status": "running", "step": "drain_calls",
+                             "links": {"self": "/v1/tenants/acme/offboard", "export": null}});
+        let not_yet = artifact_path(&client, &running, Artifact::Export).unwrap_err();
+        assert!(matches!(not_yet, CliError::Local(_)), "{not_yet}");
+        assert!(
+            not_yet.to_string().contains("no export bundle yet (job status: running, step: drain_calls)"),
+            "{not_yet}"
+        );
+        let missing = artifact_path(&client, &running, Artifact::Certificate).unwrap_err();
+        assert!(matches!(missing, CliError::BadResponse { .. }), "{missing}");
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! audit log and rate limits), print or log the credential, or run inside the server (it is a synchronous client;
 //! nothing here is on the server's request or media path).
 //!
-//! Exit codes ([`client::Exit`]): 0 done; 1 a local failure (writing a file); 2 a usage error (flags, missing
-//! credentials); 3 the API refused the request (4xx, its code and message printed); 4 the server failed (5xx) or
-//! answered something that is not the API's; 5 the server could not be reached.
+//! Exit codes ([`client::Exit`]): 0 done; 1 a local failure (writing a file, or a download the offboarding job has
+//! not produced yet); 2 a usage error (flags, missing credentials); 3 the API refused the request (4xx, its code and
+//! message printed); 4 the server failed (5xx) or answered something that is not the API's; 5 the server could not be
+//! reached.
 
 pub mod client;
 mod commands;
@@ -125,7 +126,8 @@ pub enum Command {
         #[command(flatten)]
         page: TimePage,
     },
-    /// Offboarding a tenant (operator): start the job, follow it, download its export bundle and certificate.
+    /// Offboarding a tenant (operator): start the job, follow it, download its export bundle, final invoice and
+    /// deletion certificate.
     Offboard {
         #[command(flatten)]
         conn: Connection,
@@ -171,14 +173,14 @@ pub enum TenantAction {
     },
     /// Show one tenant.
     Get { id: String },
-    /// List tenants (deleted ones included).
+    /// List tenants (an offboarded tenant is gone from the list; `fairvox offboard status` still shows its job).
     List {
         #[command(flatten)]
         page: Page,
     },
     /// Move a tenant to another plan of the config.
     SetPlan { id: String, plan: String },
-    /// Suspend a tenant: its calls are refused until it is resumed.
+    /// Suspend a tenant: new calls to its numbers get 403 Tenant Suspended until it is resumed (its keys still work).
     Suspend { id: String },
     /// Resume a suspended tenant.
     Resume { id: String },
@@ -334,25 +336,47 @@ pub struct UsageArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum OffboardAction {
-    /// Start offboarding a tenant (the API's job: suspend, drain, export, invoice, release, revoke, delete,
-    /// certificate). Starting it again shows the same job.
-    Start { tenant: String },
-    /// The job's state and steps.
-    Status { tenant: String },
-    /// Download the export bundle the job made.
-    Export {
+    /// Start offboarding a tenant; starting it again shows the same job.
+    ///
+    /// The API's job suspends the tenant (its keys fail, new calls get 403), lets its calls go on for the grace
+    /// ([offboard] grace_secs) and then hangs them up, exports its data, makes its final invoice, releases its
+    /// numbers, revokes its keys, deletes its rows and issues a deletion certificate. It survives restarts.
+    Start {
+        /// The tenant's id.
         tenant: String,
-        /// Where to write it (default: the file name the server gives, else TENANT-export).
+    },
+    /// The job's state, its steps (what each did) and the downloads it has produced so far.
+    Status {
+        /// The tenant's id.
+        tenant: String,
+    },
+    /// Download the export bundle (tar.gz of the tenant's data as JSON and CSV), once the export step ran.
+    Export {
+        /// The tenant's id.
+        tenant: String,
+        /// Where to write it (default: the file name the server gives, TENANT-export.tar.gz).
         #[arg(long, short)]
         output: Option<PathBuf>,
         /// Replace the file if it exists.
         #[arg(long)]
         force: bool,
     },
-    /// Download the deletion certificate.
-    Certificate {
+    /// Download the final invoice (JSON), once the final_invoice step ran.
+    Invoice {
+        /// The tenant's id.
         tenant: String,
-        /// Where to write it (default: the file name the server gives, else TENANT-certificate.json).
+        /// Where to write it (default: TENANT-final-invoice.json).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Replace the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Download the deletion certificate (JSON), once the job finished.
+    Certificate {
+        /// The tenant's id.
+        tenant: String,
+        /// Where to write it (default: TENANT-certificate.json).
         #[arg(long, short)]
         output: Option<PathBuf>,
         /// Replace the file if it exists.

@@ -180,6 +180,106 @@ pub fn object(value: &Value) -> String {
     out
 }
 
+/// A value inside a step's detail: times for `*_ms` fields, nested objects in braces, lists joined with `,` (spaces
+/// separate the detail's `field=value` pairs).
+fn detail_value(field: &str, value: &Value) -> String {
+    match value {
+        Value::Number(n) if field.ends_with("_ms") => n.as_i64().map(utc).unwrap_or_else(|| n.to_string()),
+        Value::Array(items) if !items.is_empty() => {
+            items.iter().map(|v| detail_value("", v)).collect::<Vec<_>>().join(",")
+        }
+        Value::Object(map) if !map.is_empty() => format!(
+            "{{{}}}",
+            map.iter().map(|(k, v)| format!("{}={}", clean(k), detail_value(k, v))).collect::<Vec<_>>().join(" ")
+        ),
+        other => cell(Some(other), Show::Plain),
+    }
+}
+
+/// A step's `detail` as `field=value` pairs (`-` when it is empty).
+fn step_detail(detail: Option<&Value>) -> String {
+    match detail {
+        Some(Value::Object(map)) if !map.is_empty() => {
+            map.iter().map(|(k, v)| format!("{}={}", clean(k), detail_value(k, v))).collect::<Vec<_>>().join(" ")
+        }
+        Some(Value::Object(_)) | Some(Value::Null) | None => "-".to_owned(),
+        Some(other) => cell(Some(other), Show::Plain),
+    }
+}
+
+/// An offboarding job (`GET /v1/tenants/{id}/offboard`): its state as `field  value` lines, the steps as a table
+/// (what each did, from its `detail`), and the downloads it has links for, with the command that fetches each.
+pub fn offboard_job(job: &Value) -> String {
+    let Some(map) = job.as_object() else { return object(job) };
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for field in ["tenant", "status", "step", "started_by"] {
+        rows.push((field.to_owned(), cell(map.get(field), Show::Plain)));
+    }
+    rows.push(("grace_secs".to_owned(), cell(map.get("grace_secs"), Show::Seconds)));
+    for field in ["created_at_ms", "drain_deadline_ms", "finished_at_ms"] {
+        rows.push((field.to_owned(), cell(map.get(field), Show::Time)));
+    }
+    let error = match map.get("error") {
+        Some(Value::Object(e)) => format!(
+            "step {} failed (attempt {}, {}): {}",
+            cell(e.get("step"), Show::Plain),
+            cell(e.get("attempts"), Show::Plain),
+            cell(e.get("at_ms"), Show::Time),
+            cell(e.get("message"), Show::Plain)
+        ),
+        other => cell(other, Show::Plain),
+    };
+    rows.push(("error".to_owned(), error));
+    let export = match map.get("export") {
+        Some(Value::Object(e)) => format!(
+            "{} ({} bytes, SHA-256 {})",
+            cell(e.get("file_name"), Show::Plain),
+            cell(e.get("bytes"), Show::Plain),
+            cell(e.get("sha256"), Show::Plain)
+        ),
+        other => cell(other, Show::Plain),
+    };
+    rows.push(("export".to_owned(), export));
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (k, v) in &rows {
+        out.push_str(&format!("{k:width$}  {v}\n"));
+    }
+
+    let steps = map.get("steps").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+    let headers: Vec<String> = ["STEP", "STATE", "STARTED", "FINISHED", "DETAIL"].map(str::to_owned).to_vec();
+    let step_rows: Vec<Vec<String>> = steps
+        .iter()
+        .map(|s| {
+            vec![
+                cell(s.get("name"), Show::Plain),
+                cell(s.get("state"), Show::Plain),
+                cell(s.get("started_at_ms"), Show::Time),
+                cell(s.get("finished_at_ms"), Show::Time),
+                step_detail(s.get("detail")),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(&headers, &step_rows, &[]));
+
+    // The downloads, by the CLI command that fetches each (links still null are not there yet).
+    let tenant = cell(map.get("tenant"), Show::Plain);
+    let links = map.get("links");
+    let ready: Vec<Vec<String>> = [("export", "export"), ("final_invoice", "invoice"), ("certificate", "certificate")]
+        .iter()
+        .filter_map(|(link, command)| {
+            let path = links.and_then(|l| l.get(link)).and_then(Value::as_str)?;
+            Some(vec![(*link).to_owned(), clean(path), format!("fairvox offboard {command} {tenant}")])
+        })
+        .collect();
+    if !ready.is_empty() {
+        out.push_str("\ndownloads:\n");
+        out.push_str(&table(&["WHAT", "PATH", "COMMAND"].map(str::to_owned), &ready, &[]));
+    }
+    out
+}
+
 /// The `items` of a listing body (`{"items": [...], "next": ...}`).
 pub fn items(body: &Value) -> &[Value] {
     body.get("items").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
@@ -232,5 +332,64 @@ mod tests {
         assert!(out.contains("amount_cents   -\n"), "{out}");
         assert!(out.contains("created_at_ms  1970-01-01 00:00:00 UTC\n"), "{out}");
         assert!(out.contains("\nlines:\nAPP   CALLS\necho      1\n"), "{out}");
+    }
+
+    #[test]
+    fn an_offboarding_job_shows_its_steps_and_what_it_produced() {
+        let job = json!({
+            "tenant": "acme", "status": "running", "step": "drain_calls", "started_by": "operator", "grace_secs": 5,
+            "created_at_ms": 0, "updated_at_ms": 1000, "finished_at_ms": null, "drain_deadline_ms": 5000,
+            "error": {"step": "drain_calls", "message": "disk full", "at_ms": 2000, "attempts": 2},
+            "export": null,
+            "steps": [
+                {"name": "suspend", "state": "done", "started_at_ms": 0, "finished_at_ms": 1000,
+                 "detail": {"status_before": "active"}},
+                {"name": "drain_calls", "state": "running", "started_at_ms": 1000, "finished_at_ms": null,
+                 "detail": {}},
+                {"name": "delete_rows", "state": "pending", "started_at_ms": null, "finished_at_ms": null,
+                 "detail": {"rows_deleted": {"apps": 1, "calls": 2}, "deadline_ms": 0, "released": ["+1555", "+1666"]}}
+            ],
+            "links": {"self": "/v1/tenants/acme/offboard", "export": null, "final_invoice": null, "certificate": null}
+        });
+        let out = offboard_job(&job);
+        assert!(out.starts_with("tenant             acme\nstatus             running\n"), "{out}");
+        assert!(out.contains("grace_secs         5 s\n"), "{out}");
+        assert!(out.contains("drain_deadline_ms  1970-01-01 00:00:05 UTC\n"), "{out}");
+        assert!(out.contains("finished_at_ms     -\n"), "{out}");
+        assert!(
+            out.contains(
+                "error              step drain_calls failed (attempt 2, 1970-01-01 00:00:02 UTC): disk full\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("\nSTEP         STATE    STARTED                  FINISHED                 DETAIL\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "suspend      done     1970-01-01 00:00:00 UTC  1970-01-01 00:00:01 UTC  status_before=active\n"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("drain_calls  running  1970-01-01 00:00:01 UTC  -                        -\n"), "{out}");
+        assert!(
+            out.contains("deadline_ms=1970-01-01 00:00:00 UTC released=+1555,+1666 rows_deleted={apps=1 calls=2}\n"),
+            "{out}"
+        );
+        assert!(!out.contains("downloads:"), "no link yet: {out}");
+
+        let mut done = job.clone();
+        done["links"]["export"] = json!("/v1/tenants/acme/offboard/export");
+        done["export"] = json!({"file_name": "acme-export.tar.gz", "bytes": 3, "sha256": "ab", "created_at_ms": 0});
+        let out = offboard_job(&done);
+        assert!(out.contains("export             acme-export.tar.gz (3 bytes, SHA-256 ab)\n"), "{out}");
+        assert!(
+            out.contains(
+                "\ndownloads:\nWHAT    PATH                              COMMAND\n\
+                           export  /v1/tenants/acme/offboard/export  fairvox offboard export acme\n"
+            ),
+            "{out}"
+        );
     }
 }
