@@ -1192,14 +1192,15 @@ fn print_phase(r: &PhaseResult) {
 
 fn print_table(phases: &[PhaseResult]) {
     println!(
-        "{:<8} {:<6} {:>9} {:>17} {:>34} {:>22} {:>11}",
+        "{:<8} {:<6} {:>9} {:>17} {:>34} {:>22} {:>11} {:>18}",
         "phase",
         "tenant",
         "calls a/a",
         "frames sent/recv",
         "drops deadl/qfull/policed/slow",
         "p50/p99/p999 µs",
-        "sched p99≤"
+        "sched p99≤",
+        "server p50/p99≤ s"
     );
     for r in phases {
         let label = format!("({}) {}", r.phase.name(), r.scheduler.unwrap_or(""));
@@ -1210,7 +1211,7 @@ fn print_table(phases: &[PhaseResult]) {
                     format!("{}/{}/{}", fmt_opt(u.p50_us, 0), fmt_opt(u.p99_us, 0), fmt_opt(u.p999_us, 0)),
                 )
             });
-            let (drops, wait) = match &t.metrics {
+            let (drops, wait, server) = match &t.metrics {
                 Some(m) => (
                     DROP_REASONS
                         .iter()
@@ -1221,11 +1222,15 @@ fn print_table(phases: &[PhaseResult]) {
                         .as_ref()
                         .and_then(|h| h.quantile_le(0.99))
                         .map_or("n/a".to_owned(), |le| format!("{le} s")),
+                    // The server's own figure: kernel receive stamp to the agent's WebSocket write, as bucket bounds.
+                    m.inbound_latency.as_ref().map_or("n/a".to_owned(), |h| {
+                        format!("{}/{}", h.quantile_le(0.5).unwrap_or("-"), h.quantile_le(0.99).unwrap_or("-"))
+                    }),
                 ),
-                None => ("n/a".to_owned(), "n/a".to_owned()),
+                None => ("n/a".to_owned(), "n/a".to_owned(), "n/a".to_owned()),
             };
             println!(
-                "{:<8} {:<6} {:>9} {:>17} {:>34} {:>22} {:>11}{}",
+                "{:<8} {:<6} {:>9} {:>17} {:>34} {:>22} {:>11} {:>18}{}",
                 label,
                 t.tenant,
                 format!("{}/{}", t.calls_attempted, t.calls_admitted),
@@ -1233,6 +1238,7 @@ fn print_table(phases: &[PhaseResult]) {
                 drops,
                 lat,
                 wait,
+                server,
                 if r.status == "ok" { String::new() } else { format!("  [{}]", r.status) }
             );
         }
