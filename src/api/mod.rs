@@ -289,7 +289,7 @@ impl ControlPlane {
         sync.refresh()?;
         sync.sync_budgets(crate::store::UtcDay::from_unix_ms(crate::store::Clock::now_ms(&crate::store::SystemClock)))?;
         let refresh = routing::RefreshThread::start(sync).map_err(|e| ControlPlaneError::Thread("routing", e))?;
-        let writer = sink::StoreWriter::start(Arc::clone(&store), sink::QUEUE_CAPACITY)
+        let writer = sink::StoreWriter::start(Arc::clone(&store), sink::QUEUE_CAPACITY, Some(Arc::clone(metrics)))
             .map_err(|e| ControlPlaneError::Thread("call record writer", e))?;
         let media = offboard::runner::LiveMediaCore {
             snapshot: Arc::clone(snapshot),

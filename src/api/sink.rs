@@ -3,7 +3,8 @@
 //! bounded channel to one writer thread, which records it with `Store::record_call` (call row and usage in one
 //! transaction) in the name of `system:call-records`. A full queue drops the record from the store and counts it
 //! (the JSONL file still has it); a write that fails is retried, then counted as failed and logged with its call
-//! id.
+//! id. Every outcome is also counted in `fairvox_call_records_total{result}`, so an SRE sees records that did not
+//! reach the bill.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +13,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::call::record::{CallRecord, CallRecordSink};
+use crate::metrics::Metrics;
 use crate::store::{Conflict, Operator, Store, StoreError, TenantSlug};
 
 /// Records queued for the writer at most; a burst of call ends larger than this while the disk stalls is dropped.
@@ -20,7 +22,7 @@ pub const QUEUE_CAPACITY: usize = 4096;
 const ATTEMPTS: u32 = 3;
 
 /// What became of the records handed to the store.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SinkStats {
     /// Written with their usage.
     pub written: AtomicU64,
@@ -32,6 +34,30 @@ pub struct SinkStats {
     pub duplicates: AtomicU64,
     /// Queued and not yet handled.
     pub pending: AtomicU64,
+    /// Where the outcomes are counted for `/metrics` too (none in some tests).
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for SinkStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkStats")
+            .field("written", &self.written)
+            .field("dropped", &self.dropped)
+            .field("failed", &self.failed)
+            .field("duplicates", &self.duplicates)
+            .field("pending", &self.pending)
+            .finish()
+    }
+}
+
+impl SinkStats {
+    /// Counts one outcome here and, with the label it has there, in the metrics.
+    fn count(&self, counter: &AtomicU64, result: &'static str) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.call_record(result);
+        }
+    }
 }
 
 /// What the writer thread takes from its queue, in order. Records are nearly every item, and the barrier rare:
@@ -69,9 +95,14 @@ impl RecordsFlush {
 }
 
 impl StoreWriter {
-    pub fn start(store: Arc<dyn Store>, capacity: usize) -> std::io::Result<StoreWriter> {
+    /// `metrics`: where each record's outcome is counted (`fairvox_call_records_total`), if anywhere.
+    pub fn start(
+        store: Arc<dyn Store>,
+        capacity: usize,
+        metrics: Option<Arc<Metrics>>,
+    ) -> std::io::Result<StoreWriter> {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
-        let stats = Arc::new(SinkStats::default());
+        let stats = Arc::new(SinkStats { metrics, ..SinkStats::default() });
         let thread_stats = Arc::clone(&stats);
         std::thread::Builder::new()
             .name("fairvox-call-records".into())
@@ -120,7 +151,7 @@ impl CallRecordSink for StoreSink {
             Ok(()) => {}
             Err(TrySendError::Full(Queued::Record(r)) | TrySendError::Disconnected(Queued::Record(r))) => {
                 self.stats.pending.fetch_sub(1, Ordering::AcqRel);
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.count(&self.stats.dropped, "dropped");
                 tracing::error!(
                     tenant = %r.tenant, call_id = %r.call_sid,
                     "call record not queued for the store (queue full or writer gone); it is in the JSONL file"
@@ -144,14 +175,14 @@ fn write_loop(store: &dyn Store, rx: &Receiver<Queued>, stats: &SinkStats) {
         let outcome = write_one(store, &operator, &record);
         match outcome {
             Ok(()) => {
-                stats.written.fetch_add(1, Ordering::Relaxed);
+                stats.count(&stats.written, "written");
             }
             Err(StoreError::Conflict(Conflict::CallAlreadyRecorded)) => {
-                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                stats.count(&stats.duplicates, "duplicate");
                 tracing::warn!(tenant = %record.tenant, call_id = %record.call_sid, "call record already stored");
             }
             Err(e) => {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
+                stats.count(&stats.failed, "failed");
                 tracing::error!(
                     tenant = %record.tenant, call_id = %record.call_sid, error = %e,
                     "call record not stored (it is in the JSONL file)"
@@ -232,7 +263,8 @@ mod tests {
                 },
             )
             .unwrap();
-        let writer = StoreWriter::start(Arc::clone(&store), 16).unwrap();
+        let metrics = Arc::new(Metrics::new(&Default::default()));
+        let writer = StoreWriter::start(Arc::clone(&store), 16, Some(Arc::clone(&metrics))).unwrap();
         let next = Arc::new(Collect::default());
         let sink = writer.sink(next.clone());
         sink.record(&record("acme", "CA1", 7));
@@ -245,6 +277,14 @@ mod tests {
         assert_eq!(s.written.load(Ordering::Relaxed), 2);
         assert_eq!(s.duplicates.load(Ordering::Relaxed), 1);
         assert_eq!(s.failed.load(Ordering::Relaxed), 1, "an unknown tenant is a failure, counted");
+        let text = metrics.encode();
+        for line in [
+            "fairvox_call_records_total{result=\"written\"} 2",
+            "fairvox_call_records_total{result=\"duplicate\"} 1",
+            "fairvox_call_records_total{result=\"failed\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
         let scope = store.operator_scope(&op, &slug).unwrap();
         let day = UtcDay::from_unix_ms(1_700_000_000_000);
         let usage = store.usage(&scope, UsageQuery { from: day, to: day.next() }).unwrap();
@@ -260,7 +300,7 @@ mod tests {
         let name = crate::store::DisplayName::parse("Acme").unwrap();
         let plan = crate::store::PlanName::parse("pro").unwrap();
         store.create_tenant(&op, NewTenant { id: slug.clone(), name, plan }).unwrap();
-        let writer = StoreWriter::start(Arc::clone(&store), 64).unwrap();
+        let writer = StoreWriter::start(Arc::clone(&store), 64, None).unwrap();
         let sink = writer.sink(Arc::new(Collect::default()));
         for i in 0..20 {
             sink.record(&record("acme", &format!("CA{i}"), 1));
@@ -277,13 +317,15 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
         // A writer whose thread is never started: nothing drains the queue of 2.
         let (tx, _rx) = crossbeam_channel::bounded(2);
-        let stats = Arc::new(SinkStats::default());
+        let metrics = Arc::new(Metrics::new(&Default::default()));
+        let stats = Arc::new(SinkStats { metrics: Some(Arc::clone(&metrics)), ..SinkStats::default() });
         let sink = StoreSink { next: Arc::new(Collect::default()), tx, stats: Arc::clone(&stats) };
         for i in 0..5 {
             sink.record(&record("acme", &format!("CA{i}"), 1));
         }
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 3);
         assert_eq!(stats.pending.load(Ordering::Relaxed), 2);
+        assert!(metrics.encode().lines().any(|l| l == "fairvox_call_records_total{result=\"dropped\"} 3"));
         drop(store);
     }
 }

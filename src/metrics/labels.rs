@@ -350,6 +350,13 @@ pub(crate) struct TenantLabels {
     pub(crate) tenant: TenantLabel,
 }
 
+/// What became of a call record on its way to the store (`fairvox_call_records_total{result}`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct RecordResultLabels {
+    /// `written`, `duplicate`, `failed` or `dropped` (`api::sink`).
+    pub(crate) result: &'static str,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(crate) struct TenantDirection {
     pub(crate) tenant: TenantLabel,

@@ -44,8 +44,8 @@ use crate::tenant::TenantId;
 
 pub use labels::{Direction, FrameDropReason, OTHER, RejectReason, SipMethod, UNATTRIBUTED};
 use labels::{
-    SipLabels, SipStatus, TenantApp, TenantDirection, TenantDrop, TenantKind, TenantLabel, TenantLabels, TenantOutcome,
-    TenantReject,
+    RecordResultLabels, SipLabels, SipStatus, TenantApp, TenantDirection, TenantDrop, TenantKind, TenantLabel,
+    TenantLabels, TenantOutcome, TenantReject,
 };
 pub use process::ProcessStats;
 
@@ -111,6 +111,7 @@ struct Families {
     tenants_folded: Counter,
     api_rate_limited: Family<TenantLabels, Counter>,
     api_operator_rate_limited: Counter,
+    call_records: Family<RecordResultLabels, Counter>,
 }
 
 impl Families {
@@ -134,6 +135,7 @@ impl Families {
             tenants_folded: Counter::default(),
             api_rate_limited: Family::default(),
             api_operator_rate_limited: Counter::default(),
+            call_records: Family::default(),
         }
     }
 
@@ -213,6 +215,12 @@ impl Families {
             "fairvox_api_operator_rate_limited",
             "Control-plane API requests with the operator token refused with 429 (its own rate limit)",
             self.api_operator_rate_limited.clone(),
+        );
+        r.register(
+            "fairvox_call_records",
+            "Call records on their way to the store, by result: written (with their usage), duplicate (already \
+             recorded), failed (not written), dropped (the writer's queue was full; the JSONL file has them)",
+            self.call_records.clone(),
         );
     }
 
@@ -420,6 +428,12 @@ impl Metrics {
     pub fn tenant_named(&self, name: &str) -> TenantMetrics {
         let mut table = self.table.lock();
         self.resolve(&mut table, name)
+    }
+
+    /// Counts one call record by what became of it on its way to the store: `written`, `duplicate`, `failed` or
+    /// `dropped` (`api::sink`). Per call, not per frame.
+    pub fn call_record(&self, result: &'static str) {
+        self.families.call_records.get_or_create(&RecordResultLabels { result }).inc();
     }
 
     /// Counts one API request with the operator token refused for its rate limit.

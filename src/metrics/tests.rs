@@ -212,7 +212,7 @@ fn tenant_samples<'a>(families: &'a [ParsedFamily], tenant: &str) -> Vec<&'a Sam
     families.iter().flat_map(|f| &f.samples).filter(|s| s.label("tenant") == Some(tenant)).collect()
 }
 
-const FAMILIES: [(&str, &str); 18] = [
+const FAMILIES: [(&str, &str); 19] = [
     ("fairvox_frame_latency_seconds", "histogram"),
     ("fairvox_sched_wait_seconds", "histogram"),
     ("fairvox_calls_active", "gauge"),
@@ -231,6 +231,7 @@ const FAMILIES: [(&str, &str); 18] = [
     ("fairvox_metrics_tenants_folded_total", "counter"),
     ("fairvox_api_rate_limited_total", "counter"),
     ("fairvox_api_operator_rate_limited_total", "counter"),
+    ("fairvox_call_records_total", "counter"),
 ];
 
 fn ms(n: u64) -> Duration {
@@ -276,6 +277,7 @@ fn family_names_lists_every_family_before_any_series() {
     m.unattributed().call_rejected(RejectReason::UnknownNumber);
     m.sip_message(SipMethod::Invite, None);
     m.sip_malformed();
+    m.call_record("written");
     let scraped: Vec<String> = parse(&m).into_iter().map(|f| f.name).collect();
     assert_eq!(scraped.len(), names.len(), "{scraped:?}");
     for name in &scraped {
@@ -310,6 +312,7 @@ fn encode_is_valid_prometheus_text_with_every_family() {
     m.unattributed().call_rejected(RejectReason::UnknownNumber);
     m.sip_message(SipMethod::Invite, None);
     m.sip_malformed();
+    m.call_record("written");
     let text = m.encode();
     let families = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n---\n{text}"));
     for (name, kind) in FAMILIES {
