@@ -80,14 +80,32 @@ fn process_cpu() -> f64 {
 fn fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
+/// Open sockets of this process (fds whose link reads `socket:[..]`): how UDP sockets map to sessions.
+fn sockets() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")))
+                .count()
+        })
+        .unwrap_or(0)
+}
+/// The answer's audio m-line and codec, so a rejected (port 0) or codec-less answer shows in the output.
+fn answer_summary(sdp: &str) -> String {
+    let m = sdp.lines().find(|l| l.starts_with("m=audio")).unwrap_or("no m=audio");
+    let opus = sdp.lines().any(|l| l.contains("opus/48000"));
+    format!("answer: '{m}' opus={opus}")
+}
 
-fn report_mem(lib: &str, n: usize, rss0: u64, thr0: u64, fd0: usize) {
+fn report_mem(lib: &str, n: usize, rss0: u64, thr0: u64, fd0: usize, sock0: usize) {
     let rss1 = rss_kib();
     println!(
-        "{lib} mem: sessions={n} rss_before={rss0}KiB rss_after={rss1}KiB per_session={:.1}KiB threads {thr0}->{} fds {fd0}->{}",
+        "{lib} mem: sessions={n} rss_before={rss0}KiB rss_after={rss1}KiB per_session={:.1}KiB threads {thr0}->{} \
+         fds {fd0}->{} sockets {sock0}->{}",
         (rss1.saturating_sub(rss0)) as f64 / n as f64,
         threads(),
-        fds()
+        fds(),
+        sockets()
     );
 }
 
@@ -131,29 +149,30 @@ mod s0 {
         let addr = sock.local_addr()?;
         let offer_text = CHROME_AUDIO_OFFER.to_string();
         // Warm up one session so lazily initialised globals (crypto provider, cert gen) are not counted.
-        let _warm = answer_one(&offer_text, addr)?;
-        let (rss0, thr0, fd0) = (rss_kib(), threads(), fds());
+        let (_warm, answer) = answer_one(&offer_text, addr)?;
+        println!("str0m {}", answer_summary(&answer));
+        let (rss0, thr0, fd0, sock0) = (rss_kib(), threads(), fds(), sockets());
         let mut sessions = Vec::with_capacity(n);
         for _ in 0..n {
-            sessions.push(answer_one(&offer_text, addr)?);
+            sessions.push(answer_one(&offer_text, addr)?.0);
         }
-        report_mem("str0m", n, rss0, thr0, fd0);
+        report_mem("str0m", n, rss0, thr0, fd0, sock0);
         drop(sessions);
         Ok(())
     }
 
-    fn answer_one(offer_text: &str, addr: SocketAddr) -> anyhow::Result<Rtc> {
+    fn answer_one(offer_text: &str, addr: SocketAddr) -> anyhow::Result<(Rtc, String)> {
         let mut rtc = Rtc::builder().build(Instant::now());
         rtc.add_local_candidate(Candidate::host(addr, "udp")?);
         let offer = str0m::change::SdpOffer::from_sdp_string(offer_text)?;
-        let _answer = rtc.sdp_api().accept_offer(offer)?;
+        let answer = rtc.sdp_api().accept_offer(offer)?.to_sdp_string();
         // Drain to the first timeout, as a server loop would after answering.
         loop {
             if let Output::Timeout(_) = rtc.poll_output()? {
                 break;
             }
         }
-        Ok(rtc)
+        Ok((rtc, answer))
     }
 
     /// One UDP socket and the sessions behind it; `accepts()` demultiplexes.
@@ -221,7 +240,7 @@ mod s0 {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        println!("str0m: {k} sessions connected in {:?} (server: 1 UDP socket for all sessions)", t0.elapsed());
+        println!("str0m: {k} sessions connected in {:?} (sockets={}: 1 shared server + {k} client)", t0.elapsed(), sockets());
         cpu_protocol("str0m", k, secs, &sending, &received);
         stop.store(true, Ordering::SeqCst);
         let server_cpu = server_thread.join().map_err(|_| anyhow::anyhow!("server panicked"))??;
@@ -427,14 +446,16 @@ mod wr {
         let tokio_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         tokio_rt.block_on(async move {
             let c = Counters { connected: Arc::new(AtomicU64::new(0)), received: Arc::new(AtomicU64::new(0)) };
-            let _warm = answer_one(&rt, &c).await?;
-            let (rss0, thr0, fd0) = (rss_kib(), threads(), fds());
+            let warm = answer_one(&rt, &c).await?;
+            let answer = warm.local_description().await.map(|d| d.sdp).unwrap_or_default();
+            println!("webrtc {}", answer_summary(&answer));
+            let (rss0, thr0, fd0, sock0) = (rss_kib(), threads(), fds(), sockets());
             let mut sessions = Vec::with_capacity(n);
             for _ in 0..n {
                 sessions.push(answer_one(&rt, &c).await?);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            report_mem("webrtc", n, rss0, thr0, fd0);
+            report_mem("webrtc", n, rss0, thr0, fd0, sock0);
             for pc in sessions {
                 let _ = pc.close().await;
             }
@@ -532,7 +553,7 @@ mod wr {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        println!("webrtc: {k} sessions connected in {:?} (sockets per PeerConnection, fds={})", t0.elapsed(), fds());
+        println!("webrtc: {k} sessions connected in {:?} (sockets={} for {} PeerConnections)", t0.elapsed(), sockets(), 2 * k);
         cpu_protocol("webrtc", k, secs, &sending, &c.received);
         stop.store(true, Ordering::SeqCst);
         tokio_rt.block_on(async {
