@@ -111,23 +111,26 @@ fn report_mem(lib: &str, n: usize, rss0: u64, thr0: u64, fd0: usize, sock0: usiz
 
 /// Common CPU protocol: once all K sessions are connected, measure an idle window (connected, not sending),
 /// then a sending window of the same length, and report (send - idle) per stream per second.
-fn cpu_protocol(lib: &str, k: usize, secs: u64, sending: &AtomicBool, received: &AtomicU64) {
+fn cpu_protocol(lib: &str, k: usize, secs: u64, sending: &AtomicBool, sent: &AtomicU64, received: &AtomicU64) {
     let c0 = process_cpu();
     std::thread::sleep(Duration::from_secs(secs));
     let c1 = process_cpu();
     let r0 = received.load(Ordering::Relaxed);
+    let s0 = sent.load(Ordering::Relaxed);
     sending.store(true, Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs(secs));
     let c2 = process_cpu();
     let r1 = received.load(Ordering::Relaxed);
+    let s1 = sent.load(Ordering::Relaxed);
     let idle = c1 - c0;
     let busy = c2 - c1;
     let expected = k as u64 * secs * 50;
     println!(
         "{lib} cpu: streams={k} window={secs}s idle_cpu={idle:.3}s send_cpu={busy:.3}s \
-         per_stream={:.3}ms_cpu/s ({:.3}% of a core) received={} of ~{expected} threads={} rss={}KiB",
+         per_stream={:.3}ms_cpu/s ({:.3}% of a core) sent={} received={} (~{expected} expected) threads={} rss={}KiB",
         (busy - idle) * 1000.0 / (k as f64 * secs as f64),
         (busy - idle) * 100.0 / (k as f64 * secs as f64),
+        s1 - s0,
         r1 - r0,
         threads(),
         rss_kib()
@@ -223,14 +226,14 @@ mod s0 {
         let sending = Arc::new(AtomicBool::new(false));
         let received = Arc::new(AtomicU64::new(0));
         let connected = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
         let server_thread = {
             let (stop, received, connected) = (stop.clone(), received.clone(), connected.clone());
             std::thread::spawn(move || run_loop(vec![server], None, &stop, &received, &connected))
         };
         let client_thread = {
-            let (stop, sending, connected) = (stop.clone(), sending.clone(), connected.clone());
-            let dummy = Arc::new(AtomicU64::new(0));
-            std::thread::spawn(move || run_loop(clients, Some((senders, sending)), &stop, &dummy, &connected))
+            let (stop, sending, connected, sent) = (stop.clone(), sending.clone(), connected.clone(), sent.clone());
+            std::thread::spawn(move || run_loop(clients, Some((senders, sending)), &stop, &sent, &connected))
         };
         let t0 = Instant::now();
         while connected.load(Ordering::SeqCst) < 2 * k as u64 {
@@ -240,8 +243,12 @@ mod s0 {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        println!("str0m: {k} sessions connected in {:?} (sockets={}: 1 shared server + {k} client)", t0.elapsed(), sockets());
-        cpu_protocol("str0m", k, secs, &sending, &received);
+        println!(
+            "str0m: {k} sessions connected in {:?} (sockets={}: 1 shared server + {k} client)",
+            t0.elapsed(),
+            sockets()
+        );
+        cpu_protocol("str0m", k, secs, &sending, &sent, &received);
         stop.store(true, Ordering::SeqCst);
         let server_cpu = server_thread.join().map_err(|_| anyhow::anyhow!("server panicked"))??;
         let client_cpu = client_thread.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
@@ -262,10 +269,8 @@ mod s0 {
         }
         let payload: Arc<[u8]> = Arc::from(vec![0x5au8; FRAME_BYTES]);
         let mut buf = vec![0u8; 2000];
-        let mut pfds: Vec<libc::pollfd> = groups
-            .iter()
-            .map(|g| libc::pollfd { fd: g.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 })
-            .collect();
+        let mut pfds: Vec<libc::pollfd> =
+            groups.iter().map(|g| libc::pollfd { fd: g.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             // Media writes (client side only), each stream every 20 ms.
@@ -278,6 +283,8 @@ mod s0 {
                         if let Some(w) = rtc.writer(s.mid) {
                             let t = MediaTime::new(s.ts, Frequency::FORTY_EIGHT_KHZ);
                             w.write(s.pt, now, t, payload.clone())?;
+                            // On the client thread `received` counts frames written.
+                            received.fetch_add(1, Ordering::Relaxed);
                         }
                         s.ts += 960;
                         s.next_frame += FRAME_INTERVAL;
@@ -301,10 +308,9 @@ mod s0 {
             let mut deadline = groups.iter().flat_map(|g| g.next.iter().copied()).min().unwrap_or(now);
             if let Some((senders, sending)) = senders.as_ref()
                 && sending.load(Ordering::Relaxed)
+                && let Some(nf) = senders.iter().map(|s| s.next_frame).min()
             {
-                if let Some(nf) = senders.iter().map(|s| s.next_frame).min() {
-                    deadline = deadline.min(nf);
-                }
+                deadline = deadline.min(nf);
             }
             let wait_ms = deadline.saturating_duration_since(Instant::now()).as_millis().min(50) as i32;
             for p in pfds.iter_mut() {
@@ -498,6 +504,7 @@ mod wr {
         let c = Counters { connected: Arc::new(AtomicU64::new(0)), received: Arc::new(AtomicU64::new(0)) };
         let sending = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
         let pcs = tokio_rt.block_on(async {
             let mut pcs = vec![];
             for i in 0..k {
@@ -517,7 +524,7 @@ mod wr {
                 let answer = server.local_description().await.context("no answer")?;
                 client.set_remote_description(answer).await?;
                 // One sender task per stream: 50 pps of 80-byte payloads once `sending` flips.
-                let (sending, stop) = (sending.clone(), stop.clone());
+                let (sending, stop, sent) = (sending.clone(), stop.clone(), sent.clone());
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(FRAME_INTERVAL);
                     let payload = bytes::Bytes::from(vec![0x5au8; FRAME_BYTES]);
@@ -538,7 +545,9 @@ mod wr {
                             },
                             payload: payload.clone(),
                         };
-                        let _ = track.write_rtp(pkt).await;
+                        if track.write_rtp(pkt).await.is_ok() {
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
                         seq = seq.wrapping_add(1);
                     }
                 });
@@ -553,8 +562,13 @@ mod wr {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        println!("webrtc: {k} sessions connected in {:?} (sockets={} for {} PeerConnections)", t0.elapsed(), sockets(), 2 * k);
-        cpu_protocol("webrtc", k, secs, &sending, &c.received);
+        println!(
+            "webrtc: {k} sessions connected in {:?} (sockets={} for {} PeerConnections)",
+            t0.elapsed(),
+            sockets(),
+            2 * k
+        );
+        cpu_protocol("webrtc", k, secs, &sending, &sent, &c.received);
         stop.store(true, Ordering::SeqCst);
         tokio_rt.block_on(async {
             for (a, b) in pcs {
