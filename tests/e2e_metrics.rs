@@ -319,9 +319,7 @@ fn metrics_need_the_operator_token_and_refusals_reveal_no_tenant() {
         "the key works on the API"
     );
 
-    // The last character changed to another one (a token may already end in `x`).
-    let last = if operator.ends_with('x') { 'y' } else { 'x' };
-    let wrong = format!("{}{last}", &operator[..operator.len() - 1]);
+    let wrong = misspelt(&operator);
     for (what, token) in
         [("no token", None), ("a tenant key", Some(key.as_str())), ("a wrong token", Some(wrong.as_str()))]
     {

@@ -57,6 +57,13 @@ fn tempdir(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(prefix).tempdir().expect("create temp dir")
 }
 
+/// `secret` with its last character changed to another one: a credential that is almost right but must fail
+/// (a plain `x` would leave a secret that already ends in `x` valid).
+pub fn misspelt(secret: &str) -> String {
+    let last = if secret.ends_with('x') { 'y' } else { 'x' };
+    format!("{}{last}", &secret[..secret.len() - 1])
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; true if it held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
