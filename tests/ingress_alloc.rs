@@ -32,6 +32,10 @@ use fairvox::transport::ingress::{CallInbound, InboundSetup, MediaWorkers};
 use fairvox::transport::media::MediaCounters;
 use tokio::sync::mpsc;
 
+/// Allocations the measured window may see that do not depend on how many turns it runs: parking records of up to
+/// four threads parking for the first time.
+const ONE_TIME_PER_THREAD: usize = 8;
+
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
 use counting_alloc::process_allocations;
@@ -162,7 +166,11 @@ fn the_inbound_path_allocates_nothing_per_packet_or_turn() {
     let refused: u64 = calls.iter().map(|c| c.counters.dropped_slow_consumer.load(relaxed)).sum();
     let written: u64 = calls.iter().filter_map(|c| c.stats.as_ref()).map(|s| s.media_out.load(relaxed)).sum();
     let turns: u64 = workers.totals().iter().map(|t| t.0).sum::<u64>() - turns_before;
-    assert_eq!(allocated, 0, "{allocated} allocations over {turns} turns");
+    // Not one per turn or packet (that would be thousands). A handful may be one-time, per thread: parking_lot
+    // allocates a thread's parking record the first time that thread parks on a contended lock (2 allocations, seen
+    // in `sched_alloc`), and whether the worker or an agent thread first contends in the warm-up or in this window
+    // is luck (a fresh-clone CI run saw 4 over 9306 turns).
+    assert!(allocated <= ONE_TIME_PER_THREAD, "{allocated} allocations over {turns} turns");
     // The run did go through the workers: at least one turn per round per call.
     assert!(turns >= (CALLS as u64) * 400, "{turns} turns");
     // And the calls' frames reached the hand-off: 500 rounds of 5 ms make 125 frames a call within the rate.
