@@ -230,11 +230,33 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // tenant and stay open.
     let metrics_route =
         control.operator_only(Router::new().route("/metrics", get(metrics_handler)).with_state(state.clone()));
+    let whip = crate::transport::webrtc::Whip::new(
+        crate::transport::webrtc::WhipDeps {
+            snapshot: snapshot.clone(),
+            guards: guards.clone(),
+            ports: Arc::clone(&ports),
+            workers: Arc::clone(&workers),
+            metrics: metrics.clone(),
+            sink: Arc::clone(&sink),
+            counters: Arc::clone(&counters),
+            calls: calls.clone(),
+            shutdown: shutdown.clone(),
+        },
+        crate::transport::webrtc::WhipSettings {
+            advertise_ip: config.advertise_ip(),
+            inactivity_timeout: config.rtp_inactivity_timeout,
+            connect_timeout: config.provider_connect_timeout,
+            playout_max_samples: config.playout_max_samples,
+            plans: config.plans.clone(),
+        },
+    );
+    let whip_routes = crate::api::whip::router(crate::api::whip::WhipState { api: control.api_state(), whip });
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state)
         .merge(metrics_route)
+        .merge(whip_routes)
         .merge(control.router());
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(http, app).await {

@@ -145,6 +145,7 @@ fn the_inbound_path_allocates_nothing_per_packet_or_turn() {
                 counters: Arc::clone(&counters),
                 metrics: tenants[i % 2].clone(),
                 max_age: Duration::from_secs(5),
+                webrtc: None,
             };
             let inbound = workers.register(socket, setup).unwrap();
             Call { inbound, _rx: rx, stats, counters, caller: UdpSocket::bind("127.0.0.1:0").unwrap(), to, seq: 0 }

@@ -1,5 +1,5 @@
 //! The API's one error type and its JSON shape: `{"error": {"code": "...", "message": "...", "field": "..."}}`
-//! (`field` only when one input is to blame; `429` adds `Retry-After`). Store errors map to statuses here and nowhere
+//! (`field` only when one input is to blame; `429` and refused calls add `Retry-After`). Store errors map to statuses here and nowhere
 //! else: `NotFound` 404, `Conflict` 409, `Invalid` 400, `ReadOnly` 403, `Backend` 500 (its message goes to the log,
 //! not to the client).
 
@@ -38,6 +38,10 @@ pub enum ApiError {
     /// The credential used up its request rate (`api.requests_per_second`, `api.burst`): `429` with `Retry-After`.
     #[error("too many requests with this credential: retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u32 },
+    /// A call was refused (WHIP): by admission (`429` rate or concurrency, `403` budget, `503` node or agent), the
+    /// tenant's status, or the media side; `Retry-After` when waiting helps.
+    #[error("{message}")]
+    CallRefused { status: StatusCode, code: &'static str, message: String, retry_after_secs: Option<u32> },
 }
 
 impl ApiError {
@@ -63,6 +67,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::CallRefused { status, code, .. } => (*status, code),
         }
     }
 }
@@ -107,8 +112,13 @@ impl IntoResponse for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let ApiError::RateLimited { retry_after_secs } = self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        let retry_after = match self {
+            ApiError::RateLimited { retry_after_secs } => Some(retry_after_secs),
+            ApiError::CallRefused { retry_after_secs, .. } => retry_after_secs,
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

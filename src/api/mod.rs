@@ -25,6 +25,7 @@ pub mod routing;
 mod seed;
 pub mod sink;
 mod tenants;
+pub mod whip;
 
 #[cfg(test)]
 mod tests;
@@ -326,6 +327,11 @@ impl ControlPlane {
             offboarding,
         );
         Ok(ControlPlane { state, refresh, writer, runner })
+    }
+
+    /// The API's shared state (for routes outside `/v1` that authenticate the same way: WHIP).
+    pub fn api_state(&self) -> ApiState {
+        self.state.clone()
     }
 
     /// The API, to merge into the server's router.

@@ -35,6 +35,10 @@ pub enum EndReason {
     BudgetExhausted,
     /// The tenant was being offboarded and the call outlived the offboarding's grace, so we sent BYE.
     TenantOffboarded,
+    /// A WebRTC caller hung up (WHIP `DELETE`).
+    CallerHangup,
+    /// A WebRTC peer became unreachable (ICE lost it for 10 s) or its session failed.
+    PeerLost,
 }
 
 impl EndReason {
@@ -50,6 +54,8 @@ impl EndReason {
             EndReason::MediaUnavailable => "media_unavailable",
             EndReason::BudgetExhausted => "budget_exhausted",
             EndReason::TenantOffboarded => "tenant_offboarded",
+            EndReason::CallerHangup => "caller_hangup",
+            EndReason::PeerLost => "peer_lost",
         }
     }
 }

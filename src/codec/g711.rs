@@ -183,6 +183,22 @@ pub fn ulaw_to_alaw(u: u8) -> u8 {
     ULAW_TO_ALAW[u as usize]
 }
 
+/// Encodes `min(src.len(), dst.len())` linear samples as µ-law.
+#[inline]
+pub fn linear_to_ulaw_slice(src: &[i16], dst: &mut [u8]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = linear_to_ulaw(*s);
+    }
+}
+
+/// Decodes `min(src.len(), dst.len())` µ-law bytes to linear samples.
+#[inline]
+pub fn ulaw_to_linear_slice(src: &[u8], dst: &mut [i16]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = ulaw_to_linear(*s);
+    }
+}
+
 /// Converts `min(src.len(), dst.len())` A-law bytes into µ-law.
 #[inline]
 pub fn alaw_to_ulaw_slice(src: &[u8], dst: &mut [u8]) {

@@ -1,3 +1,4 @@
 //! Audio codecs as pure functions over sample buffers. Nothing here allocates per frame.
 
 pub mod g711;
+pub mod opus;

@@ -61,6 +61,7 @@ use crate::stream::outbox::WriteWaker;
 use crate::stream::provider::AgentSink;
 use crate::tenant::{Codec, TenantId};
 use crate::transport::media::MediaCounters;
+use crate::transport::webrtc::session::{RtcSession, SessionCounts, SessionIo, SessionState};
 
 use readiness::Readiness;
 
@@ -202,7 +203,7 @@ impl MediaWorkers {
             Arc::new(CallIngress {
                 tenant: setup.tenant,
                 socket,
-                state: Mutex::new(Ingress::new(setup.tenant, setup.call, setup.negotiated)),
+                state: Mutex::new(Ingress::new(setup.tenant, setup.call, setup.negotiated, setup.webrtc)),
                 sink: setup.sink,
                 counters: setup.counters,
                 metrics: setup.metrics,
@@ -232,6 +233,8 @@ pub struct InboundSetup {
     pub metrics: TenantMetrics,
     /// The tenant's `max_frame_queue_ms`: a packet older than this when read is dropped as `deadline`.
     pub max_age: Duration,
+    /// A WebRTC call's session: its datagrams go through it (ICE, DTLS, SRTP, Opus) instead of plain RTP.
+    pub webrtc: Option<Box<RtcSession>>,
 }
 
 /// Decides, from once-a-second samples of [`MediaWorkers::totals`], which tenants the workers are persistently
@@ -365,9 +368,47 @@ impl CallIngress {
                 continue;
             }
             let received = now.checked_sub(age).unwrap_or(now);
-            state.on_rtp(&buf[..r.len], from, received, now, &self.sink, &self.counters, &self.metrics);
+            if state.webrtc.is_some() {
+                state.on_webrtc(
+                    &buf[..r.len],
+                    from,
+                    received,
+                    now,
+                    &self.socket,
+                    &self.sink,
+                    &self.counters,
+                    &self.metrics,
+                );
+            } else {
+                state.on_rtp(&buf[..r.len], from, received, now, &self.sink, &self.counters, &self.metrics);
+            }
         }
         n == TURN_PACKETS
+    }
+
+    /// Runs a WebRTC call's timers (from the call's task): whatever str0m sends or releases goes out as in a turn.
+    /// The session's state and when it wants this again; `None` for a call without a session.
+    pub fn webrtc_timeout(&self, now: Instant) -> Option<(SessionState, Instant)> {
+        let mut state = self.state.lock();
+        let (session, mut io) = state.split_webrtc(&self.socket, now, (&self.sink, &self.counters, &self.metrics))?;
+        session.on_timeout(now, &mut io);
+        Some((session.state(), session.next_timeout()))
+    }
+
+    /// Sends one 20 ms frame of the agent's audio (8 kHz PCM) to a WebRTC peer; whether it went.
+    pub fn webrtc_send(&self, pcm: &[i16], now: Instant) -> bool {
+        let mut state = self.state.lock();
+        let io = state.split_webrtc(&self.socket, now, (&self.sink, &self.counters, &self.metrics));
+        let Some((session, mut io)) = io else { return false };
+        session.send_frame(pcm, now, &mut io)
+    }
+
+    /// Ends a WebRTC call's session (nothing more is sent); the counts it kept.
+    pub fn webrtc_close(&self) -> Option<SessionCounts> {
+        let mut state = self.state.lock();
+        let session = state.webrtc.as_deref_mut()?;
+        session.close();
+        Some(session.counts())
     }
 
     /// Hands a DTMF digit from SIP INFO to the agent, counted with the RTP ones.
@@ -494,25 +535,79 @@ pub struct Ingress {
     clock_origin: Instant,
     frame_seq: u64,
     pub dtmf_count: u64,
+    /// A WebRTC call's session (see [`InboundSetup::webrtc`]); `None` for plain RTP.
+    pub webrtc: Option<Box<RtcSession>>,
 }
 
 impl Ingress {
-    fn new(tenant: TenantId, call: CallId, negotiated: Negotiated) -> Ingress {
+    fn new(tenant: TenantId, call: CallId, negotiated: Negotiated, webrtc: Option<Box<RtcSession>>) -> Ingress {
         let now = Instant::now();
+        // WebRTC is policed by datagram (before decryption, so a flood costs no SRTP work): Opus at its shortest
+        // packetization (10 ms, 100/s) plus RTCP and STUN consent, with a burst for a DTLS flight.
+        let policer = if webrtc.is_some() { Policer::new(WEBRTC_DATAGRAMS_PER_SECOND, 60, 1) } else { Policer::g711() };
         Ingress {
+            webrtc,
             tenant,
             call,
             negotiated,
             stats: ReceiveStats::new(8000),
             reframer: Reframer::new(MAX_GAP_SAMPLES),
             dtmf: DtmfDetector::new(),
-            policer: Policer::g711(),
+            policer,
             latched: None,
             last_rtp_at: now,
             clock_origin: now,
             frame_seq: 0,
             dtmf_count: 0,
         }
+    }
+
+    /// One datagram of a WebRTC call (STUN, DTLS or SRTP), received at `received` (kernel time) and read at `now`:
+    /// policed by count, then through the session; its decoded audio is framed and handed off as RTP audio is.
+    #[allow(clippy::too_many_arguments)]
+    fn on_webrtc(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddr,
+        received: Instant,
+        now: Instant,
+        socket: &UdpSocket,
+        sink: &AgentSink,
+        counters: &MediaCounters,
+        metrics: &TenantMetrics,
+    ) {
+        if self.policer.audio(1, received) == Verdict::Policed {
+            counters.policed.fetch_add(1, Ordering::Relaxed);
+            metrics.frame_dropped(FrameDropReason::Policed);
+            return;
+        }
+        if let Some((session, mut io)) = self.split_webrtc(socket, now, (sink, counters, metrics)) {
+            session.on_datagram(datagram, from, received, &mut io);
+        }
+    }
+
+    /// The WebRTC session and, borrowed beside it, what its output goes to.
+    fn split_webrtc<'a>(
+        &'a mut self,
+        socket: &'a UdpSocket,
+        now: Instant,
+        (sink, counters, metrics): (&'a AgentSink, &'a MediaCounters, &'a TenantMetrics),
+    ) -> Option<(&'a mut RtcSession, WorkerIo<'a>)> {
+        let session = self.webrtc.as_deref_mut()?;
+        let io = WorkerIo {
+            socket,
+            tenant: self.tenant,
+            call: self.call,
+            reframer: &mut self.reframer,
+            frame_seq: &mut self.frame_seq,
+            last_media_at: &mut self.last_rtp_at,
+            dtmf_count: &mut self.dtmf_count,
+            now,
+            sink,
+            counters,
+            metrics,
+        };
+        Some((session, io))
     }
 
     /// One RTP packet, received at `received` (kernel time) and read at `now`.
@@ -590,19 +685,88 @@ impl Ingress {
             Codec::Pcmu => ulaw.copy_from_slice(payload),
             Codec::Pcma => g711::alaw_to_ulaw_slice(payload, ulaw),
         }
-        let (tenant, call) = (self.tenant, self.call);
-        let seq = &mut self.frame_seq;
-        self.reframer.push(header.timestamp, ulaw, |ts, samples| {
-            let frame = Frame { tenant, call, seq: *seq, ts, payload: *samples, t_ingress: received };
-            *seq += 1;
-            counters.frames_in.fetch_add(1, Ordering::Relaxed);
-            if sink.media(frame).is_err() {
-                counters.dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
-                metrics.frame_dropped(FrameDropReason::SlowConsumer);
-            } else {
-                metrics.frame(MetricDirection::Inbound);
-            }
-        });
+        frame_and_hand_off(
+            (self.tenant, self.call),
+            &mut self.reframer,
+            &mut self.frame_seq,
+            header.timestamp,
+            ulaw,
+            received,
+            (sink, counters, metrics),
+        );
+    }
+}
+
+/// Re-frames µ-law audio into 20 ms [`Frame`]s and hands each to the call's agent (counted either way).
+fn frame_and_hand_off(
+    (tenant, call): (TenantId, CallId),
+    reframer: &mut Reframer,
+    seq: &mut u64,
+    timestamp: u32,
+    ulaw: &[u8],
+    received: Instant,
+    (sink, counters, metrics): (&AgentSink, &MediaCounters, &TenantMetrics),
+) {
+    reframer.push(timestamp, ulaw, |ts, samples| {
+        let frame = Frame { tenant, call, seq: *seq, ts, payload: *samples, t_ingress: received };
+        *seq += 1;
+        counters.frames_in.fetch_add(1, Ordering::Relaxed);
+        if sink.media(frame).is_err() {
+            counters.dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
+            metrics.frame_dropped(FrameDropReason::SlowConsumer);
+        } else {
+            metrics.frame(MetricDirection::Inbound);
+        }
+    });
+}
+
+/// Datagrams a second a WebRTC call may send (see [`Ingress::new`]).
+const WEBRTC_DATAGRAMS_PER_SECOND: u32 = 150;
+
+/// What a WebRTC session hands back inside a worker's turn: datagrams go out of the call's socket at once, audio is
+/// framed and handed to the agent like RTP audio, digits go to the agent.
+struct WorkerIo<'a> {
+    socket: &'a UdpSocket,
+    tenant: TenantId,
+    call: CallId,
+    reframer: &'a mut Reframer,
+    frame_seq: &'a mut u64,
+    last_media_at: &'a mut Instant,
+    dtmf_count: &'a mut u64,
+    now: Instant,
+    sink: &'a AgentSink,
+    counters: &'a MediaCounters,
+    metrics: &'a TenantMetrics,
+}
+
+impl SessionIo for WorkerIo<'_> {
+    fn transmit(&mut self, packet: &[u8], to: SocketAddr) {
+        // Non-blocking: a full send buffer drops the datagram, as the network would; str0m retransmits what needs it.
+        let _ = self.socket.send_to(packet, to);
+    }
+
+    fn audio(&mut self, pcm: &[i16], rtp_samples: u32, received: Instant) {
+        *self.last_media_at = self.now;
+        // At most 120 ms at 8 kHz; a longer decode (a 16 kHz session) is cut, which `Ingress` never asks for.
+        let mut ulaw = [0u8; 960];
+        let n = pcm.len().min(ulaw.len());
+        g711::linear_to_ulaw_slice(&pcm[..n], &mut ulaw[..n]);
+        frame_and_hand_off(
+            (self.tenant, self.call),
+            self.reframer,
+            self.frame_seq,
+            rtp_samples,
+            &ulaw[..n],
+            received,
+            (self.sink, self.counters, self.metrics),
+        );
+    }
+
+    fn digit(&mut self, digit: char) {
+        *self.dtmf_count += 1;
+        if self.sink.dtmf(digit).is_err() {
+            self.counters.dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

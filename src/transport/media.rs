@@ -33,6 +33,7 @@ use crate::stream::provider::{self, AgentSink, FromAgent, ProviderHandle, ToAgen
 use crate::tenant::{AppKind, Codec, TenantId};
 use crate::transport::ingress::{CallInbound, InboundSetup, MediaWorkers};
 use crate::transport::rtp_ports::RtpLease;
+use crate::transport::webrtc::session::{MAX_TIMEOUT_WAIT, RtcSession, SessionState};
 
 /// Capacity of the per-call channels to and from the provider stream (frames are 20 ms: 50 = 1 s).
 const PROVIDER_CHANNEL: usize = 50;
@@ -42,6 +43,8 @@ const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 const FRAME: Duration = Duration::from_millis(20);
 /// How far behind its timeline the playout clock may fall and still catch up by sending the missed frames.
 const MAX_PLAYOUT_CATCH_UP: Duration = Duration::from_millis(100);
+/// How long a WebRTC peer may stay unreachable (ICE disconnected) before the call ends.
+const PEER_LOST_AFTER: Duration = Duration::from_secs(10);
 
 /// What the SIP side tells a call.
 #[derive(Debug)]
@@ -90,6 +93,26 @@ pub struct CallSetup {
     pub metrics: TenantMetrics,
     /// The tenant's plan `max_frame_queue_ms`: an inbound packet older than this when read is dropped.
     pub max_frame_age: Duration,
+    /// How the caller reached us (recorded, and whether media is plain RTP or a WebRTC session).
+    pub transport: Transport,
+}
+
+/// How a call reached us.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// A SIP INVITE: plain RTP with G.711.
+    Sip,
+    /// WHIP: ICE, DTLS-SRTP, Opus, through a [`RtcSession`].
+    Webrtc,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Sip => "sip",
+            Transport::Webrtc => "webrtc",
+        }
+    }
 }
 
 /// Node-wide media counters (per-tenant families arrive with the metrics work).
@@ -111,8 +134,12 @@ pub struct MediaCounters {
 }
 
 /// Runs one call's media until it ends; reports to the SIP side through `reports` and writes the record.
+/// `webrtc`: a WebRTC call's session, already answered (WHIP); the call's datagrams and the agent's audio go
+/// through it. `None` for a SIP call's plain RTP.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_call(
     setup: CallSetup,
+    webrtc: Option<Box<RtcSession>>,
     lease: RtpLease,
     mut commands: mpsc::Receiver<MediaCommand>,
     reports: mpsc::Sender<MediaReport>,
@@ -121,6 +148,7 @@ pub async fn run_call(
 ) {
     let call = setup.call;
     let mut record = Recorder::new(&setup);
+    let is_webrtc = webrtc.is_some();
 
     // The RTP socket goes to the media workers (a descriptor of its own, closed only after it leaves their epoll
     // set); RTCP stays on this task.
@@ -130,7 +158,8 @@ pub async fn run_call(
             .await;
         return record.finish(&*sink, EndReason::MediaUnavailable);
     };
-    let rtcp = std_to_tokio(lease.rtcp.try_clone());
+    // WebRTC multiplexes RTCP on the media socket (str0m handles it).
+    let rtcp = if is_webrtc { None } else { std_to_tokio(lease.rtcp.try_clone()) };
     let port = lease.port;
 
     // 1. Reach the agent (or start the echo app) before answering, unless the caller gives up first.
@@ -183,6 +212,7 @@ pub async fn run_call(
             counters: Arc::clone(&counters),
             metrics: setup.metrics.clone(),
             max_age: setup.max_frame_age,
+            webrtc,
         },
     );
     let inbound = match inbound {
@@ -201,9 +231,15 @@ pub async fn run_call(
     }
     record.answered();
 
-    let mut media = CallMedia::new(&setup, handle, inbound, counters);
+    let mut media = CallMedia::new(&setup, handle, inbound, counters, is_webrtc);
     let reason = media.run(rtcp.as_ref(), &mut commands, &setup).await;
-    if matches!(reason, EndReason::AgentHangup | EndReason::RtpTimeout | EndReason::BudgetExhausted) {
+    if is_webrtc {
+        media.ingress.webrtc_close();
+    }
+    if matches!(
+        reason,
+        EndReason::AgentHangup | EndReason::RtpTimeout | EndReason::BudgetExhausted | EndReason::PeerLost
+    ) {
         let _ = reports.send(MediaReport::Ended { call }).await;
     }
     media.stop_provider().await;
@@ -258,10 +294,20 @@ struct CallMedia {
     sending: bool,
     /// RTP timestamp of step 0 of the playout grid (random, RFC 3550 §5.1).
     ts_base: u32,
+    /// A WebRTC call: outbound audio is Opus through the session, and the session's timers run on this task.
+    webrtc: bool,
+    /// Since when the WebRTC peer has been unreachable (ICE disconnected), if it is.
+    peer_lost_since: Option<Instant>,
 }
 
 impl CallMedia {
-    fn new(setup: &CallSetup, handle: ProviderHandle, ingress: CallInbound, counters: Arc<MediaCounters>) -> CallMedia {
+    fn new(
+        setup: &CallSetup,
+        handle: ProviderHandle,
+        ingress: CallInbound,
+        counters: Arc<MediaCounters>,
+        webrtc: bool,
+    ) -> CallMedia {
         CallMedia {
             call: setup.call,
             negotiated: setup.negotiated.clone(),
@@ -281,6 +327,8 @@ impl CallMedia {
             packets_out: 0,
             sending: false,
             ts_base: rand::random(),
+            webrtc,
+            peer_lost_since: None,
         }
     }
 
@@ -312,8 +360,33 @@ impl CallMedia {
         let mut rtcp_tick = tokio::time::interval_at(tokio::time::Instant::now() + RTCP_INTERVAL, RTCP_INTERVAL);
         let mut rtcp_buf = [0u8; 1500];
         let cname = format!("fairvox@{}", setup.advertise_ip);
+        // A WebRTC session's own timers (ICE consent, DTLS retransmits, RTCP), at most MAX_TIMEOUT_WAIT apart.
+        let rtc_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(rtc_timer);
         loop {
             tokio::select! {
+                () = &mut rtc_timer, if self.webrtc => {
+                    let now = Instant::now();
+                    match self.ingress.webrtc_timeout(now) {
+                        Some((SessionState::Failed, _)) | None => {
+                            tracing::info!(tenant = %setup.tenant_name, call_id = %self.call, "WebRTC session failed; hanging up");
+                            return EndReason::PeerLost;
+                        }
+                        Some((state, next)) => {
+                            if state == SessionState::Disconnected {
+                                let since = *self.peer_lost_since.get_or_insert(now);
+                                if now.duration_since(since) >= PEER_LOST_AFTER {
+                                    tracing::info!(tenant = %setup.tenant_name, call_id = %self.call, "WebRTC peer unreachable; hanging up");
+                                    return EndReason::PeerLost;
+                                }
+                            } else {
+                                self.peer_lost_since = None;
+                            }
+                            let next = next.clamp(now, now + MAX_TIMEOUT_WAIT);
+                            rtc_timer.as_mut().reset(tokio::time::Instant::from_std(next));
+                        }
+                    }
+                }
                 received = recv_opt(rtcp, &mut rtcp_buf) => {
                     if let Some((n, from)) = received {
                         self.on_rtcp(&rtcp_buf[..n], from);
@@ -423,12 +496,26 @@ impl CallMedia {
     fn on_tick(&mut self, step: u64, lateness: Duration) {
         self.out_ts = self.ts_base.wrapping_add((step as u32).wrapping_mul(FRAME_SAMPLES as u32));
         let may_send = matches!(self.negotiated.answer_direction, Direction::SendRecv | Direction::SendOnly);
-        let dest = self.ingress.state.lock().latched.or(self.negotiated.remote);
         let mut frame = [0u8; FRAME_SAMPLES];
         let sink = &self.sink;
         let has_audio = self.playout.next_frame(&mut frame, |mark| {
             let _ = sink.mark_played(mark);
         });
+        if self.webrtc {
+            if !has_audio {
+                return;
+            }
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            g711::ulaw_to_linear_slice(&frame, &mut pcm);
+            if self.ingress.webrtc_send(&pcm, Instant::now()) {
+                self.packets_out += 1;
+                self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
+                self.metrics.frame(MetricDirection::Outbound);
+                self.metrics.frame_latency(MetricDirection::Outbound, lateness);
+            }
+            return;
+        }
+        let dest = self.ingress.state.lock().latched.or(self.negotiated.remote);
         let (Some(dest), true, true) = (dest, has_audio, may_send) else {
             self.sending = false;
             return;
@@ -545,6 +632,7 @@ impl Recorder {
             to: setup.to.clone(),
             app: setup.app_name.to_string(),
             codec: match setup.negotiated.codec {
+                _ if setup.transport == Transport::Webrtc => "OPUS",
                 Codec::Pcmu => "PCMU",
                 Codec::Pcma => "PCMA",
             },

@@ -152,9 +152,9 @@ struct CallEntry {
 
 /// Counts each finished call in its tenant's `fairvox_calls_total{outcome}` and `fairvox_billable_seconds_total`,
 /// then hands the record on. One per call, made with the call's tenant handle, so no name is looked up.
-struct MeteredSink {
-    inner: Arc<dyn CallRecordSink>,
-    tenant: TenantMetrics,
+pub(crate) struct MeteredSink {
+    pub(crate) inner: Arc<dyn CallRecordSink>,
+    pub(crate) tenant: TenantMetrics,
 }
 
 impl CallRecordSink for MeteredSink {
@@ -337,10 +337,11 @@ impl SipDriver {
                     workers: Arc::clone(&self.workers),
                     metrics: tenant.clone(),
                     max_frame_age: self.max_frame_age(incoming.tenant),
+                    transport: media::Transport::Sip,
                 };
                 let sink: Arc<dyn CallRecordSink> =
                     Arc::new(MeteredSink { inner: self.sink.clone(), tenant: tenant.clone() });
-                let media = media::run_call(setup, lease, crx, reports.clone(), sink, self.counters.clone());
+                let media = media::run_call(setup, None, lease, crx, reports.clone(), sink, self.counters.clone());
                 self.calls.spawn(
                     async move {
                         // In progress for as long as its media task runs, however the call ends.

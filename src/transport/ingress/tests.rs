@@ -64,6 +64,7 @@ fn register(workers: &MediaWorkers, tenant: u32, socket: StdUdpSocket, max_age: 
         counters: Arc::clone(&counters),
         metrics: metrics.tenant(TenantId(tenant), if tenant == 0 { "acme" } else { "other" }),
         max_age,
+        webrtc: None,
     };
     let inbound = workers.register(socket, setup).unwrap();
     Call { inbound: Some(inbound), rx, counters, caller: bind(), server_addr, next_seq: 0 }
@@ -421,6 +422,7 @@ async fn a_direct_stream_is_written_in_the_turn_and_flushed_by_the_workers_when_
         counters: Arc::clone(&counters),
         metrics: metrics.tenant(TenantId(0), "acme"),
         max_age: Duration::from_millis(500),
+        webrtc: None,
     };
     let inbound = workers.register(rtp, setup).unwrap();
     let caller = bind();
