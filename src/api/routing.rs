@@ -467,6 +467,7 @@ mod tests {
             duration_secs: secs,
             end_reason: crate::call::record::EndReason::CallerBye,
             codec: "PCMU",
+            transport: "sip",
             packets_in: 1,
             packets_out: 1,
             packets_lost: 0,

@@ -77,6 +77,8 @@ pub struct CallRecord {
     pub duration_secs: u64,
     pub end_reason: EndReason,
     pub codec: &'static str,
+    /// How the caller reached us: `sip` or `webrtc`.
+    pub transport: &'static str,
     pub packets_in: u64,
     pub packets_out: u64,
     pub packets_lost: u64,

@@ -168,6 +168,7 @@ mod tests {
             duration_secs,
             end_reason: EndReason::CallerBye,
             codec: "PCMU",
+            transport: "sip",
             packets_in: 0,
             packets_out: 0,
             packets_lost: 0,

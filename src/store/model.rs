@@ -577,6 +577,8 @@ pub struct CallView {
     pub packets_lost: i64,
     pub dtmf_count: i64,
     pub recorded_at_ms: i64,
+    /// `sip` or `webrtc`.
+    pub transport: String,
 }
 
 /// What recording a call billed.

@@ -516,7 +516,7 @@ fn load_key(tx: &Transaction<'_>, tenant: &TenantSlug, prefix: &KeyPrefix) -> Re
 
 const CALL_COLUMNS: &str = "call_sid, sip_call_id, from_uri, to_uri, app, invite_at_ms, answer_at_ms, end_at_ms, \
      duration_secs, billable_secs, usage_day, end_reason, codec, packets_in, packets_out, packets_lost, dtmf_count, \
-     recorded_at_ms";
+     recorded_at_ms, transport";
 
 fn call_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<(CallView, String)> {
     let view = CallView {
@@ -538,6 +538,7 @@ fn call_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<(CallView, String)> {
         packets_lost: r.get(15)?,
         dtmf_count: r.get(16)?,
         recorded_at_ms: r.get(17)?,
+        transport: r.get(18)?,
     };
     Ok((view, r.get(10)?))
 }
@@ -1506,7 +1507,7 @@ impl Store for SqliteStore {
         self.write(|tx, now| {
             tx.prepare_cached(&format!(
                 "INSERT INTO calls (tenant_id, {CALL_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
             ))?
             .execute(params![
                 scope.tenant().as_str(),
@@ -1527,7 +1528,8 @@ impl Store for SqliteStore {
                 to_i64(record.packets_out, "packets_out")?,
                 to_i64(record.packets_lost, "packets_lost")?,
                 to_i64(record.dtmf_count, "dtmf_count")?,
-                now
+                now,
+                record.transport
             ])
             .map_err(|e| map_write(e, Conflict::CallAlreadyRecorded))?;
             tx.prepare_cached(

@@ -112,6 +112,7 @@ fn call_record(
         duration_secs: duration_secs.unwrap_or(0),
         end_reason: EndReason::CallerBye,
         codec: "PCMU",
+        transport: "sip",
         packets_in: 10,
         packets_out: 9,
         packets_lost: 1,

@@ -233,9 +233,8 @@ pub async fn run_call(
 
     let mut media = CallMedia::new(&setup, handle, inbound, counters, is_webrtc);
     let reason = media.run(rtcp.as_ref(), &mut commands, &setup).await;
-    if is_webrtc {
-        media.ingress.webrtc_close();
-    }
+    // A WebRTC session stops sending now; its own counts stand in for the RTP statistics it does not keep.
+    let webrtc_counts = if is_webrtc { media.ingress.webrtc_close() } else { None };
     if matches!(
         reason,
         EndReason::AgentHangup | EndReason::RtpTimeout | EndReason::BudgetExhausted | EndReason::PeerLost
@@ -256,6 +255,10 @@ pub async fn run_call(
         );
     }
     record.packets_out = media.packets_out;
+    if let Some(counts) = webrtc_counts {
+        record.packets_in = counts.media_packets_in;
+        record.dtmf_count = counts.digits;
+    }
     // Out of the workers' epoll set before the lease's descriptor closes and its port goes back to the pool.
     drop(media);
     drop(lease);
@@ -614,6 +617,7 @@ struct Recorder {
     to: String,
     app: String,
     codec: &'static str,
+    transport: Transport,
     invite_at: SystemTime,
     answer_at: Option<SystemTime>,
     packets_in: u64,
@@ -636,6 +640,7 @@ impl Recorder {
                 Codec::Pcmu => "PCMU",
                 Codec::Pcma => "PCMA",
             },
+            transport: setup.transport,
             invite_at: setup.invite_at,
             answer_at: None,
             packets_in: 0,
@@ -665,6 +670,7 @@ impl Recorder {
             duration_secs,
             end_reason: reason,
             codec: self.codec,
+            transport: self.transport.label(),
             packets_in: self.packets_in,
             packets_out: self.packets_out,
             packets_lost: self.packets_lost,

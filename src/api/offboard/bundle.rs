@@ -218,7 +218,7 @@ fn contents(
             "calls.csv".into(),
             csv(
                 "call_sid,sip_call_id,from,to,app,invite_at_ms,answer_at_ms,end_at_ms,duration_secs,billable_secs,\
-                 usage_day,end_reason,codec,packets_in,packets_out,packets_lost,dtmf_count",
+                 usage_day,end_reason,codec,transport,packets_in,packets_out,packets_lost,dtmf_count",
                 calls.iter().map(|c| {
                     vec![
                         c.call_sid.clone(),
@@ -234,6 +234,7 @@ fn contents(
                         c.usage_day.to_string(),
                         c.end_reason.clone(),
                         c.codec.clone(),
+                        c.transport.clone(),
                         c.packets_in.to_string(),
                         c.packets_out.to_string(),
                         c.packets_lost.to_string(),

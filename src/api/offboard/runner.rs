@@ -703,6 +703,7 @@ mod tests {
                     duration_secs: secs,
                     end_reason: EndReason::CallerBye,
                     codec: "PCMU",
+                    transport: "sip",
                     packets_in: 1,
                     packets_out: 1,
                     packets_lost: 0,

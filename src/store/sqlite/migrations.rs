@@ -170,4 +170,12 @@ CREATE TABLE offboard_jobs (
 ) STRICT;
 "#,
     },
+    Migration {
+        version: 3,
+        name: "call transport",
+        sql: r#"
+-- How each call reached us: a SIP trunk or WebRTC (WHIP). Calls recorded before this migration were all SIP.
+ALTER TABLE calls ADD COLUMN transport TEXT NOT NULL DEFAULT 'sip' CHECK (transport IN ('sip', 'webrtc'));
+"#,
+    },
 ];
