@@ -511,10 +511,7 @@ impl CallMedia {
             let mut pcm = [0i16; FRAME_SAMPLES];
             g711::ulaw_to_linear_slice(&frame, &mut pcm);
             if self.ingress.webrtc_send(&pcm, Instant::now()) {
-                self.packets_out += 1;
-                self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
-                self.metrics.frame(MetricDirection::Outbound);
-                self.metrics.frame_latency(MetricDirection::Outbound, lateness);
+                self.count_sent(lateness);
             }
             return;
         }
@@ -541,12 +538,17 @@ impl CallMedia {
         if self.ingress.send_to(&packet[..n + FRAME_SAMPLES], dest).is_ok() {
             self.sending = true;
             self.out_seq = self.out_seq.wrapping_add(1);
-            self.packets_out += 1;
             self.out_octets = self.out_octets.wrapping_add(FRAME_SAMPLES as u32);
-            self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
-            self.metrics.frame(MetricDirection::Outbound);
-            self.metrics.frame_latency(MetricDirection::Outbound, lateness);
+            self.count_sent(lateness);
         }
+    }
+
+    /// One frame of playout sent (RTP or WebRTC): the call's, the node's and the tenant's counts.
+    fn count_sent(&mut self, lateness: Duration) {
+        self.packets_out += 1;
+        self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
+        self.metrics.frame(MetricDirection::Outbound);
+        self.metrics.frame_latency(MetricDirection::Outbound, lateness);
     }
 
     /// Per-tenant loss (new since the last report) and jitter: at each RTCP interval and once at the end.

@@ -143,7 +143,6 @@ impl RtcSession {
         if !answer_takes_opus(&answer) {
             return Err(OfferError::NoAudio);
         }
-        let empty: Arc<[u8]> = Arc::from([0u8; ENCODED_FRAME_BYTES]);
         let mut session = RtcSession {
             rtc,
             bound,
@@ -157,14 +156,10 @@ impl RtcSession {
             next_timeout: now,
             last_now: now,
             out_time: u64::from(rand::random::<u32>()),
-            out: std::array::from_fn(|_| Arc::clone(&empty)),
+            // Each buffer its own allocation, so that each can be written once str0m has let go of it.
+            out: std::array::from_fn(|_| Arc::from([0u8; ENCODED_FRAME_BYTES])),
             counts: SessionCounts::default(),
         };
-        // Each buffer its own allocation, so that each can be written when str0m has let go of it.
-        for b in session.out.iter_mut() {
-            *b = Arc::from([0u8; ENCODED_FRAME_BYTES]);
-        }
-        drop(empty);
         // The answer made events (the media added): take them now, so the first turn starts clean.
         session.drain(&mut NoIo);
         Ok((session, answer))
