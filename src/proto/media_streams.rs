@@ -26,6 +26,63 @@ pub const MAX_AGENT_MESSAGE_BYTES: usize = 1 << 20;
 /// Longest mark name (bytes) accepted from an agent; marks are stored until played and echoed back.
 pub const MAX_MARK_NAME_BYTES: usize = 1024;
 
+/// The audio format of a provider stream, chosen per app: what `start` announces in `mediaFormat`, what `media`
+/// payloads carry both ways.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MediaFormat {
+    /// 8 kHz µ-law, one byte per sample: the Twilio format, what every agent that speaks Twilio Media Streams
+    /// expects.
+    #[default]
+    Mulaw8k,
+    /// 16 kHz linear PCM, 16-bit signed little-endian (as Vonage's `audio/l16;rate=16000` streams carry it): for
+    /// agents that want wideband audio from WebRTC callers without a µ-law round trip.
+    L16Wide,
+}
+
+impl MediaFormat {
+    /// Every format, in the order of [`MediaFormat::NAMES`].
+    pub const ALL: [MediaFormat; 2] = [MediaFormat::Mulaw8k, MediaFormat::L16Wide];
+    /// The names used in config, the API and the store.
+    pub const NAMES: [&'static str; 2] = ["mulaw_8k", "l16_16k"];
+
+    /// The name used in config, the API and the store.
+    pub fn name(self) -> &'static str {
+        match self {
+            MediaFormat::Mulaw8k => Self::NAMES[0],
+            MediaFormat::L16Wide => Self::NAMES[1],
+        }
+    }
+
+    /// The format with this [`name`](MediaFormat::name), if any.
+    pub fn from_name(name: &str) -> Option<MediaFormat> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// `mediaFormat.encoding` in `start`.
+    pub fn encoding(self) -> &'static str {
+        match self {
+            MediaFormat::Mulaw8k => "audio/x-mulaw",
+            MediaFormat::L16Wide => "audio/x-l16",
+        }
+    }
+
+    /// Samples per second.
+    pub fn sample_rate(self) -> u32 {
+        match self {
+            MediaFormat::Mulaw8k => 8000,
+            MediaFormat::L16Wide => 16000,
+        }
+    }
+
+    /// Bytes per second of audio.
+    pub fn bytes_per_second(self) -> usize {
+        match self {
+            MediaFormat::Mulaw8k => 8000,
+            MediaFormat::L16Wide => 32000,
+        }
+    }
+}
+
 /// What the `start` message announces about one stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamStart {
@@ -518,6 +575,16 @@ mod tests {
             to: "+15550100".into(),
             custom_parameters: vec![("lang".into(), "en".into())],
         }
+    }
+
+    #[test]
+    fn media_format_names_round_trip_and_unknown_names_are_refused() {
+        for f in MediaFormat::ALL {
+            assert_eq!(MediaFormat::from_name(f.name()), Some(f));
+        }
+        assert_eq!(MediaFormat::from_name("L16_16K"), None);
+        assert_eq!(MediaFormat::from_name(""), None);
+        assert_eq!(MediaFormat::default(), MediaFormat::Mulaw8k);
     }
 
     #[test]
