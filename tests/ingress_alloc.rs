@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use fairvox::call::CallId;
 use fairvox::metrics::{Metrics, MetricsConfig};
+use fairvox::proto::media_streams::MediaFormat;
 use fairvox::proto::rtp::{self, RtpHeader};
 use fairvox::proto::sdp::{Direction, Negotiated};
 use fairvox::sched::SchedulerKind;
@@ -124,8 +125,14 @@ fn the_inbound_path_allocates_nothing_per_packet_or_turn() {
                     while matches!(theirs.read(&mut buf), Ok(n) if n > 0) {}
                 });
                 let stats = Arc::new(ProviderStats::default());
-                let outbox =
-                    Outbox::new(ours.as_raw_fd(), "MZ00", Arc::clone(&stats), Some(tenants[i % 2].clone())).unwrap();
+                let outbox = Outbox::new(
+                    ours.as_raw_fd(),
+                    "MZ00",
+                    MediaFormat::Mulaw8k,
+                    Arc::clone(&stats),
+                    Some(tenants[i % 2].clone()),
+                )
+                .unwrap();
                 keep.push(ours);
                 (AgentSink::Direct(outbox), None, Some(stats))
             };
@@ -146,6 +153,7 @@ fn the_inbound_path_allocates_nothing_per_packet_or_turn() {
                 metrics: tenants[i % 2].clone(),
                 max_age: Duration::from_secs(5),
                 webrtc: None,
+                format: MediaFormat::Mulaw8k,
             };
             let inbound = workers.register(socket, setup).unwrap();
             Call { inbound, _rx: rx, stats, counters, caller: UdpSocket::bind("127.0.0.1:0").unwrap(), to, seq: 0 }

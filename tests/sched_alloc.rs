@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use fairvox::call::{CallId, FRAME_SAMPLES, Frame};
+use fairvox::call::{CallId, FRAME_SAMPLES, Frame, FrameAudio};
 use fairvox::sched::{Bulkhead, BulkheadConfig, Scheduler, SchedulerKind, TenantConfig};
 use fairvox::tenant::TenantId;
 
@@ -20,7 +20,7 @@ fn frame(tenant: u32, seq: u64, now: Instant) -> Frame {
         call: CallId(u64::from(tenant)),
         seq,
         ts: (seq as u32).wrapping_mul(160),
-        payload: [0xFF; FRAME_SAMPLES],
+        payload: FrameAudio::Mulaw([0xFF; FRAME_SAMPLES]),
         t_ingress: now,
     }
 }
@@ -81,7 +81,7 @@ fn push_and_pop_allocate_nothing_after_configure() {
 #[test]
 fn bulkhead_submit_allocates_nothing() {
     let pool = Bulkhead::start(BulkheadConfig { workers: 1, ..BulkheadConfig::default() }, |_, f: Frame| {
-        std::hint::black_box(f.payload[0]);
+        std::hint::black_box(f.payload.as_bytes()[0]);
     })
     .unwrap();
     for t in 0..TENANTS {

@@ -8,4 +8,4 @@ pub mod record;
 pub mod reframe;
 pub mod uas;
 
-pub use frame::{CallId, FRAME_MS, FRAME_SAMPLES, Frame};
+pub use frame::{CallId, FRAME_MS, FRAME_SAMPLES, Frame, FrameAudio, L16_FRAME_BYTES};

@@ -5,14 +5,14 @@
 //! ever taken out by a tick or dropped by `clear`). A mark records `queued` when it arrives and fires as soon as
 //! `played` reaches it, so a mark after 1 s of audio fires on the tick that plays its 8000th sample.
 //!
-//! Memory: the ring grows on demand (never shrinks) and never beyond `max_buffered_samples` bytes (one byte per
+//! Memory: the ring grows on demand (never shrinks) and never beyond `max_buffered_bytes` bytes (one byte per
 //! µ-law sample; 160 000 = 20 s = 156 KiB per call at most); until an agent sends that much, it stays as small as
 //! the largest backlog seen. `next_frame` never allocates; `push_audio` allocates only while the ring grows to a
 //! new high-water mark. Pending marks are bounded by `max_pending_marks` (each holds the agent's name string).
 
 use std::collections::VecDeque;
 
-use crate::call::FRAME_SAMPLES;
+use crate::proto::media_streams::MediaFormat;
 
 /// µ-law silence, used to pad a partial last frame.
 pub const ULAW_SILENCE: u8 = 0xFF;
@@ -23,7 +23,11 @@ const MIN_RING: usize = 8000;
 #[derive(Debug)]
 pub struct Playout {
     ring: VecDeque<u8>,
-    max_samples: usize,
+    max_bytes: usize,
+    /// Bytes per sample: a partial last frame is cut at a whole sample.
+    sample_bytes: usize,
+    /// The byte that pads a partial last frame (µ-law 0xFF; L16 0, both halves of a zero sample).
+    silence: u8,
     /// (position in `queued` units, name), in arrival order; positions never decrease.
     marks: VecDeque<(u64, String)>,
     max_marks: usize,
@@ -35,12 +39,23 @@ pub struct Playout {
 }
 
 impl Playout {
-    /// `max_buffered_samples`: the most audio held at once (e.g. 20 s = 160 000); `max_pending_marks`: the most
-    /// marks waiting to fire.
-    pub fn new(max_buffered_samples: usize, max_pending_marks: usize) -> Self {
+    /// A µ-law playout. `max_buffered_bytes`: the most audio held at once (e.g. 20 s = 160 000);
+    /// `max_pending_marks`: the most marks waiting to fire.
+    pub fn new(max_buffered_bytes: usize, max_pending_marks: usize) -> Self {
+        Self::with_format(MediaFormat::Mulaw8k, max_buffered_bytes, max_pending_marks)
+    }
+
+    /// A playout of `format` audio, holding at most `max_buffered_bytes` of it.
+    pub fn with_format(format: MediaFormat, max_buffered_bytes: usize, max_pending_marks: usize) -> Self {
+        let (sample_bytes, silence) = match format {
+            MediaFormat::Mulaw8k => (1, ULAW_SILENCE),
+            MediaFormat::L16Wide => (2, 0),
+        };
         Playout {
             ring: VecDeque::new(),
-            max_samples: max_buffered_samples,
+            max_bytes: max_buffered_bytes,
+            sample_bytes,
+            silence,
             marks: VecDeque::new(),
             max_marks: max_pending_marks,
             queued: 0,
@@ -51,20 +66,24 @@ impl Playout {
         }
     }
 
-    /// Queues agent audio (µ-law, any length). What doesn't fit under the bound is dropped from the end of
-    /// `ulaw` and counted; returns the number of samples dropped.
-    pub fn push_audio(&mut self, ulaw: &[u8]) -> usize {
-        let room = self.max_samples - self.ring.len();
-        let take = ulaw.len().min(room);
+    /// Queues agent audio (the stream's format, any length). What doesn't fit under the bound is dropped from the
+    /// end of `audio` and counted; returns the number of bytes dropped.
+    pub fn push_audio(&mut self, audio: &[u8]) -> usize {
+        let room = self.max_bytes - self.ring.len();
+        let mut take = audio.len().min(room);
+        if take < audio.len() {
+            // Cut at a sample boundary of the whole stream, so what comes after the drop stays aligned.
+            take -= (self.queued as usize + take) % self.sample_bytes;
+        }
         let needed = self.ring.len() + take;
         if needed > self.ring.capacity() {
             // Grow geometrically but never past the bound, so the ring's memory stays bounded by it.
-            let target = needed.max(self.ring.capacity() * 2).max(MIN_RING).min(self.max_samples);
+            let target = needed.max(self.ring.capacity() * 2).max(MIN_RING).min(self.max_bytes);
             self.ring.reserve_exact(target - self.ring.len());
         }
-        self.ring.extend(&ulaw[..take]);
+        self.ring.extend(&audio[..take]);
         self.queued += take as u64;
-        let dropped = ulaw.len() - take;
+        let dropped = audio.len() - take;
         self.dropped += dropped as u64;
         dropped
     }
@@ -81,7 +100,7 @@ impl Playout {
     }
 
     /// Barge-in: drops all queued audio; every pending mark is passed to `marks`, in order, to be echoed now.
-    /// Returns the number of samples dropped.
+    /// Returns the number of bytes dropped.
     pub fn clear(&mut self, mut marks: impl FnMut(String)) -> usize {
         let n = self.ring.len();
         self.ring.clear();
@@ -93,17 +112,22 @@ impl Playout {
         n
     }
 
-    /// One 20 ms tick. Fills `frame` with the next 160 samples (a partial tail is padded with µ-law silence) and
-    /// returns true, or returns false when nothing is queued (the caller sends nothing, or comfort noise). Marks
-    /// whose audio has now been played in full, including marks at the head of an empty queue, go to `marks`.
-    pub fn next_frame(&mut self, frame: &mut [u8; FRAME_SAMPLES], mut marks: impl FnMut(String)) -> bool {
-        let n = self.ring.len().min(FRAME_SAMPLES);
+    /// One 20 ms tick. Fills `frame` (160 bytes of µ-law, 640 of L16) with the next audio (a partial tail is padded
+    /// with silence) and returns true, or returns false when nothing is queued (the caller sends nothing, or
+    /// comfort noise). Marks whose audio has now been played in full, including marks at the head of an empty
+    /// queue, go to `marks`.
+    pub fn next_frame(&mut self, frame: &mut [u8], mut marks: impl FnMut(String)) -> bool {
+        let mut n = self.ring.len().min(frame.len());
+        if n < frame.len() {
+            // A partial tail plays whole samples; an odd last byte waits for its other half.
+            n -= n % self.sample_bytes;
+        }
         if n > 0 {
             let (a, b) = self.ring.as_slices();
             let from_a = a.len().min(n);
             frame[..from_a].copy_from_slice(&a[..from_a]);
             frame[from_a..n].copy_from_slice(&b[..n - from_a]);
-            frame[n..].fill(ULAW_SILENCE);
+            frame[n..].fill(self.silence);
             self.ring.drain(..n);
             self.played += n as u64;
         }
@@ -118,18 +142,18 @@ impl Playout {
         n > 0
     }
 
-    /// Samples queued and not yet played.
-    pub fn buffered_samples(&self) -> usize {
+    /// Bytes queued and not yet played.
+    pub fn buffered_bytes(&self) -> usize {
         self.ring.len()
     }
 
-    /// Samples dropped because the buffer was full (not counting `clear`).
-    pub fn dropped_samples(&self) -> u64 {
+    /// Bytes dropped because the buffer was full (not counting `clear`).
+    pub fn dropped_bytes(&self) -> u64 {
         self.dropped
     }
 
-    /// Samples dropped by `clear`.
-    pub fn cleared_samples(&self) -> u64 {
+    /// Bytes dropped by `clear`.
+    pub fn cleared_bytes(&self) -> u64 {
         self.cleared
     }
 
@@ -152,6 +176,39 @@ impl Playout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::{FRAME_SAMPLES, L16_FRAME_BYTES};
+
+    #[test]
+    fn l16_plays_640_byte_frames_pads_with_zero_and_keeps_samples_whole() {
+        let mut p = Playout::with_format(MediaFormat::L16Wide, 4000, 4);
+        // 701 bytes in two messages, the first ending halfway through a sample.
+        let audio: Vec<u8> = (0..701u32).map(|i| (i % 200 + 1) as u8).collect();
+        p.push_audio(&audio[..321]);
+        p.push_audio(&audio[321..]);
+        let mut frame = [9u8; L16_FRAME_BYTES];
+        assert!(p.next_frame(&mut frame, |_| {}));
+        assert_eq!(&frame[..], &audio[..640]);
+        // 61 bytes left: 30 whole samples play, the odd byte waits for its other half.
+        assert!(p.next_frame(&mut frame, |_| {}));
+        assert_eq!(&frame[..60], &audio[640..700]);
+        assert!(frame[60..].iter().all(|b| *b == 0), "L16 silence is zero");
+        assert_eq!(p.buffered_bytes(), 1);
+        p.push_audio(&[0x42]);
+        assert!(p.next_frame(&mut frame, |_| {}));
+        assert_eq!(&frame[..2], &[audio[700], 0x42]);
+    }
+
+    #[test]
+    fn l16_overflow_is_cut_at_a_sample_boundary() {
+        let mut p = Playout::with_format(MediaFormat::L16Wide, 1001, 4);
+        p.push_audio(&[1; 3]);
+        // 998 bytes of room; the stream is at an odd offset, so 997 are taken (ending on a whole sample).
+        let dropped = p.push_audio(&[2; 1200]);
+        assert_eq!(p.buffered_bytes() % 2, 0);
+        assert_eq!(p.buffered_bytes(), 1000);
+        assert_eq!(dropped, 1203 - 1000);
+        assert_eq!(p.dropped_bytes(), dropped as u64);
+    }
 
     fn tick(p: &mut Playout) -> (Option<[u8; FRAME_SAMPLES]>, Vec<String>) {
         let mut frame = [0u8; FRAME_SAMPLES];
@@ -223,10 +280,10 @@ mod tests {
         let mut echoed = Vec::new();
         assert_eq!(p.clear(|m| echoed.push(m)), 8000 - 160);
         assert_eq!(echoed, ["m1", "m2"]);
-        assert_eq!(p.buffered_samples(), 0);
+        assert_eq!(p.buffered_bytes(), 0);
         assert_eq!(p.pending_marks(), 0);
-        assert_eq!(p.cleared_samples(), 7840);
-        assert_eq!(p.dropped_samples(), 0);
+        assert_eq!(p.cleared_bytes(), 7840);
+        assert_eq!(p.dropped_bytes(), 0);
         assert_eq!(tick(&mut p), (None, vec![]));
         // Audio after a clear plays, and a new mark fires at its own position.
         p.push_audio(&[9; 320]);
@@ -241,8 +298,8 @@ mod tests {
         assert_eq!(p.push_audio(&[1; 600]), 0);
         assert_eq!(p.push_audio(&[2; 600]), 200);
         assert_eq!(p.push_audio(&[3; 10]), 10);
-        assert_eq!(p.buffered_samples(), 1000);
-        assert_eq!(p.dropped_samples(), 210);
+        assert_eq!(p.buffered_bytes(), 1000);
+        assert_eq!(p.dropped_bytes(), 210);
         assert!(p.ring_capacity() <= 1000, "ring never grows past the bound: {}", p.ring_capacity());
         // The excess was dropped from the end: the last queued sample is from the second push.
         let mut last = [0u8; FRAME_SAMPLES];
@@ -283,7 +340,7 @@ mod tests {
         let mut n = 0u32;
         // Takes one tick, keeping only the real samples (an underrun pads the frame with silence).
         let tick_into = |p: &mut Playout, out: &mut Vec<u8>| {
-            let real = p.buffered_samples().min(FRAME_SAMPLES);
+            let real = p.buffered_bytes().min(FRAME_SAMPLES);
             let mut frame = [0u8; FRAME_SAMPLES];
             let had = p.next_frame(&mut frame, |_| {});
             assert_eq!(had, real > 0);
@@ -334,20 +391,20 @@ mod tests {
             let mut played = 0u64;
             let mut id = 0;
             for (len, mark, ticks) in ops {
-                let before = p.buffered_samples();
+                let before = p.buffered_bytes();
                 let dropped = p.push_audio(&vec![0x11; len]);
-                proptest::prop_assert_eq!(p.buffered_samples(), before + len - dropped);
-                proptest::prop_assert!(p.buffered_samples() <= 4000);
+                proptest::prop_assert_eq!(p.buffered_bytes(), before + len - dropped);
+                proptest::prop_assert!(p.buffered_bytes() <= 4000);
                 if mark {
                     id += 1;
                     let name = format!("m{id}");
                     if p.push_mark(name.clone()) {
-                        expected.push((name, played + p.buffered_samples() as u64, played));
+                        expected.push((name, played + p.buffered_bytes() as u64, played));
                     }
                 }
                 for _ in 0..ticks {
                     let mut frame = [0u8; FRAME_SAMPLES];
-                    let buffered = p.buffered_samples();
+                    let buffered = p.buffered_bytes();
                     let mut now = Vec::new();
                     let had = p.next_frame(&mut frame, |m| now.push(m));
                     proptest::prop_assert_eq!(had, buffered > 0);
@@ -361,7 +418,7 @@ mod tests {
             // Drain.
             loop {
                 let mut frame = [0u8; FRAME_SAMPLES];
-                let buffered = p.buffered_samples();
+                let buffered = p.buffered_bytes();
                 let mut now = Vec::new();
                 let had = p.next_frame(&mut frame, |m| now.push(m));
                 let before = played;

@@ -1,8 +1,8 @@
-//! Re-framing: received audio of any packetization into 20 ms (160-sample) µ-law frames on a continuous
-//! timeline.
+//! Re-framing: received audio of any packetization into 20 ms frames on a continuous timeline: 160 µ-law samples
+//! for G.711 and narrowband calls, 320 linear samples for wideband (16 kHz) WebRTC calls.
 //!
 //! Owns the placement of received samples by RTP timestamp: carrying partial frames across packets, filling
-//! short gaps (lost packets) with µ-law silence, dropping late packets, and resynchronising after a timestamp
+//! short gaps (lost packets) with silence, dropping late packets, and resynchronising after a timestamp
 //! discontinuity. Fixed-size, allocation-free; frames are handed to a caller closure by reference.
 
 use crate::call::frame::FRAME_SAMPLES;
@@ -12,19 +12,39 @@ use crate::codec::g711::ULAW_SILENCE;
 /// re-framer resynchronises to it rather than dropping its audio until it catches up.
 const LATE_RUN_RESYNC: u32 = 4;
 
-/// Turns received audio (any packetization, 10–40 ms or more, µ-law bytes already converted by the caller)
-/// into 160-sample (20 ms) frames.
+/// A sample the re-framer can carry: it only needs to know what silence is.
+pub trait Sample: Copy + std::fmt::Debug {
+    const SILENCE: Self;
+}
+
+/// A µ-law byte.
+impl Sample for u8 {
+    const SILENCE: u8 = ULAW_SILENCE;
+}
+
+/// A linear 16-bit sample.
+impl Sample for i16 {
+    const SILENCE: i16 = 0;
+}
+
+/// Re-frames 8 kHz µ-law audio into 160-sample (20 ms) frames.
+pub type Reframer = SampleReframer<u8, FRAME_SAMPLES>;
+/// Re-frames 16 kHz linear audio into 320-sample (20 ms) frames.
+pub type WideReframer = SampleReframer<i16, { 2 * FRAME_SAMPLES }>;
+
+/// Turns received audio (any packetization, 10–40 ms or more, already converted by the caller to µ-law bytes or
+/// linear samples) into `N`-sample (20 ms) frames ([`Reframer`] for µ-law, [`WideReframer`] for 16 kHz).
 ///
 /// Timestamps drive placement. A forward gap of up to `max_gap` samples (e.g. 1600 = 200 ms) is filled with
-/// µ-law silence so the agent's timeline stays continuous; a bigger jump, or a jump backwards by more than
+/// silence so the agent's timeline stays continuous; a bigger jump, or a jump backwards by more than
 /// `max_gap` before the frame being filled, resynchronises (the partial frame is padded with silence and
 /// emitted first). A packet that starts before the frame being filled is late: it is dropped and counted
 /// (four in a row resynchronise). A packet that lands inside the frame being filled overwrites what is there
 /// (silence filled for it, or identical bytes of a duplicate).
 #[derive(Clone, Debug)]
-pub struct Reframer {
+pub struct SampleReframer<S: Sample, const N: usize> {
     max_gap: u32,
-    buf: [u8; FRAME_SAMPLES],
+    buf: [S; N],
     /// RTP timestamp of `buf[0]`.
     frame_ts: u32,
     /// Samples of `buf` filled so far.
@@ -37,11 +57,11 @@ pub struct Reframer {
     resyncs: u64,
 }
 
-impl Reframer {
+impl<S: Sample, const N: usize> SampleReframer<S, N> {
     pub fn new(max_gap_samples: u32) -> Self {
-        Reframer {
+        SampleReframer {
             max_gap: max_gap_samples.min(i32::MAX as u32),
-            buf: [ULAW_SILENCE; FRAME_SAMPLES],
+            buf: [S::SILENCE; N],
             frame_ts: 0,
             fill: 0,
             started: false,
@@ -55,7 +75,7 @@ impl Reframer {
 
     /// Places `samples` (one per timestamp unit, starting at `rtp_ts`) and emits each completed frame through
     /// `emit(frame_ts, &frame)`, where `frame_ts` is the RTP timestamp of the frame's first sample.
-    pub fn push(&mut self, rtp_ts: u32, samples: &[u8], mut emit: impl FnMut(u32, &[u8; FRAME_SAMPLES])) {
+    pub fn push(&mut self, rtp_ts: u32, samples: &[S], mut emit: impl FnMut(u32, &[S; N])) {
         if samples.is_empty() {
             return;
         }
@@ -101,9 +121,9 @@ impl Reframer {
 
     /// Pads the partial frame, if any, with silence and emits it (e.g. at the end of a call). The timeline
     /// continues after it.
-    pub fn flush(&mut self, mut emit: impl FnMut(u32, &[u8; FRAME_SAMPLES])) {
+    pub fn flush(&mut self, mut emit: impl FnMut(u32, &[S; N])) {
         if self.fill > 0 {
-            let pad = FRAME_SAMPLES - self.fill;
+            let pad = N - self.fill;
             self.fill_with(None, pad, &mut emit);
         }
     }
@@ -140,10 +160,10 @@ impl Reframer {
         self.fill
     }
 
-    fn resync(&mut self, rtp_ts: u32, emit: &mut impl FnMut(u32, &[u8; FRAME_SAMPLES])) {
+    fn resync(&mut self, rtp_ts: u32, emit: &mut impl FnMut(u32, &[S; N])) {
         self.resyncs += 1;
         if self.fill > 0 {
-            self.buf[self.fill..].fill(ULAW_SILENCE);
+            self.buf[self.fill..].fill(S::SILENCE);
             emit(self.frame_ts, &self.buf);
         }
         self.frame_ts = rtp_ts;
@@ -151,20 +171,20 @@ impl Reframer {
     }
 
     /// Appends `count` samples: from `src` if given (then `count == src.len()`), else silence.
-    fn fill_with(&mut self, src: Option<&[u8]>, count: usize, emit: &mut impl FnMut(u32, &[u8; FRAME_SAMPLES])) {
+    fn fill_with(&mut self, src: Option<&[S]>, count: usize, emit: &mut impl FnMut(u32, &[S; N])) {
         let mut done = 0;
         while done < count {
-            let n = (FRAME_SAMPLES - self.fill).min(count - done);
+            let n = (N - self.fill).min(count - done);
             let dst = &mut self.buf[self.fill..self.fill + n];
             match src {
                 Some(s) => dst.copy_from_slice(&s[done..done + n]),
-                None => dst.fill(ULAW_SILENCE),
+                None => dst.fill(S::SILENCE),
             }
             self.fill += n;
             done += n;
-            if self.fill == FRAME_SAMPLES {
+            if self.fill == N {
                 emit(self.frame_ts, &self.buf);
-                self.frame_ts = self.frame_ts.wrapping_add(FRAME_SAMPLES as u32);
+                self.frame_ts = self.frame_ts.wrapping_add(N as u32);
                 self.fill = 0;
             }
         }

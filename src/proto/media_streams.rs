@@ -98,6 +98,8 @@ pub struct StreamStart {
     /// The app's custom parameters, sent in order before `from_number`/`to_number`. Keys `from_number` and
     /// `to_number` and repeated keys are skipped (first one wins) so the JSON object has unique keys.
     pub custom_parameters: Vec<(String, String)>,
+    /// What the stream's media messages carry, both ways (`mediaFormat`).
+    pub media_format: MediaFormat,
 }
 
 /// Writes server→agent messages for one stream into a reusable `String` (cleared first), keeping the
@@ -144,7 +146,7 @@ impl StreamWriter {
     }
 
     /// The `start` message: ids, `tracks: ["inbound"]`, custom parameters (the app's, then `from_number` and
-    /// `to_number`), and the media format (8 kHz mono µ-law).
+    /// `to_number`), and the media format (8 kHz µ-law, or 16 kHz L16; mono).
     pub fn start(&mut self, start: &StreamStart, out: &mut String) {
         self.head("start", out);
         out.push_str(r#","start":{"accountSid":"#);
@@ -169,7 +171,11 @@ impl StreamWriter {
         push_json_str(out, &start.from);
         out.push_str(r#","to_number":"#);
         push_json_str(out, &start.to);
-        out.push_str(r#"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#);
+        out.push_str(r#"},"mediaFormat":{"encoding":""#);
+        out.push_str(start.media_format.encoding());
+        out.push_str(r#"","sampleRate":"#);
+        push_u64(out, u64::from(start.media_format.sample_rate()));
+        out.push_str(r#","channels":1}}}"#);
     }
 
     /// A media message carrying `payload` (µ-law, normally one 160-byte frame) at `timestamp_ms` (milliseconds of
@@ -574,6 +580,7 @@ mod tests {
             from: "+14155550123".into(),
             to: "+15550100".into(),
             custom_parameters: vec![("lang".into(), "en".into())],
+            media_format: MediaFormat::Mulaw8k,
         }
     }
 
@@ -617,6 +624,18 @@ mod tests {
                     "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
                 }
             })
+        );
+    }
+
+    #[test]
+    fn an_l16_stream_announces_16_khz_linear_audio() {
+        let mut start = sample_start();
+        start.media_format = MediaFormat::L16Wide;
+        let mut out = String::new();
+        StreamWriter::new(SID).start(&start, &mut out);
+        assert_eq!(
+            parse(&out)["start"]["mediaFormat"],
+            json!({"encoding": "audio/x-l16", "sampleRate": 16000, "channels": 1})
         );
     }
 

@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::mpsc;
 
 use super::provider::{AgentSink, CloseReason, FromAgent, ProviderHandle, ProviderStats, ToAgent};
-use crate::call::FRAME_SAMPLES;
 use crate::metrics::{Direction as MetricDirection, TenantMetrics};
 
 /// Spawns the echo app with channels of `capacity` messages each. A full return channel drops the frame
@@ -33,10 +32,11 @@ pub fn spawn_echo(capacity: usize, metrics: Option<TenantMetrics>) -> ProviderHa
                     if let Some(m) = &metrics {
                         m.frame_latency(MetricDirection::Inbound, frame.t_ingress.elapsed());
                     }
+                    let bytes = frame.payload.as_bytes().len() as u64;
                     match from_tx.try_send(FromAgent::Frame(frame.payload)) {
                         Ok(()) => {
                             stats.media_in.fetch_add(1, Relaxed);
-                            stats.media_in_bytes.fetch_add(FRAME_SAMPLES as u64, Relaxed);
+                            stats.media_in_bytes.fetch_add(bytes, Relaxed);
                         }
                         Err(_) => {
                             stats.dropped_slow_consumer.fetch_add(1, Relaxed);
@@ -59,7 +59,7 @@ pub fn spawn_echo(capacity: usize, metrics: Option<TenantMetrics>) -> ProviderHa
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call::{CallId, Frame};
+    use crate::call::{CallId, FRAME_SAMPLES, Frame, FrameAudio};
     use crate::tenant::TenantId;
     use std::time::{Duration, Instant};
 
@@ -68,7 +68,14 @@ mod tests {
         for (i, b) in payload.iter_mut().enumerate() {
             *b = (seq as u8).wrapping_add(i as u8);
         }
-        Frame { tenant: TenantId(0), call: CallId(1), seq, ts: 0, payload, t_ingress: Instant::now() }
+        Frame {
+            tenant: TenantId(0),
+            call: CallId(1),
+            seq,
+            ts: 0,
+            payload: FrameAudio::Mulaw(payload),
+            t_ingress: Instant::now(),
+        }
     }
 
     async fn recv(rx: &mut mpsc::Receiver<FromAgent>) -> Option<FromAgent> {

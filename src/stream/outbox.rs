@@ -9,7 +9,8 @@
 //! frames never interleave.
 //!
 //! * **Pending**: what a `send` could not take waits in the buffer, in order, and later messages queue behind it
-//!   (bounded: [`MAX_PENDING`] bytes for caller audio, twice that for control messages; beyond, the message is refused
+//!   (bounded: [`MAX_PENDING`] bytes of µ-law caller audio, scaled to the same duration for L16, twice that for
+//!   control messages; beyond, the message is refused
 //!   and the caller counts it as `slow_consumer`). The buffer is flushed on writability: the outbox asks its
 //!   [`WriteWaker`] (the media workers' epoll set, once the call is registered with them, so the flush is a turn of
 //!   the call's tenant) or, without one, the stream's task ([`Outbox::task_flush_wanted`]).
@@ -32,12 +33,13 @@ use tokio::sync::Notify;
 use super::provider::ProviderStats;
 use crate::call::{FRAME_MS, Frame};
 use crate::metrics::{Direction as MetricDirection, TenantMetrics};
-use crate::proto::media_streams::{StreamStart, StreamWriter};
+use crate::proto::media_streams::{MediaFormat, StreamStart, StreamWriter};
 
-/// Bytes of caller audio that may wait for the agent (about 90 media messages, almost two seconds of audio).
+/// Bytes of µ-law caller audio that may wait for the agent (about 90 media messages, almost two seconds of audio);
+/// an L16 stream may hold the same duration (four times the bytes).
 pub const MAX_PENDING: usize = 32 << 10;
-/// Room for the JSON of one message (a media message is about 330 bytes).
-const JSON_BYTES: usize = 1024;
+/// Room for the JSON of one message (a µ-law media message is about 330 bytes, an L16 one about 1050).
+const JSON_BYTES: usize = 1280;
 
 /// Asks for a flush when the socket turns writable (registered by the media workers).
 pub trait WriteWaker: Send + Sync {
@@ -64,6 +66,8 @@ pub struct Outbox {
 }
 
 struct State {
+    /// Bytes of caller audio that may wait: [`MAX_PENDING`] scaled to the stream's format.
+    media_limit: usize,
     writer: StreamWriter,
     json: String,
     frame: Vec<u8>,
@@ -85,10 +89,11 @@ struct State {
 
 impl Outbox {
     /// An outbox writing to `socket`, a connected stream socket after the WebSocket handshake (a dup of it is
-    /// kept). `stream_sid` is the stream's id for the messages.
+    /// kept). `stream_sid` is the stream's id for the messages, `format` what its media messages carry.
     pub fn new(
         socket: RawFd,
         stream_sid: &str,
+        format: MediaFormat,
         stats: Arc<ProviderStats>,
         metrics: Option<TenantMetrics>,
     ) -> io::Result<Arc<Outbox>> {
@@ -104,6 +109,7 @@ impl Outbox {
         Ok(Arc::new(Outbox {
             fd,
             state: Mutex::new(State {
+                media_limit: MAX_PENDING * format.bytes_per_second() / MediaFormat::Mulaw8k.bytes_per_second(),
                 writer: StreamWriter::new(stream_sid),
                 json: String::with_capacity(JSON_BYTES),
                 frame: Vec::with_capacity(JSON_BYTES + 16),
@@ -143,8 +149,9 @@ impl Outbox {
         let mut s = self.state.lock();
         let s = &mut *s;
         // Refused before it is written, so that `sequenceNumber` and `chunk` count only what the agent gets.
-        self.admit(s, MAX_PENDING, s.writer.media_len_hint(frame.payload.len()))?;
-        s.writer.media(timestamp_ms, &frame.payload, &mut s.json);
+        let audio = frame.payload.as_bytes();
+        self.admit(s, s.media_limit, s.writer.media_len_hint(audio.len()))?;
+        s.writer.media(timestamp_ms, audio, &mut s.json);
         self.send_json(s, Some(frame.t_ingress));
         self.stats.media_out.fetch_add(1, Relaxed);
         Ok(())
@@ -153,7 +160,7 @@ impl Outbox {
     pub fn dtmf(&self, digit: char) -> Result<(), Refused> {
         let mut s = self.state.lock();
         let s = &mut *s;
-        self.admit(s, 2 * MAX_PENDING, 256)?;
+        self.admit(s, 2 * s.media_limit, 256)?;
         s.writer.dtmf(digit, &mut s.json);
         self.send_json(s, None);
         self.stats.dtmf_out.fetch_add(1, Relaxed);
@@ -164,7 +171,7 @@ impl Outbox {
     pub fn mark(&self, name: &str) -> Result<(), Refused> {
         let mut s = self.state.lock();
         let s = &mut *s;
-        self.admit(s, 2 * MAX_PENDING, 256 + 6 * name.len())?;
+        self.admit(s, 2 * s.media_limit, 256 + 6 * name.len())?;
         s.writer.mark(name, &mut s.json);
         self.send_json(s, None);
         self.stats.marks_out.fetch_add(1, Relaxed);

@@ -55,7 +55,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{Instrument, debug, info, warn};
 
 use super::outbox::{self, Outbox, Refused};
-use crate::call::{FRAME_MS, FRAME_SAMPLES, Frame};
+use crate::call::{FRAME_MS, Frame, FrameAudio};
 use crate::metrics::{Direction as MetricDirection, TenantMetrics};
 use crate::proto::media_streams::{AgentMessage, AgentMessageError, StreamStart, StreamWriter, parse_agent_message};
 
@@ -82,6 +82,7 @@ const MALFORMED_WARNINGS: u64 = 3;
 
 /// What the call driver sends to the stream task.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant, reason = "frames travel inline, not boxed: no allocation per frame")]
 pub enum ToAgent {
     /// One frame of caller audio; its `timestamp` is `frame.seq * 20` ms (media time, see [`ProviderSocket::spawn`]).
     Media(Frame),
@@ -94,11 +95,12 @@ pub enum ToAgent {
 
 /// What the stream task (or the echo app) sends to the call driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant, reason = "frames travel inline, not boxed: no allocation per frame")]
 pub enum FromAgent {
-    /// Agent audio, µ-law 8 kHz, any length.
+    /// Agent audio in the stream's format (µ-law 8 kHz, or L16 16 kHz), any length.
     Media(Vec<u8>),
     /// Exactly one frame of audio (the echo app).
-    Frame([u8; FRAME_SAMPLES]),
+    Frame(FrameAudio),
     Mark(String),
     Clear,
     /// The last message: the stream has ended.
@@ -442,12 +444,16 @@ impl ProviderSocket {
         let sink = match self.ws {
             AgentWs::Plain(mut ws) => {
                 let tcp = Arc::clone(&ws.get_ref().tcp);
-                let outbox = Outbox::new(tcp.as_raw_fd(), &start.stream_sid, stats.clone(), parts.metrics.clone())
-                    .inspect_err(
-                        |e| warn!(error = %e, "no direct writer for the agent socket; writing through the task"),
-                    )
-                    .ok()
-                    .filter(|outbox| outbox.hello(&start).is_ok());
+                let outbox = Outbox::new(
+                    tcp.as_raw_fd(),
+                    &start.stream_sid,
+                    start.media_format,
+                    stats.clone(),
+                    parts.metrics.clone(),
+                )
+                .inspect_err(|e| warn!(error = %e, "no direct writer for the agent socket; writing through the task"))
+                .ok()
+                .filter(|outbox| outbox.hello(&start).is_ok());
                 if let Some(outbox) = &outbox {
                     ws.get_mut().outbox = Some(Arc::clone(outbox));
                 }
@@ -495,6 +501,7 @@ struct StreamTask<S> {
 }
 
 /// What woke the loop.
+#[allow(clippy::large_enum_variant, reason = "frames travel inline, not boxed: no allocation per frame")]
 enum Event {
     Delivered,
     Command(Option<ToAgent>),
@@ -719,7 +726,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> StreamTask<S> {
                 }
                 ToAgent::Media(frame) => {
                     let timestamp_ms = frame.seq.saturating_mul(u64::from(FRAME_MS));
-                    self.writer.media(timestamp_ms, &frame.payload, &mut self.out);
+                    self.writer.media(timestamp_ms, frame.payload.as_bytes(), &mut self.out);
                     bump(&self.stats.media_out);
                     *slot = Some(frame.t_ingress);
                 }
@@ -914,8 +921,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> StreamTask<S> {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
-    use crate::call::CallId;
-    use crate::proto::media_streams;
+    use crate::call::{CallId, FRAME_SAMPLES};
+    use crate::proto::media_streams::{self, MediaFormat};
     use crate::tenant::TenantId;
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
@@ -973,6 +980,7 @@ mod tests {
             from: "+14155550123".into(),
             to: "+15550100".into(),
             custom_parameters: vec![("campaign".into(), "spring \"sale\"".into())],
+            media_format: MediaFormat::Mulaw8k,
         }
     }
 
@@ -982,7 +990,7 @@ mod tests {
             call: CallId(9),
             seq,
             ts: (seq as u32) * 160,
-            payload: [fill; FRAME_SAMPLES],
+            payload: FrameAudio::Mulaw([fill; FRAME_SAMPLES]),
             t_ingress: Instant::now(),
         }
     }

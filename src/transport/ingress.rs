@@ -36,6 +36,7 @@
 //! * **No allocation** per packet or turn: a turn is an `Arc` clone, buffers live on the worker's stack, and the
 //!   per-tenant metrics are handles made at call start.
 
+mod framing;
 mod readiness;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -46,12 +47,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::call::CallId;
 use crate::call::police::{Policer, Verdict};
-use crate::call::reframe::Reframer;
-use crate::call::{CallId, Frame};
 use crate::codec::g711;
-use crate::metrics::{Direction as MetricDirection, FrameDropReason, TenantMetrics};
+use crate::codec::opus::PcmRate;
+use crate::metrics::{FrameDropReason, TenantMetrics};
 use crate::proto::dtmf::{self, DtmfDetector};
+use crate::proto::media_streams::MediaFormat;
 use crate::proto::rtp::{self, PacketVerdict, ReceiveStats};
 use crate::proto::sdp::Negotiated;
 use crate::sched::bulkhead::{Bulkhead, BulkheadConfig, BulkheadError, PoolStats, Source};
@@ -63,6 +65,7 @@ use crate::tenant::{Codec, TenantId};
 use crate::transport::media::MediaCounters;
 use crate::transport::webrtc::session::{RtcSession, SessionCounts, SessionIo, SessionState};
 
+use framing::{Framing, HandOff};
 use readiness::Readiness;
 
 /// Most packets one turn reads (one `recvmmsg`): a turn is the unit the fair queue charges (cost 1), so it is kept
@@ -74,8 +77,6 @@ const PACKET_BUF: usize = 2048;
 const REFUSED_DRAIN: usize = 64;
 /// A latched source silent this long may be replaced by a new one (the carrier moved media).
 const RELATCH_AFTER: Duration = Duration::from_secs(2);
-/// Gap filled with silence by the re-framer before it resynchronises: 200 ms.
-const MAX_GAP_SAMPLES: u32 = 1600;
 /// Turns a tenant may have queued beyond its concurrency cap (calls ending and starting overlap briefly).
 const QUEUE_SLACK: usize = 16;
 /// A turn that waited longer than one frame is late.
@@ -203,7 +204,7 @@ impl MediaWorkers {
             Arc::new(CallIngress {
                 tenant: setup.tenant,
                 socket,
-                state: Mutex::new(Ingress::new(setup.tenant, setup.call, setup.negotiated, setup.webrtc)),
+                state: Mutex::new(Ingress::new(setup.tenant, setup.call, setup.negotiated, setup.format, setup.webrtc)),
                 sink: setup.sink,
                 counters: setup.counters,
                 metrics: setup.metrics,
@@ -235,6 +236,8 @@ pub struct InboundSetup {
     pub max_age: Duration,
     /// A WebRTC call's session: its datagrams go through it (ICE, DTLS, SRTP, Opus) instead of plain RTP.
     pub webrtc: Option<Box<RtcSession>>,
+    /// The app's provider-stream format, which frames are made in.
+    pub format: MediaFormat,
 }
 
 /// Decides, from once-a-second samples of [`MediaWorkers::totals`], which tenants the workers are persistently
@@ -527,37 +530,42 @@ pub struct Ingress {
     call: CallId,
     pub negotiated: Negotiated,
     pub stats: ReceiveStats,
-    pub reframer: Reframer,
+    pub framing: Framing,
     dtmf: DtmfDetector,
     pub policer: Policer,
     pub latched: Option<SocketAddr>,
     pub last_rtp_at: Instant,
     clock_origin: Instant,
-    frame_seq: u64,
     pub dtmf_count: u64,
     /// A WebRTC call's session (see [`InboundSetup::webrtc`]); `None` for plain RTP.
     pub webrtc: Option<Box<RtcSession>>,
 }
 
 impl Ingress {
-    fn new(tenant: TenantId, call: CallId, negotiated: Negotiated, webrtc: Option<Box<RtcSession>>) -> Ingress {
+    fn new(
+        tenant: TenantId,
+        call: CallId,
+        negotiated: Negotiated,
+        format: MediaFormat,
+        webrtc: Option<Box<RtcSession>>,
+    ) -> Ingress {
         let now = Instant::now();
         // WebRTC is policed by datagram (before decryption, so a flood costs no SRTP work): Opus at its shortest
         // packetization (10 ms, 100/s) plus RTCP and STUN consent, with a burst for a DTLS flight.
         let policer = if webrtc.is_some() { Policer::new(WEBRTC_DATAGRAMS_PER_SECOND, 60, 1) } else { Policer::g711() };
+        let wide_source = webrtc.as_ref().is_some_and(|s| s.rate() == PcmRate::Wide);
         Ingress {
             webrtc,
             tenant,
             call,
             negotiated,
             stats: ReceiveStats::new(8000),
-            reframer: Reframer::new(MAX_GAP_SAMPLES),
+            framing: Framing::new(format, wide_source),
             dtmf: DtmfDetector::new(),
             policer,
             latched: None,
             last_rtp_at: now,
             clock_origin: now,
-            frame_seq: 0,
             dtmf_count: 0,
         }
     }
@@ -596,16 +604,11 @@ impl Ingress {
         let session = self.webrtc.as_deref_mut()?;
         let io = WorkerIo {
             socket,
-            tenant: self.tenant,
-            call: self.call,
-            reframer: &mut self.reframer,
-            frame_seq: &mut self.frame_seq,
+            framing: &mut self.framing,
             last_media_at: &mut self.last_rtp_at,
             dtmf_count: &mut self.dtmf_count,
             now,
-            sink,
-            counters,
-            metrics,
+            to: HandOff { tenant: self.tenant, call: self.call, sink, counters, metrics },
         };
         Some((session, io))
     }
@@ -648,7 +651,7 @@ impl Ingress {
             return;
         }
         if verdict == PacketVerdict::SourceRestart {
-            self.reframer.reset();
+            self.framing.reset();
             self.dtmf.reset();
         }
         // Held to the negotiated rate before any decoding or hand-off (see call::police), measured at the kernel's
@@ -685,39 +688,9 @@ impl Ingress {
             Codec::Pcmu => ulaw.copy_from_slice(payload),
             Codec::Pcma => g711::alaw_to_ulaw_slice(payload, ulaw),
         }
-        frame_and_hand_off(
-            (self.tenant, self.call),
-            &mut self.reframer,
-            &mut self.frame_seq,
-            header.timestamp,
-            ulaw,
-            received,
-            (sink, counters, metrics),
-        );
+        let to = HandOff { tenant: self.tenant, call: self.call, sink, counters, metrics };
+        self.framing.push_ulaw(header.timestamp, ulaw, received, &to);
     }
-}
-
-/// Re-frames µ-law audio into 20 ms [`Frame`]s and hands each to the call's agent (counted either way).
-fn frame_and_hand_off(
-    (tenant, call): (TenantId, CallId),
-    reframer: &mut Reframer,
-    seq: &mut u64,
-    timestamp: u32,
-    ulaw: &[u8],
-    received: Instant,
-    (sink, counters, metrics): (&AgentSink, &MediaCounters, &TenantMetrics),
-) {
-    reframer.push(timestamp, ulaw, |ts, samples| {
-        let frame = Frame { tenant, call, seq: *seq, ts, payload: *samples, t_ingress: received };
-        *seq += 1;
-        counters.frames_in.fetch_add(1, Ordering::Relaxed);
-        if sink.media(frame).is_err() {
-            counters.dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
-            metrics.frame_dropped(FrameDropReason::SlowConsumer);
-        } else {
-            metrics.frame(MetricDirection::Inbound);
-        }
-    });
 }
 
 /// Datagrams a second a WebRTC call may send (see [`Ingress::new`]).
@@ -727,16 +700,11 @@ const WEBRTC_DATAGRAMS_PER_SECOND: u32 = 150;
 /// framed and handed to the agent like RTP audio, digits go to the agent.
 struct WorkerIo<'a> {
     socket: &'a UdpSocket,
-    tenant: TenantId,
-    call: CallId,
-    reframer: &'a mut Reframer,
-    frame_seq: &'a mut u64,
+    framing: &'a mut Framing,
     last_media_at: &'a mut Instant,
     dtmf_count: &'a mut u64,
     now: Instant,
-    sink: &'a AgentSink,
-    counters: &'a MediaCounters,
-    metrics: &'a TenantMetrics,
+    to: HandOff<'a>,
 }
 
 impl SessionIo for WorkerIo<'_> {
@@ -747,25 +715,13 @@ impl SessionIo for WorkerIo<'_> {
 
     fn audio(&mut self, pcm: &[i16], rtp_samples: u32, received: Instant) {
         *self.last_media_at = self.now;
-        // At most 120 ms at 8 kHz; a longer decode (a 16 kHz session) is cut, which `Ingress` never asks for.
-        let mut ulaw = [0u8; 960];
-        let n = pcm.len().min(ulaw.len());
-        g711::linear_to_ulaw_slice(&pcm[..n], &mut ulaw[..n]);
-        frame_and_hand_off(
-            (self.tenant, self.call),
-            self.reframer,
-            self.frame_seq,
-            rtp_samples,
-            &ulaw[..n],
-            received,
-            (self.sink, self.counters, self.metrics),
-        );
+        self.framing.push_linear(rtp_samples, pcm, received, &self.to);
     }
 
     fn digit(&mut self, digit: char) {
         *self.dtmf_count += 1;
-        if self.sink.dtmf(digit).is_err() {
-            self.counters.dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
+        if self.to.sink.dtmf(digit).is_err() {
+            self.to.counters.dropped_slow_consumer.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

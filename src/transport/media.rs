@@ -20,10 +20,11 @@ use tokio::sync::mpsc;
 use crate::call::playout::Playout;
 use crate::call::record::{CallRecord, CallRecordSink, EndReason, unix_ms};
 use crate::call::uas::CallGuards;
-use crate::call::{CallId, FRAME_SAMPLES};
+use crate::call::{CallId, FRAME_SAMPLES, L16_FRAME_BYTES};
 use crate::codec::g711;
+use crate::codec::resample::{Downsampler, WIDE_FRAME_SAMPLES};
 use crate::metrics::{Direction as MetricDirection, TenantMetrics};
-use crate::proto::media_streams::{self, StreamStart};
+use crate::proto::media_streams::{self, MediaFormat, StreamStart};
 use crate::proto::rtcp::{self, RtcpSummary, SenderInfo};
 use crate::proto::rtp::{self, RtpHeader};
 use crate::proto::sdp::{Direction, Negotiated};
@@ -95,6 +96,8 @@ pub struct CallSetup {
     pub max_frame_age: Duration,
     /// How the caller reached us (recorded, and whether media is plain RTP or a WebRTC session).
     pub transport: Transport,
+    /// The app's provider-stream format: what the agent gets and sends back.
+    pub media_format: MediaFormat,
 }
 
 /// How a call reached us.
@@ -170,6 +173,7 @@ pub async fn run_call(
         from: setup.from.clone(),
         to: setup.to.clone(),
         custom_parameters: setup.custom_parameters.clone(),
+        media_format: setup.media_format,
     };
     let connect = async {
         match &setup.app_kind {
@@ -213,6 +217,7 @@ pub async fn run_call(
             metrics: setup.metrics.clone(),
             max_age: setup.max_frame_age,
             webrtc,
+            format: setup.media_format,
         },
     );
     let inbound = match inbound {
@@ -250,8 +255,8 @@ pub async fn run_call(
         record.dtmf_count = ingress.dtmf_count;
         tracing::debug!(
             tenant = %setup.tenant_name, call_id = %call,
-            late = ingress.reframer.late_dropped(), gaps = ingress.reframer.gaps_filled(),
-            policed = ingress.policer.policed(), playout_dropped = media.playout.dropped_samples(), "media ended"
+            late = ingress.framing.reframer.late_dropped(), gaps = ingress.framing.reframer.gaps_filled(),
+            policed = ingress.policer.policed(), playout_dropped = media.playout.dropped_bytes(), "media ended"
         );
     }
     record.packets_out = media.packets_out;
@@ -299,6 +304,10 @@ struct CallMedia {
     ts_base: u32,
     /// A WebRTC call: outbound audio is Opus through the session, and the session's timers run on this task.
     webrtc: bool,
+    /// The agent's audio format.
+    format: MediaFormat,
+    /// A SIP call of an L16 app: the agent's 16 kHz audio comes down to the caller's 8 kHz.
+    downsampler: Option<Box<Downsampler>>,
     /// Since when the WebRTC peer has been unreachable (ICE disconnected), if it is.
     peer_lost_since: Option<Instant>,
 }
@@ -318,7 +327,11 @@ impl CallMedia {
             sink: handle.sink,
             provider_rx: handle.rx,
             ingress,
-            playout: Playout::new(setup.playout_max_samples, 64),
+            playout: Playout::with_format(
+                setup.media_format,
+                setup.playout_max_samples * setup.media_format.bytes_per_second() / 8000,
+                64,
+            ),
             counters,
             metrics: setup.metrics.clone(),
             latched_rtcp: None,
@@ -331,6 +344,8 @@ impl CallMedia {
             sending: false,
             ts_base: rand::random(),
             webrtc,
+            format: setup.media_format,
+            downsampler: (!webrtc && setup.media_format == MediaFormat::L16Wide).then(Box::default),
             peer_lost_since: None,
         }
     }
@@ -398,7 +413,7 @@ impl CallMedia {
                 agent = self.provider_rx.recv() => {
                     match agent {
                         Some(FromAgent::Media(audio)) => { self.playout.push_audio(&audio); }
-                        Some(FromAgent::Frame(frame)) => { self.playout.push_audio(&frame); }
+                        Some(FromAgent::Frame(frame)) => { self.playout.push_audio(frame.as_bytes()); }
                         Some(FromAgent::Mark(name)) => { self.playout.push_mark(name); }
                         Some(FromAgent::Clear) => {
                             let sink = &self.sink;
@@ -472,7 +487,7 @@ impl CallMedia {
 
     /// Audio or marks waiting for the playout clock.
     fn playout_pending(&self) -> bool {
-        self.playout.buffered_samples() > 0 || self.playout.pending_marks() > 0
+        self.playout.buffered_bytes() > 0 || self.playout.pending_marks() > 0
     }
 
     /// No RTP is expected while the caller holds the call (inactive) or only receives (we answered sendonly).
@@ -499,18 +514,32 @@ impl CallMedia {
     fn on_tick(&mut self, step: u64, lateness: Duration) {
         self.out_ts = self.ts_base.wrapping_add((step as u32).wrapping_mul(FRAME_SAMPLES as u32));
         let may_send = matches!(self.negotiated.answer_direction, Direction::SendRecv | Direction::SendOnly);
-        let mut frame = [0u8; FRAME_SAMPLES];
+        let mut frame = [0u8; L16_FRAME_BYTES];
+        let frame = match self.format {
+            MediaFormat::Mulaw8k => &mut frame[..FRAME_SAMPLES],
+            MediaFormat::L16Wide => &mut frame[..],
+        };
         let sink = &self.sink;
-        let has_audio = self.playout.next_frame(&mut frame, |mark| {
+        let has_audio = self.playout.next_frame(frame, |mark| {
             let _ = sink.mark_played(mark);
         });
         if self.webrtc {
             if !has_audio {
                 return;
             }
-            let mut pcm = [0i16; FRAME_SAMPLES];
-            g711::ulaw_to_linear_slice(&frame, &mut pcm);
-            if self.ingress.webrtc_send(&pcm, Instant::now()) {
+            // The session encodes at the format's rate (16 kHz for L16, see `transport::webrtc`).
+            let mut pcm = [0i16; WIDE_FRAME_SAMPLES];
+            let pcm = match self.format {
+                MediaFormat::Mulaw8k => {
+                    g711::ulaw_to_linear_slice(frame, &mut pcm[..FRAME_SAMPLES]);
+                    &pcm[..FRAME_SAMPLES]
+                }
+                MediaFormat::L16Wide => {
+                    l16_to_linear(frame, &mut pcm);
+                    &pcm[..]
+                }
+            };
+            if self.ingress.webrtc_send(pcm, Instant::now()) {
                 self.count_sent(lateness);
             }
             return;
@@ -530,9 +559,20 @@ impl CallMedia {
         };
         let Ok(n) = rtp::write_header(&mut packet, &header) else { return };
         let body = &mut packet[n..n + FRAME_SAMPLES];
-        match self.negotiated.codec {
-            Codec::Pcmu => body.copy_from_slice(&frame),
-            Codec::Pcma => g711::ulaw_to_alaw_slice(&frame, body),
+        if let Some(down) = &mut self.downsampler {
+            let mut wide = [0i16; WIDE_FRAME_SAMPLES];
+            l16_to_linear(frame, &mut wide);
+            let mut narrow = [0i16; FRAME_SAMPLES];
+            down.process(&wide, &mut narrow);
+            match self.negotiated.codec {
+                Codec::Pcmu => g711::linear_to_ulaw_slice(&narrow, body),
+                Codec::Pcma => body.iter_mut().zip(&narrow).for_each(|(b, s)| *b = g711::linear_to_alaw(*s)),
+            }
+        } else {
+            match self.negotiated.codec {
+                Codec::Pcmu => body.copy_from_slice(frame),
+                Codec::Pcma => g711::ulaw_to_alaw_slice(frame, body),
+            }
         }
         // A non-blocking send: a UDP socket whose send buffer is full drops the packet, as the network would.
         if self.ingress.send_to(&packet[..n + FRAME_SAMPLES], dest).is_ok() {
@@ -591,6 +631,13 @@ impl CallMedia {
     async fn stop_provider(&mut self) {
         // Bounded wait: a stalled agent must not hold the call open.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.provider_tx.send(ToAgent::Stop)).await;
+    }
+}
+
+/// L16 bytes (16-bit little-endian) as samples.
+fn l16_to_linear(bytes: &[u8], out: &mut [i16]) {
+    for (s, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *s = i16::from_le_bytes([pair[0], pair[1]]);
     }
 }
 

@@ -6,8 +6,9 @@
 use std::net::UdpSocket as StdUdpSocket;
 
 use super::*;
-use crate::call::FRAME_SAMPLES;
+use crate::call::{FRAME_SAMPLES, Frame};
 use crate::metrics::{Metrics, MetricsConfig};
+use crate::proto::media_streams::MediaFormat;
 use crate::proto::rtp::RtpHeader;
 use crate::proto::sdp::Direction;
 use crate::sched::plan::PlanSet;
@@ -65,6 +66,7 @@ fn register(workers: &MediaWorkers, tenant: u32, socket: StdUdpSocket, max_age: 
         metrics: metrics.tenant(TenantId(tenant), if tenant == 0 { "acme" } else { "other" }),
         max_age,
         webrtc: None,
+        format: MediaFormat::Mulaw8k,
     };
     let inbound = workers.register(socket, setup).unwrap();
     Call { inbound: Some(inbound), rx, counters, caller: bind(), server_addr, next_seq: 0 }
@@ -145,7 +147,7 @@ fn frames_arrive_in_order(scheduler: SchedulerKind) {
     }
     for seq in 0..30u64 {
         let f = call.frame();
-        assert_eq!((f.seq, f.payload[0]), (seq, seq as u8), "{scheduler:?}");
+        assert_eq!((f.seq, f.payload.as_bytes()[0]), (seq, seq as u8), "{scheduler:?}");
         assert!(f.t_ingress.elapsed() < WAIT);
     }
     let text = metrics.encode();
@@ -186,7 +188,7 @@ fn packets_older_than_the_deadline_by_kernel_time_are_dropped_as_deadline() {
     assert_eq!(call.frames_now(), 0, "a stale packet reached the agent");
     // Fresh packets flow again.
     send_to(&call.caller, call.server_addr, 5, 9);
-    assert_eq!(call.frame().payload[0], 9);
+    assert_eq!(call.frame().payload.as_bytes()[0], 9);
     let text = metrics.encode();
     assert_eq!(sample(&text, "fairvox_frames_dropped_total{tenant=\"acme\",reason=\"deadline\"}"), 5.0);
 }
@@ -236,7 +238,7 @@ fn a_deregistered_socket_is_not_read_and_its_slot_serves_the_next_call_alone() {
     let metrics = Metrics::new(&MetricsConfig::default());
     let mut first = call(&workers, 0, &metrics);
     first.send(1);
-    assert_eq!(first.frame().payload[0], 1);
+    assert_eq!(first.frame().payload.as_bytes()[0], 1);
     assert_eq!(workers.registered_calls(), 1);
     // The call ends: its inbound handle is dropped. It keeps its socket open here (the test holds a clone of the
     // descriptor) so that packets can still land in it.
@@ -254,7 +256,7 @@ fn a_deregistered_socket_is_not_read_and_its_slot_serves_the_next_call_alone() {
     let mut second = call(&workers, 0, &metrics);
     assert_eq!(workers.registered_calls(), 1);
     second.send(7);
-    assert_eq!(second.frame().payload[0], 7);
+    assert_eq!(second.frame().payload.as_bytes()[0], 7);
     first.send(3);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!((first.frames_now(), second.frames_now()), (0, 0));
@@ -306,14 +308,14 @@ fn a_call_that_ends_while_its_turn_is_queued_reads_nothing_more_and_closes_its_s
     drop(ending.inbound.take());
     assert_eq!(workers.registered_calls(), 1);
     drop(hold);
-    assert_eq!(busy.frame().payload[0], 1);
+    assert_eq!(busy.frame().payload.as_bytes()[0], 1);
     wait_until("the queued turn is gone", || workers.pool_stats().queued == 0 && weak.strong_count() == 0);
     assert_eq!(ending.frames_now(), 0, "an ended call's packet was forwarded");
     // The last holder gone, the socket is closed: its port can be bound again.
     StdUdpSocket::bind(addr).expect("the ended call's socket is closed");
     // The workers carry on.
     busy.send(3);
-    assert_eq!(busy.frame().payload[0], 3);
+    assert_eq!(busy.frame().payload.as_bytes()[0], 3);
 }
 
 #[test]
@@ -333,7 +335,7 @@ fn many_calls_of_two_tenants_on_one_worker_each_get_their_frames_in_order() {
             let f = c.frame();
             let c2 = &c.counters;
             assert_eq!(
-                (f.seq, f.payload[0]),
+                (f.seq, f.payload.as_bytes()[0]),
                 (seq, seq as u8),
                 "call {i}: policed {} deadline {} ignored {} malformed {} slow {}",
                 c2.policed.load(Ordering::Relaxed),
@@ -356,7 +358,7 @@ fn shutdown_stops_the_workers_and_calls_still_deregister() {
     let metrics = Metrics::new(&MetricsConfig::default());
     let mut call = call(&workers, 0, &metrics);
     call.send(1);
-    assert_eq!(call.frame().payload[0], 1);
+    assert_eq!(call.frame().payload.as_bytes()[0], 1);
     workers.shutdown();
     assert!(workers.pool_stats().shut_down);
     call.send(2);
@@ -400,6 +402,7 @@ async fn a_direct_stream_is_written_in_the_turn_and_flushed_by_the_workers_when_
         from: "+1".into(),
         to: "+2".into(),
         custom_parameters: Vec::new(),
+        media_format: MediaFormat::Mulaw8k,
     };
     let socket = crate::stream::provider::connect(&url, None, Duration::from_secs(2)).await.unwrap();
     let mut handle = socket.spawn(start, 8);
@@ -423,6 +426,7 @@ async fn a_direct_stream_is_written_in_the_turn_and_flushed_by_the_workers_when_
         metrics: metrics.tenant(TenantId(0), "acme"),
         max_age: Duration::from_millis(500),
         webrtc: None,
+        format: MediaFormat::Mulaw8k,
     };
     let inbound = workers.register(rtp, setup).unwrap();
     let caller = bind();

@@ -31,6 +31,7 @@ use crate::call::record::{CallRecordSink, EndReason};
 use crate::call::uas::CallGuards;
 use crate::codec::opus::PcmRate;
 use crate::metrics::{Metrics, RejectReason};
+use crate::proto::media_streams::MediaFormat;
 use crate::proto::sdp::{Direction, Negotiated};
 use crate::sched::admission;
 use crate::sched::breaker::Pass;
@@ -164,8 +165,14 @@ impl Whip {
         let bound = lease.rtp.local_addr().map_err(|_| WhipRefusal::Unavailable { retry_after: 5 })?;
         let advertised = SocketAddr::new(inner.settings.advertise_ip, lease.port);
         let now = Instant::now();
+        // An L16 app gets the browser's wideband audio as it is: libopus decodes and encodes at 16 kHz.
+        let media_format = MediaFormat::default();
+        let rate = match media_format {
+            MediaFormat::Mulaw8k => PcmRate::Narrow,
+            MediaFormat::L16Wide => PcmRate::Wide,
+        };
         // The offer before admission, so that a bad one spends no token and no slot (as a SIP INVITE's SDP).
-        let (session, answer_sdp) = match RtcSession::accept(offer, advertised, bound, PcmRate::Narrow, now) {
+        let (session, answer_sdp) = match RtcSession::accept(offer, advertised, bound, rate, now) {
             Ok(accepted) => accepted,
             Err(e) => {
                 handle.call_rejected(match e {
@@ -220,6 +227,7 @@ impl Whip {
             metrics: handle.clone(),
             max_frame_age: Duration::from_millis(u64::from(max_ms)),
             transport: media::Transport::Webrtc,
+            media_format,
         };
         let (commands, command_rx) = mpsc::channel(8);
         let (reports, mut report_rx) = mpsc::channel(4);

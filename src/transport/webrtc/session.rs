@@ -165,6 +165,11 @@ impl RtcSession {
         Ok((session, answer))
     }
 
+    /// The PCM rate the session decodes to and encodes from.
+    pub fn rate(&self) -> PcmRate {
+        self.rate
+    }
+
     pub fn state(&self) -> SessionState {
         self.state
     }
