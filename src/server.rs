@@ -214,7 +214,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let guards = call_guards(&config)?;
     let workers = Arc::new(media_workers(&config)?);
     let (sip_control, sip_commands) = SipControl::channel();
-    let control = crate::api::ControlPlane::start(&config, &snapshot, &guards, &workers, &metrics, sip_control)?;
+    let whip_sessions = crate::transport::webrtc::WhipSessions::default();
+    let control = crate::api::ControlPlane::start(
+        &config,
+        &snapshot,
+        &guards,
+        &workers,
+        &metrics,
+        sip_control,
+        whip_sessions.clone(),
+    )?;
     let sink = control.call_record_sink(sink);
     tracing::info!(workers = workers.workers(), scheduler = workers.scheduler().label(), "media workers started");
     tokio::spawn(watch_workers(Arc::clone(&workers), Arc::clone(&guards.admission), shutdown.hang_up.clone()));
@@ -241,6 +250,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             counters: Arc::clone(&counters),
             calls: calls.clone(),
             shutdown: shutdown.clone(),
+            sessions: whip_sessions,
         },
         crate::transport::webrtc::WhipSettings {
             advertise_ip: config.advertise_ip(),

@@ -11,8 +11,7 @@ mod common;
 mod prom;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -49,25 +48,7 @@ impl Api {
 
     /// A GET whose body is bytes (the bundle): status, headers, body.
     fn download(&self, path: &str) -> (u16, HashMap<String, String>, Vec<u8>) {
-        let mut s = TcpStream::connect_timeout(&self.0, Duration::from_secs(5)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {ADMIN}\r\nConnection: close\r\n\r\n",
-            self.0
-        );
-        s.write_all(req.as_bytes()).unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).unwrap();
-        let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a header end");
-        let head = String::from_utf8_lossy(&buf[..split]).into_owned();
-        let status = head[9..12].parse().unwrap();
-        let headers = head
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        (status, headers, buf[split + 4..].to_vec())
+        http_download(self.0, path, ADMIN)
     }
 }
 
@@ -131,19 +112,6 @@ fn suspended_refusals(server: &Server, tenant: &str) -> f64 {
 }
 
 /// The files of a `tar.gz`, by path.
-fn untar(bytes: &[u8]) -> HashMap<String, String> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    let mut out = HashMap::new();
-    for entry in archive.entries().expect("a tar.gz") {
-        let mut entry = entry.unwrap();
-        let name = entry.path().unwrap().to_string_lossy().into_owned();
-        let mut text = String::new();
-        entry.read_to_string(&mut text).unwrap();
-        out.insert(name, text);
-    }
-    out
-}
-
 /// Every row of every table of the database file, read directly (tables from `sqlite_master`).
 fn rows_by_table(server: &Server) -> HashMap<String, Vec<String>> {
     let db = rusqlite::Connection::open_with_flags(

@@ -360,3 +360,50 @@ fn whip_refuses_bad_offers_bad_keys_other_tenants_apps_and_calls_over_the_cap() 
     let loc = header(&r, "location").unwrap().to_owned();
     assert_eq!(api.call("DELETE", &loc, &bravo, None).status, 200);
 }
+
+#[test]
+fn offboarding_a_tenant_ends_its_webrtc_calls_at_the_grace_and_not_anyone_elses() {
+    let agent = Agent::start();
+    let server = server("[offboard]\ngrace_secs = 1\n");
+    let api = Api(server.http_addr());
+    let delta = api.tenant("delta", "pro");
+    let delta_app = api.app(&delta, json!({"name": "desk", "stream_url": agent.url()}));
+    let echo = api.tenant("echoco", "pro");
+    let echo_app = api.app(&echo, json!({"name": "front", "kind": "echo"}));
+    std::thread::sleep(Duration::from_millis(1200));
+    let offer = native_offer();
+
+    // One call each, both answered.
+    let up = api.offer(&delta_app, &delta, &offer);
+    assert_eq!(up.status, 201, "{}", up.body);
+    agent.wait_for_event("start", Duration::from_secs(10)).expect("delta's agent got the call");
+    let bystander = api.offer(&echo_app, &echo, &offer);
+    assert_eq!(bystander.status, 201, "{}", bystander.body);
+    let bystander_at = header(&bystander, "location").unwrap().to_owned();
+
+    // delta is offboarded: its WebRTC call ends at the end of the grace, and its agent gets `stop`.
+    let asked = Instant::now();
+    api.json(202, "POST", "/v1/tenants/delta/offboard", ADMIN, Some(json!({})));
+    agent.wait_for_event("stop", Duration::from_secs(8)).expect("the agent got stop");
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(6), "ended {took:?} after the request (grace 1 s)");
+    let mut job = Value::Null;
+    let finished = wait_until(Duration::from_secs(20), || {
+        job = api.json(200, "GET", "/v1/tenants/delta/offboard", ADMIN, None);
+        job["status"] == "finished"
+    });
+    assert!(finished, "the offboarding did not finish: {job:#}");
+    assert_eq!(job["steps"][1]["detail"]["calls_ended_at_deadline"], true, "{job:#}");
+
+    // Its record says why, and is in the export (the tenant's data is gone after).
+    let (status, _, bundle) = http_download(server.http_addr(), "/v1/tenants/delta/offboard/export", ADMIN);
+    assert_eq!(status, 200);
+    let calls: Value = serde_json::from_str(&untar(&bundle)["delta-export/calls.json"]).unwrap();
+    assert_eq!(calls.as_array().map(Vec::len), Some(1), "{calls:#}");
+    assert_eq!(calls[0]["end_reason"], "tenant_offboarded", "{calls:#}");
+    assert_eq!(calls[0]["transport"], "webrtc", "{calls:#}");
+
+    // The other tenant's WebRTC call is still up: its own DELETE ends it.
+    let r = api.call("DELETE", &bystander_at, &echo, None);
+    assert_eq!(r.status, 200, "the bystander's call is still live: {}", r.body);
+}

@@ -50,6 +50,7 @@ use crate::store::{OperatorToken, Store, StoreError};
 use crate::tenant::Snapshot;
 use crate::transport::ingress::MediaWorkers;
 use crate::transport::sip::SipControl;
+use crate::transport::webrtc::WhipSessions;
 
 pub use openapi::document;
 
@@ -262,6 +263,7 @@ impl ControlPlane {
         workers: &Arc<MediaWorkers>,
         metrics: &Arc<Metrics>,
         sip: SipControl,
+        webrtc: WhipSessions,
     ) -> Result<ControlPlane, ControlPlaneError> {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir)?);
         let (operator, source) = auth::operator_token(std::env::var(auth::ADMIN_TOKEN_ENV).ok(), &config.data_dir)?;
@@ -298,6 +300,7 @@ impl ControlPlane {
             workers: Arc::clone(workers),
             metrics: Arc::clone(metrics),
             sip,
+            webrtc,
             records: writer.flush_handle(),
         };
         let runner = offboard::runner::Runner::new(

@@ -65,6 +65,41 @@ pub fn misspelt(secret: &str) -> String {
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; true if it held.
+/// A `GET` whose body may be binary (an export bundle): status, lower-cased headers, body bytes.
+pub fn http_download(addr: SocketAddr, path: &str, token: &str) -> (u16, HashMap<String, String>, Vec<u8>) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("a read timeout");
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read");
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a header end");
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head[9..12].parse().expect("a status code");
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, buf[split + 4..].to_vec())
+}
+
+/// The files of a `.tar.gz` (an offboarding export bundle), by path, as text.
+pub fn untar(bytes: &[u8]) -> HashMap<String, String> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut out = HashMap::new();
+    for entry in archive.entries().expect("a tar.gz") {
+        let mut entry = entry.expect("a tar entry");
+        let name = entry.path().expect("a path").to_string_lossy().into_owned();
+        let mut text = String::new();
+        entry.read_to_string(&mut text).expect("a text file");
+        out.insert(name, text);
+    }
+    out
+}
+
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {

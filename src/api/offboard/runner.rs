@@ -35,6 +35,7 @@ use crate::store::{
 use crate::tenant::{Snapshot, TenantId};
 use crate::transport::ingress::MediaWorkers;
 use crate::transport::sip::{SipCommand, SipControl};
+use crate::transport::webrtc::WhipSessions;
 
 /// How often the runner looks at its jobs when nothing nudges it (the drain's granularity).
 const TICK: Duration = Duration::from_millis(100);
@@ -68,13 +69,14 @@ pub trait MediaCore: Send + Sync {
     fn forget(&self, tenant: &str);
 }
 
-/// The real media core: the routing snapshot, admission, the SIP driver, the call record writer.
+/// The real media core: the routing snapshot, admission, the SIP driver, the WHIP sessions, the call record writer.
 pub struct LiveMediaCore {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub admission: Arc<Admission>,
     pub workers: Arc<MediaWorkers>,
     pub metrics: Arc<Metrics>,
     pub sip: SipControl,
+    pub webrtc: WhipSessions,
     pub records: RecordsFlush,
 }
 
@@ -101,6 +103,10 @@ impl MediaCore for LiveMediaCore {
     fn hang_up(&self, tenant: &str) {
         if let Some(id) = self.id(tenant) {
             self.sip.send_blocking(SipCommand::HangUpTenant { tenant: id, reason: EndReason::TenantOffboarded });
+        }
+        let webrtc = self.webrtc.hang_up_tenant(tenant, EndReason::TenantOffboarded);
+        if webrtc > 0 {
+            tracing::info!(tenant, calls = webrtc, "tenant's WebRTC calls ended");
         }
     }
 

@@ -88,6 +88,37 @@ pub struct WhipDeps {
     pub counters: Arc<MediaCounters>,
     pub calls: TaskTracker,
     pub shutdown: SipShutdown,
+    /// The registry of live sessions, shared with whoever ends a tenant's calls (offboarding).
+    pub sessions: WhipSessions,
+}
+
+/// The live WHIP sessions, by session id: made before the control plane so that offboarding can end a tenant's
+/// WebRTC calls as the SIP driver ends its SIP calls.
+#[derive(Clone, Default)]
+pub struct WhipSessions {
+    live: Arc<Mutex<HashMap<String, Live>>>,
+}
+
+impl WhipSessions {
+    /// Live sessions now (all tenants).
+    pub fn len(&self) -> usize {
+        self.live.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Ends every live session of `tenant` (its name); returns how many were asked to end.
+    pub fn hang_up_tenant(&self, tenant: &str, reason: EndReason) -> usize {
+        let live = self.live.lock();
+        let mut ended = 0;
+        for session in live.values().filter(|s| &*s.tenant == tenant) {
+            let _ = session.commands.try_send(MediaCommand::Stop(reason));
+            ended += 1;
+        }
+        ended
+    }
 }
 
 /// The call settings a WHIP call shares with SIP calls.
@@ -109,7 +140,6 @@ pub struct Whip {
 struct Inner {
     deps: WhipDeps,
     settings: WhipSettings,
-    sessions: Mutex<HashMap<String, Live>>,
     next_call: AtomicU64,
 }
 
@@ -121,19 +151,12 @@ struct Live {
 
 impl Whip {
     pub fn new(deps: WhipDeps, settings: WhipSettings) -> Whip {
-        Whip {
-            inner: Arc::new(Inner {
-                deps,
-                settings,
-                sessions: Mutex::new(HashMap::new()),
-                next_call: AtomicU64::new(FIRST_CALL_ID),
-            }),
-        }
+        Whip { inner: Arc::new(Inner { deps, settings, next_call: AtomicU64::new(FIRST_CALL_ID) }) }
     }
 
     /// Live sessions now (all tenants).
     pub fn live(&self) -> usize {
-        self.inner.sessions.lock().len()
+        self.inner.deps.sessions.len()
     }
 
     /// Turns `tenant`'s offer for its app `app_name` into a call: checks, admission, port, answer, then waits
@@ -233,7 +256,12 @@ impl Whip {
         let (reports, mut report_rx) = mpsc::channel(4);
         let sink: Arc<dyn CallRecordSink> =
             Arc::new(MeteredSink { inner: Arc::clone(&deps.sink), tenant: handle.clone() });
-        inner.sessions.lock().insert(session_id.clone(), Live { tenant: t.name.clone(), commands: commands.clone() });
+        inner
+            .deps
+            .sessions
+            .live
+            .lock()
+            .insert(session_id.clone(), Live { tenant: t.name.clone(), commands: commands.clone() });
         let span = tracing::info_span!("call", tenant = %t.name, call_id = %call);
         tracing::info!(parent: &span, session = %session_id, app = %app.name, "incoming WebRTC call (WHIP)");
         let media = media::run_call(
@@ -252,7 +280,7 @@ impl Whip {
                 let ends = ServerHangUp::watch(hang_up, commands);
                 media.await;
                 drop(ends);
-                whip.inner.sessions.lock().remove(&id);
+                whip.inner.deps.sessions.live.lock().remove(&id);
             }
             .instrument(span),
         );
@@ -282,7 +310,7 @@ impl Whip {
     /// Ends `tenant`'s session `id` (WHIP `DELETE`); `false` when it has no such live session (another tenant's
     /// session is "no such session" too).
     pub fn hang_up(&self, tenant: &str, id: &str) -> bool {
-        let sessions = self.inner.sessions.lock();
+        let sessions = self.inner.deps.sessions.live.lock();
         match sessions.get(id) {
             Some(live) if &*live.tenant == tenant => {
                 let _ = live.commands.try_send(MediaCommand::Stop(EndReason::CallerHangup));
@@ -293,7 +321,7 @@ impl Whip {
     }
 
     fn hang_up_any(&self, id: &str, reason: EndReason) {
-        if let Some(live) = self.inner.sessions.lock().get(id) {
+        if let Some(live) = self.inner.deps.sessions.live.lock().get(id) {
             let _ = live.commands.try_send(MediaCommand::Stop(reason));
         }
     }
