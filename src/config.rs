@@ -205,6 +205,7 @@ impl Config {
                     kind: a.kind.clone(),
                     codecs: a.codecs.clone(),
                     custom_parameters: a.custom_parameters.clone(),
+                    media_format: crate::proto::media_streams::MediaFormat::default(),
                 })
                 .collect();
             for (number, app_name) in &t.numbers {

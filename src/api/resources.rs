@@ -132,6 +132,7 @@ pub async fn create_app(
         target,
         codecs: body.codecs.map(codecs).transpose()?.unwrap_or_default(),
         custom_parameters: body.custom_parameters.map(custom_parameters).transpose()?.unwrap_or_default(),
+        media_format: crate::proto::media_streams::MediaFormat::default(),
     };
     let view = store::blocking(state.store(), move |s| s.create_app(&scope, app)).await?;
     state.routing_changed();
@@ -166,6 +167,7 @@ pub async fn update_app(
         auth_header: body.auth_header.map(|h| h.as_deref().map(AuthHeader::parse).transpose()).transpose()?,
         codecs: body.codecs.map(codecs).transpose()?,
         custom_parameters: body.custom_parameters.map(custom_parameters).transpose()?,
+        media_format: None,
     };
     let app = store::blocking(state.store(), move |s| s.update_app(&scope, &id, update)).await?;
     state.routing_changed();

@@ -58,6 +58,7 @@ fn seed_one(store: &dyn Store, operator: &Operator, slug: TenantSlug, t: &Tenant
             target,
             codecs: CodecPreference::new(a.codecs.clone()).map_err(|x| e(&a.name, &x))?,
             custom_parameters: CustomParameters::new(a.custom_parameters.clone()).map_err(|x| e(&a.name, &x))?,
+            media_format: crate::proto::media_streams::MediaFormat::default(),
         };
         let view = store.create_app(&scope, app).map_err(|x| e(&format!("app {}", a.name), &x))?;
         app_ids.insert(a.name.clone(), view.id);

@@ -682,6 +682,7 @@ mod tests {
                 },
                 codecs: CodecPreference::default(),
                 custom_parameters: CustomParameters::default(),
+                media_format: crate::proto::media_streams::MediaFormat::L16Wide,
             };
             let app = self.store.create_app(&scope, app).unwrap();
             self.store.claim_number(&scope, &E164::parse(number).unwrap(), &app.id).unwrap();
