@@ -15,9 +15,10 @@ use serde::Deserialize;
 
 use crate::logging::LogConfig;
 use crate::metrics::{MetricsConfig, OTHER, UNATTRIBUTED};
+use crate::proto::media_streams::MediaFormat;
 use crate::sched::plan::{PlanSet, RawPlan, build_plans};
 use crate::sched::wfq::SchedulerKind;
-use crate::store::{AuthHeader, CustomParameters, ResourceName, StreamUrl};
+use crate::store::{AuthHeader, CustomParameters, ResourceName, StreamUrl, parse_media_format};
 use crate::tenant::{App, AppKind, Codec, E164, Route, Snapshot, Tenant, TenantId, Trunk};
 
 /// A configuration problem, located by file and key.
@@ -129,6 +130,8 @@ pub struct AppConfig {
     pub kind: AppKind,
     pub codecs: Vec<Codec>,
     pub custom_parameters: Vec<(String, String)>,
+    /// `media_format` (`mulaw_8k` when not given).
+    pub media_format: MediaFormat,
 }
 
 /// Command-line overrides, applied after the file.
@@ -205,6 +208,7 @@ impl Config {
                     kind: a.kind.clone(),
                     codecs: a.codecs.clone(),
                     custom_parameters: a.custom_parameters.clone(),
+                    media_format: a.media_format,
                 })
                 .collect();
             for (number, app_name) in &t.numbers {
@@ -345,6 +349,7 @@ struct RawApp {
     codecs: Option<Vec<String>>,
     #[serde(default)]
     custom_parameters: toml::Table,
+    media_format: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -401,6 +406,7 @@ impl RawConfig {
                     auth_header: None,
                     codecs: None,
                     custom_parameters: toml::Table::new(),
+                    media_format: None,
                 }],
                 numbers: vec![RawNumber { number: "+15550100".to_owned(), app: "echo".to_owned() }],
                 trunks: vec![],
@@ -686,7 +692,12 @@ fn validate_app(a: &RawApp, key: &str) -> Result<AppConfig, (String, String)> {
         custom_parameters.push((k.clone(), value));
     }
     CustomParameters::new(custom_parameters.clone()).map_err(|e| (format!("{key}.custom_parameters"), e.reason))?;
-    Ok(AppConfig { name: a.name.clone(), kind, codecs, custom_parameters })
+    let media_format = match &a.media_format {
+        None => MediaFormat::default(),
+        Some(name) => parse_media_format(name)
+            .map_err(|e| (format!("{key}.media_format"), format!("{} (app {:?})", e.reason, a.name)))?,
+    };
+    Ok(AppConfig { name: a.name.clone(), kind, codecs, custom_parameters, media_format })
 }
 
 #[cfg(test)]
@@ -813,6 +824,31 @@ allowed_sources = ["10.0.0.0/8", "192.0.2.1"]
             "bad.toml: offboard.grace_secs: 90000 must be within 0..=86400"
         );
         assert!(err("[offboard]\ngrace = 3\n").contains("unknown field"));
+    }
+
+    #[test]
+    fn an_apps_media_format_is_read_and_checked() {
+        let apps = |wide: &str| {
+            format!(
+                "[[tenants]]\nid = \"a\"\n[[tenants.apps]]\nname = \"plain\"\nkind = \"echo\"\n\
+                 [[tenants.apps]]\nname = \"wide\"\nkind = \"stream\"\nstream_url = \"ws://h/s\"\nmedia_format = {wide}\n\
+                 [[tenants.numbers]]\nnumber = \"+15550001\"\napp = \"wide\"\n"
+            )
+        };
+        let c = Config::from_toml("t.toml", &apps("\"l16_16k\"")).unwrap();
+        let formats: Vec<MediaFormat> = c.tenants[0].apps.iter().map(|a| a.media_format).collect();
+        assert_eq!(formats, [MediaFormat::Mulaw8k, MediaFormat::L16Wide], "mulaw_8k unless given");
+        match c.snapshot().route(&E164::parse("+15550001").unwrap(), "127.0.0.1".parse().unwrap()) {
+            crate::tenant::RouteDecision::Accept { app, .. } => assert_eq!(app.media_format, MediaFormat::L16Wide),
+            other => panic!("unexpected {other:?}"),
+        }
+        let c = Config::from_toml("t.toml", &apps("\"mulaw_8k\"")).unwrap();
+        assert_eq!(c.tenants[0].apps[1].media_format, MediaFormat::Mulaw8k);
+        assert_eq!(
+            err(&apps("\"l16\"")),
+            "bad.toml: tenants[0].apps[1].media_format: \"l16\" is not one of \"mulaw_8k\", \"l16_16k\" (app \"wide\")"
+        );
+        assert!(err(&apps("16000")).starts_with("bad.toml: "), "a number is not a format name");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The operator CLI (`fairvox tenant|app|number|key|usage|calls|offboard ...`), the real binary against a real server
 //! over HTTP: a tenant onboarded end to end with it (and a call placed to the number it claimed), listings as tables
 //! and as the API's JSON byte for byte, the API's errors shown with their code and message and distinct exit codes
-//! (usage 2, API refusal 3, unreachable 5), a revoked key failing, usage as CSV, the URL and token found from the
-//! server's config and data directory, and a tenant offboarded with it while a call is up (start, status in the
-//! drain and when finished, the export bundle, final invoice and certificate downloaded, what is left afterwards).
+//! (usage 2, API refusal 3, unreachable 5), an app's media format set and changed, a revoked key failing, usage as
+//! CSV, the URL and token found from the server's config and data directory, and a tenant offboarded with it while a
+//! call is up (start, status in the drain and when finished, the export bundle, final invoice and certificate
+//! downloaded, what is left afterwards).
 
 mod common;
 
@@ -135,6 +136,39 @@ fn an_operator_onboards_a_tenant_end_to_end_with_the_cli() {
     let numbers = cli.with_key(&key, &["number", "list", "--json"]).json();
     assert_eq!(numbers["items"][0]["number"], ACME_ECHO_NUMBER);
     assert_eq!(numbers["items"][0]["app_id"], app_id.as_str());
+
+    // The provider stream's audio format: chosen at create, shown in the object and the table, changed by update;
+    // a name that is not one is refused before anything is sent.
+    assert_eq!(app["media_format"], "mulaw_8k", "the default");
+    let wide = cli.ok(&[
+        "app",
+        "create",
+        "--tenant",
+        "acme",
+        "--name",
+        "wide",
+        "--stream-url",
+        "ws://127.0.0.1:9/s",
+        "--media-format",
+        "l16_16k",
+        "--json",
+    ]);
+    let wide_id = wide.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(wide.json()["media_format"], "l16_16k");
+    let shown = cli.ok(&["app", "get", &wide_id, "--tenant", "acme"]);
+    assert!(shown.stdout.lines().any(|l| l.split_whitespace().eq(["media_format", "l16_16k"])), "{}", shown.stdout);
+    let apps = cli.ok(&["app", "list", "--tenant", "acme"]);
+    let header = apps.stdout.lines().next().unwrap();
+    let row = apps.stdout.lines().find(|l| l.contains(&wide_id)).expect("the app's row");
+    assert_eq!(row.find("l16_16k"), header.find("FORMAT"), "a FORMAT column:\n{}", apps.stdout);
+    let updated = cli.ok(&["app", "update", &wide_id, "--media-format", "mulaw_8k", "--tenant", "acme", "--json"]);
+    assert_eq!(updated.json()["media_format"], "mulaw_8k");
+    let bad = cli.op(&["app", "update", &wide_id, "--media-format", "l16", "--tenant", "acme"]);
+    assert_eq!(bad.code, 2, "{}{}", bad.stdout, bad.stderr);
+    assert!(bad.stderr.contains("[possible values: mulaw_8k, l16_16k]"), "{}", bad.stderr);
+    let direct: Value =
+        serde_json::from_str(&api_get(&server, &format!("/v1/tenants/acme/apps/{wide_id}"), &cli.token).body).unwrap();
+    assert_eq!(direct["media_format"], "mulaw_8k");
 
     // The operator's listing, both ways.
     let tenants = cli.ok(&["tenant", "list"]);

@@ -154,6 +154,25 @@ mod tests {
         check_refs(&doc, &doc);
     }
 
+    /// The document's app format enum is the server's list of names, and every app schema refers to it.
+    #[test]
+    fn app_media_formats_are_the_servers() {
+        let doc = document();
+        let names: Vec<&str> = doc["components"]["schemas"]["MediaFormat"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(names, crate::proto::media_streams::MediaFormat::NAMES);
+        for schema in ["App", "AppCreate", "AppUpdate"] {
+            let field = &doc["components"]["schemas"][schema]["properties"]["media_format"];
+            assert_eq!(field["$ref"], "#/components/schemas/MediaFormat", "{schema}");
+        }
+        let required = doc["components"]["schemas"]["App"]["required"].as_array().unwrap();
+        assert!(required.contains(&json!("media_format")), "every app shows it");
+    }
+
     fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
         match v.get("$ref").and_then(Value::as_str) {
             Some(r) => doc.pointer(r.trim_start_matches('#')).unwrap_or_else(|| panic!("unresolved {r}")),

@@ -16,6 +16,7 @@ use crate::store::Clock as _;
 use crate::store::{
     self, Access, AppId, AppTarget, AppUpdate, AppView, AuthHeader, CodecPreference, CustomParameters, KeyPrefix,
     KeyView, NewApp, NewKey, NewTrunk, ResourceName, SourceCidrs, StreamUrl, SystemClock, TrunkId, TrunkUpdate,
+    parse_media_format,
 };
 use crate::tenant::{Codec, E164};
 
@@ -39,6 +40,8 @@ pub struct CreateApp {
     auth_header: Option<String>,
     codecs: Option<Vec<String>>,
     custom_parameters: Option<BTreeMap<String, Value>>,
+    /// `mulaw_8k` (default) or `l16_16k`.
+    media_format: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -50,6 +53,7 @@ pub struct UpdateApp {
     auth_header: Option<Option<String>>,
     codecs: Option<Vec<String>>,
     custom_parameters: Option<BTreeMap<String, Value>>,
+    media_format: Option<String>,
 }
 
 fn codecs(names: Vec<String>) -> Result<CodecPreference, ApiError> {
@@ -95,6 +99,7 @@ pub(crate) fn app_json(a: &AppView) -> Value {
         "auth_header": a.auth_header_masked,
         "codecs": a.codecs,
         "custom_parameters": params,
+        "media_format": a.media_format.name(),
         "created_at_ms": a.created_at_ms,
         "updated_at_ms": a.updated_at_ms,
     })
@@ -132,6 +137,7 @@ pub async fn create_app(
         target,
         codecs: body.codecs.map(codecs).transpose()?.unwrap_or_default(),
         custom_parameters: body.custom_parameters.map(custom_parameters).transpose()?.unwrap_or_default(),
+        media_format: body.media_format.as_deref().map(parse_media_format).transpose()?.unwrap_or_default(),
     };
     let view = store::blocking(state.store(), move |s| s.create_app(&scope, app)).await?;
     state.routing_changed();
@@ -166,6 +172,7 @@ pub async fn update_app(
         auth_header: body.auth_header.map(|h| h.as_deref().map(AuthHeader::parse).transpose()).transpose()?,
         codecs: body.codecs.map(codecs).transpose()?,
         custom_parameters: body.custom_parameters.map(custom_parameters).transpose()?,
+        media_format: body.media_format.as_deref().map(parse_media_format).transpose()?,
     };
     let app = store::blocking(state.store(), move |s| s.update_app(&scope, &id, update)).await?;
     state.routing_changed();

@@ -23,6 +23,7 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::metrics::Metrics;
+use crate::proto::media_streams::MediaFormat;
 use crate::sched::admission::Admission;
 use crate::sched::breaker::Breakers;
 use crate::sched::plan::PlanSet;
@@ -357,7 +358,13 @@ impl TenantIds {
 
 /// What stands at the position of a deleted app: no number routes to it.
 fn placeholder_app() -> App {
-    App { name: Arc::from(""), kind: AppKind::Echo, codecs: Vec::new(), custom_parameters: Vec::new() }
+    App {
+        name: Arc::from(""),
+        kind: AppKind::Echo,
+        codecs: Vec::new(),
+        custom_parameters: Vec::new(),
+        media_format: MediaFormat::default(),
+    }
 }
 
 #[cfg(test)]
@@ -367,7 +374,13 @@ mod tests {
     use crate::tenant::{E164, RouteDecision};
 
     fn app(name: &str) -> App {
-        App { name: Arc::from(name), kind: AppKind::Echo, codecs: vec![], custom_parameters: vec![] }
+        App {
+            name: Arc::from(name),
+            kind: AppKind::Echo,
+            codecs: vec![],
+            custom_parameters: vec![],
+            media_format: MediaFormat::default(),
+        }
     }
 
     fn id(n: u8) -> AppId {
@@ -524,6 +537,62 @@ mod tests {
         // The month rolls over: the new month's usage only.
         assert!(sync.sync_budgets(dec_01).unwrap());
         assert_eq!((admission.used_seconds(a), admission.used_seconds(z)), (7, 0));
+        workers.shutdown();
+    }
+
+    /// The format an app chose reaches the snapshot the SIP path routes by, and a change follows on the next
+    /// refresh, for the same number at the same app position.
+    #[test]
+    fn an_apps_media_format_reaches_the_snapshot_and_follows_its_updates() {
+        use crate::sched::breaker::{BreakerConfig, Breakers};
+        use crate::sched::wfq::SchedulerKind;
+        use crate::store::sqlite::SqliteStore;
+        use crate::store::{
+            AppTarget, AppUpdate, CodecPreference, CustomParameters, DisplayName, NewApp, NewTenant, PlanName,
+            ResourceName, StreamUrl,
+        };
+
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let op = Operator::system("test");
+        let slug = TenantSlug::parse("acme").unwrap();
+        let tenant = NewTenant {
+            id: slug.clone(),
+            name: DisplayName::parse("Acme").unwrap(),
+            plan: PlanName::parse("pro").unwrap(),
+        };
+        store.create_tenant(&op, tenant).unwrap();
+        let scope = store.operator_scope(&op, &slug).unwrap();
+        let app = NewApp {
+            name: ResourceName::parse("rx").unwrap(),
+            target: AppTarget::Stream { url: StreamUrl::parse("ws://127.0.0.1:9/s").unwrap(), auth_header: None },
+            codecs: CodecPreference::default(),
+            custom_parameters: CustomParameters::default(),
+            media_format: MediaFormat::L16Wide,
+        };
+        let app = store.create_app(&scope, app).unwrap();
+        let number = E164::parse("+15551230001").unwrap();
+        store.claim_number(&scope, &number, &app.id).unwrap();
+
+        let workers = Arc::new(MediaWorkers::start(1, SchedulerKind::Fair).unwrap());
+        let targets = Targets {
+            admission: Arc::new(Admission::new(10)),
+            breakers: Arc::new(Breakers::new(BreakerConfig::default(), [])),
+            workers: Arc::clone(&workers),
+            metrics: Arc::new(Metrics::new(&Default::default())),
+        };
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let mut sync = RoutingSync::new(Arc::clone(&store), Arc::clone(&snapshot), targets, PlanSet::builtin(), []);
+        let routed_format = || match snapshot.load().route(&number, "127.0.0.1".parse().unwrap()) {
+            RouteDecision::Accept { app, app_index, .. } => (app_index, app.media_format),
+            other => panic!("{other:?}"),
+        };
+        assert!(sync.refresh().unwrap());
+        assert_eq!(routed_format(), (0, MediaFormat::L16Wide));
+        let update = AppUpdate { media_format: Some(MediaFormat::Mulaw8k), ..Default::default() };
+        store.update_app(&scope, &app.id, update).unwrap();
+        assert!(sync.refresh().unwrap(), "the change moved the routing version");
+        assert_eq!(routed_format(), (0, MediaFormat::Mulaw8k));
         workers.shutdown();
     }
 }

@@ -58,6 +58,7 @@ fn seed_one(store: &dyn Store, operator: &Operator, slug: TenantSlug, t: &Tenant
             target,
             codecs: CodecPreference::new(a.codecs.clone()).map_err(|x| e(&a.name, &x))?,
             custom_parameters: CustomParameters::new(a.custom_parameters.clone()).map_err(|x| e(&a.name, &x))?,
+            media_format: a.media_format,
         };
         let view = store.create_app(&scope, app).map_err(|x| e(&format!("app {}", a.name), &x))?;
         app_ids.insert(a.name.clone(), view.id);
@@ -108,6 +109,7 @@ fn warn_about_drift(store: &dyn Store, operator: &Operator, slug: &TenantSlug, t
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::media_streams::MediaFormat;
     use crate::store::sqlite::SqliteStore;
     use crate::tenant::E164;
 
@@ -121,6 +123,7 @@ kind = "stream"
 stream_url = "ws://127.0.0.1:9/s"
 auth_header = "Bearer 0123456789abcdef"
 custom_parameters = { lang = "en" }
+media_format = "l16_16k"
 [[tenants.apps]]
 name = "echo"
 kind = "echo"
@@ -147,6 +150,13 @@ allowed_sources = ["10.0.0.0/8"]
         let rx = apps.iter().find(|a| a.name == "rx").unwrap();
         assert_eq!(rx.auth_header_masked.as_deref(), Some("****cdef"));
         assert_eq!(rx.custom_parameters, vec![("lang".to_owned(), "en".to_owned())]);
+        assert_eq!(rx.media_format, MediaFormat::L16Wide);
+        let echo = apps.iter().find(|a| a.name == "echo").unwrap();
+        assert_eq!(echo.media_format, MediaFormat::Mulaw8k, "the default");
+        let routing = store.load_routing(&op).unwrap();
+        let formats: Vec<(&str, MediaFormat)> =
+            routing.tenants[0].apps.iter().map(|a| (&*a.name, a.media_format)).collect();
+        assert_eq!(formats, [("echo", MediaFormat::Mulaw8k), ("rx", MediaFormat::L16Wide)]);
         let number = store.number(&scope, &E164::parse("+15551230001").unwrap()).unwrap();
         assert_eq!(number.app_id, rx.id);
         assert_eq!(store.list_trunks(&scope).unwrap()[0].allowed_sources.nets().len(), 1);

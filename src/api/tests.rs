@@ -208,6 +208,75 @@ async fn a_tenant_sets_itself_up_and_sees_only_itself() {
 }
 
 #[tokio::test]
+async fn an_apps_media_format_is_chosen_shown_changed_and_checked() {
+    let api = Api::new();
+    let key = api.tenant_with_key("acme", &["read", "write"]).await;
+    let create = |name: &str, extra: Value| {
+        let mut body = json!({"name": name, "stream_url": "wss://agent.example/twilio"});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let r = api.call("POST", "/v1/apps", Some(&key), Some(create("wide", json!({"media_format": "l16_16k"})))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.json()["media_format"], "l16_16k");
+    let wide = r.json()["id"].as_str().unwrap().to_owned();
+    let r = api.call("POST", "/v1/apps", Some(&key), Some(create("plain", json!({})))).await;
+    assert_eq!((r.status, r.json()["media_format"].clone()), (StatusCode::CREATED, json!("mulaw_8k")), "the default");
+    let plain = r.json()["id"].as_str().unwrap().to_owned();
+    let r = api.call("POST", "/v1/apps", Some(&key), Some(json!({"name": "e", "kind": "echo"}))).await;
+    assert_eq!(r.json()["media_format"], "mulaw_8k", "an echo app has one too: {}", r.text);
+
+    // Shown in GET and in the listing.
+    let r = api.call("GET", &format!("/v1/apps/{wide}"), Some(&key), None).await;
+    assert_eq!(r.json()["media_format"], "l16_16k");
+    let listed = api.call("GET", "/v1/tenants/acme/apps", Some(OP), None).await.json();
+    let formats: Vec<(String, String)> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap().to_owned(), a["media_format"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        formats,
+        [("e".into(), "mulaw_8k".into()), ("plain".into(), "mulaw_8k".into()), ("wide".into(), "l16_16k".into())]
+    );
+
+    // Changed by PATCH; a PATCH of another field keeps it.
+    let r = api.call("PATCH", &format!("/v1/apps/{plain}"), Some(&key), Some(json!({"media_format": "l16_16k"}))).await;
+    assert_eq!((r.status, r.json()["media_format"].clone()), (StatusCode::OK, json!("l16_16k")), "{}", r.text);
+    let r = api.call("PATCH", &format!("/v1/apps/{plain}"), Some(&key), Some(json!({"name": "plain-2"}))).await;
+    assert_eq!((r.json()["name"].clone(), r.json()["media_format"].clone()), (json!("plain-2"), json!("l16_16k")));
+    let r = api.call("PATCH", &format!("/v1/apps/{wide}"), Some(&key), Some(json!({"media_format": "mulaw_8k"}))).await;
+    assert_eq!(r.json()["media_format"], "mulaw_8k");
+    let audit = api.call("GET", "/v1/audit", Some(&key), None).await.json();
+    let change = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "app.update" && e["target"] == json!(wide))
+        .expect("the change is audited");
+    assert_eq!(change["detail"]["media_format"], json!({"from": "l16_16k", "to": "mulaw_8k"}));
+
+    // Anything else is 400 on the field, on create and on update, and changes nothing.
+    for (method, path, body) in [
+        ("POST", "/v1/apps".to_owned(), create("x", json!({"media_format": "l16"}))),
+        ("POST", "/v1/apps".to_owned(), create("x", json!({"media_format": "L16_16K"}))),
+        ("POST", "/v1/apps".to_owned(), create("x", json!({"media_format": 16000}))),
+        ("PATCH", format!("/v1/apps/{wide}"), json!({"media_format": "opus"})),
+        ("PATCH", format!("/v1/apps/{wide}"), json!({"media_format": ["l16_16k"]})),
+    ] {
+        let r = api.call(method, &path, Some(&key), Some(body.clone())).await;
+        assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "invalid".into()), "{body}: {}", r.text);
+        assert_eq!(r.json()["error"]["field"], "media_format", "{body}: {}", r.text);
+    }
+    let r = api.call("POST", "/v1/apps", Some(&key), Some(create("x", json!({"media_format": "l16"})))).await;
+    assert_eq!(r.json()["error"]["message"], "\"l16\" is not one of \"mulaw_8k\", \"l16_16k\"");
+    assert_eq!(api.call("GET", "/v1/apps", Some(&key), None).await.json()["items"].as_array().unwrap().len(), 3);
+    let r = api.call("GET", &format!("/v1/apps/{wide}"), Some(&key), None).await;
+    assert_eq!(r.json()["media_format"], "mulaw_8k", "the refused update changed nothing");
+}
+
+#[tokio::test]
 async fn credentials_and_permissions() {
     let api = Api::new();
     let rw = api.tenant_with_key("acme", &["read", "write"]).await;

@@ -34,6 +34,7 @@ const APPS: &[Column] = &[
     col("KIND", "kind"),
     col("STREAM URL", "stream_url"),
     col("CODECS", "codecs"),
+    col("FORMAT", "media_format"),
     time("UPDATED", "updated_at_ms"),
 ];
 const NUMBERS: &[Column] = &[
@@ -174,7 +175,7 @@ fn parameters(pairs: &[String]) -> Result<Map<String, Value>, CliError> {
 fn app(client: &Client, base: &str, out: Out, action: AppAction) -> Result<(), CliError> {
     let one = |id: &str| format!("{base}/apps/{}", seg(id));
     let reply = match action {
-        AppAction::Create { name, stream_url, echo, auth_header, codecs, params } => {
+        AppAction::Create { name, stream_url, echo, auth_header, codecs, params, media_format } => {
             let mut body = json!({"name": name, "kind": if echo { "echo" } else { "stream" }});
             if let Some(u) = stream_url {
                 body["stream_url"] = json!(u);
@@ -188,11 +189,14 @@ fn app(client: &Client, base: &str, out: Out, action: AppAction) -> Result<(), C
             if !params.is_empty() {
                 body["custom_parameters"] = Value::Object(parameters(&params)?);
             }
+            if let Some(f) = media_format {
+                body["media_format"] = json!(f);
+            }
             client.expect_ok("POST", &format!("{base}/apps"), Some(&body))?
         }
         AppAction::List => return listing(client, out, &format!("{base}/apps"), APPS),
         AppAction::Get { id } => client.expect_ok("GET", &one(&id), None)?,
-        AppAction::Update { id, name, stream_url, auth_header, clear_auth_header, codecs, params } => {
+        AppAction::Update { id, name, stream_url, auth_header, clear_auth_header, codecs, params, media_format } => {
             let mut body = Map::new();
             if let Some(n) = name {
                 body.insert("name".into(), json!(n));
@@ -212,8 +216,13 @@ fn app(client: &Client, base: &str, out: Out, action: AppAction) -> Result<(), C
             if !params.is_empty() {
                 body.insert("custom_parameters".into(), Value::Object(parameters(&params)?));
             }
+            if let Some(f) = media_format {
+                body.insert("media_format".into(), json!(f));
+            }
             if body.is_empty() {
-                return Err(usage("nothing to change: give --name, --stream-url, --auth-header, --codecs or --param"));
+                return Err(usage(
+                    "nothing to change: give --name, --stream-url, --auth-header, --codecs, --param or --media-format",
+                ));
             }
             client.expect_ok("PATCH", &one(&id), Some(&Value::Object(body)))?
         }

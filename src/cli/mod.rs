@@ -18,9 +18,12 @@ pub mod render;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::PossibleValuesParser;
 use clap::{Args, Subcommand};
 
 use client::{CliError, Client, Exit, Target};
+
+use crate::proto::media_streams::MediaFormat;
 
 /// Where the API is and who is asking; every client subcommand takes these (before or after its own).
 #[derive(Args, Clone, Debug)]
@@ -208,6 +211,9 @@ pub enum AppAction {
         /// A custom parameter passed to the agent in the stream's start message (repeatable).
         #[arg(long = "param", value_name = "KEY=VALUE")]
         params: Vec<String>,
+        /// The stream's audio format: mulaw_8k (the Twilio format, the default) or l16_16k (16 kHz 16-bit PCM).
+        #[arg(long, value_name = "FORMAT", value_parser = PossibleValuesParser::new(MediaFormat::NAMES))]
+        media_format: Option<String>,
     },
     /// List apps.
     List,
@@ -234,6 +240,9 @@ pub enum AppAction {
         /// Replace the custom parameters with these (repeatable).
         #[arg(long = "param", value_name = "KEY=VALUE")]
         params: Vec<String>,
+        /// A new audio format for the stream: mulaw_8k or l16_16k.
+        #[arg(long, value_name = "FORMAT", value_parser = PossibleValuesParser::new(MediaFormat::NAMES))]
+        media_format: Option<String>,
     },
     /// Delete an app (refused while a number points at it).
     Delete { id: String },

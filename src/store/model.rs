@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{OTHER, UNATTRIBUTED};
+use crate::proto::media_streams::MediaFormat;
 use crate::tenant::{App, AppKind, Codec, E164, Route, Snapshot, Tenant, TenantId, Trunk};
 
 use super::InvalidInput;
@@ -421,12 +422,26 @@ pub enum AppTarget {
     Stream { url: StreamUrl, auth_header: Option<AuthHeader> },
 }
 
+/// An app's provider stream format from its name (`mulaw_8k`, `l16_16k`): one message for the API and the config.
+pub fn parse_media_format(text: &str) -> Result<MediaFormat, InvalidInput> {
+    MediaFormat::from_name(text).ok_or_else(|| {
+        let known: Vec<String> = MediaFormat::NAMES.iter().map(|n| format!("{n:?}")).collect();
+        InvalidInput::new("media_format", format!("{text:?} is not one of {}", known.join(", ")))
+    })
+}
+
+fn serialize_media_format<S: serde::Serializer>(format: &MediaFormat, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(format.name())
+}
+
 #[derive(Clone, Debug)]
 pub struct NewApp {
     pub name: ResourceName,
     pub target: AppTarget,
     pub codecs: CodecPreference,
     pub custom_parameters: CustomParameters,
+    /// The provider stream's audio format; [`MediaFormat::Mulaw8k`] unless asked otherwise.
+    pub media_format: MediaFormat,
 }
 
 /// A partial update: `None` keeps a field.
@@ -439,6 +454,7 @@ pub struct AppUpdate {
     pub auth_header: Option<Option<AuthHeader>>,
     pub codecs: Option<CodecPreference>,
     pub custom_parameters: Option<CustomParameters>,
+    pub media_format: Option<MediaFormat>,
 }
 
 /// An app as the API may show it: the auth header only masked.
@@ -453,6 +469,9 @@ pub struct AppView {
     pub auth_header_masked: Option<String>,
     pub codecs: Vec<Codec>,
     pub custom_parameters: Vec<(String, String)>,
+    /// Shown by its name (`mulaw_8k`, `l16_16k`).
+    #[serde(serialize_with = "serialize_media_format")]
+    pub media_format: MediaFormat,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -998,6 +1017,17 @@ mod tests {
         assert!(CustomParameters::new((0..33).map(|i| p(&format!("k{i}"), "v")).collect()).is_err());
         assert!(CodecPreference::new(vec![]).is_err());
         assert_eq!(CodecPreference::new(vec![Codec::Pcma, Codec::Pcma]).unwrap().codecs(), &[Codec::Pcma]);
+    }
+
+    #[test]
+    fn media_formats_by_name() {
+        assert_eq!(parse_media_format("mulaw_8k"), Ok(MediaFormat::Mulaw8k));
+        assert_eq!(parse_media_format("l16_16k"), Ok(MediaFormat::L16Wide));
+        for bad in ["", "L16_16K", "l16", "pcm"] {
+            let e = parse_media_format(bad).unwrap_err();
+            assert_eq!(e.field, "media_format");
+            assert_eq!(e.reason, format!("{bad:?} is not one of \"mulaw_8k\", \"l16_16k\""));
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, Transactio
 use serde_json::json;
 
 use crate::call::record::CallRecord;
+use crate::proto::media_streams::MediaFormat;
 use crate::tenant::{App, Codec, E164, Trunk};
 
 use super::billing::{self, UtcDay};
@@ -154,8 +155,13 @@ fn connect(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
 /// Applies the migrations the file lacks, each in its own transaction with its version; refuses a file from a newer
 /// binary.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrate_up_to(conn, SqliteStore::latest_schema_version())
+}
+
+/// [`migrate`], stopping after migration `target` (below the latest only to make an older binary's file in tests).
+fn migrate_up_to(conn: &mut Connection, target: u32) -> Result<(), StoreError> {
     let latest = SqliteStore::latest_schema_version();
-    for m in MIGRATIONS {
+    for m in MIGRATIONS.iter().take_while(|m| m.version <= target) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let current: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if current > latest {
@@ -175,6 +181,13 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tracing::info!(version = m.version, name = m.name, "store migration applied");
     }
     Ok(())
+}
+
+/// Creates the database at `path` as a binary of schema `version` left it (no rows), for the migration tests.
+#[cfg(test)]
+pub(crate) fn create_at_version(path: &Path, version: u32) -> Result<(), StoreError> {
+    create_private(path)?;
+    migrate_up_to(&mut connect(path, false)?, version)
 }
 
 // ---- errors ----
@@ -320,7 +333,7 @@ fn load_tenant(tx: &Transaction<'_>, id: &TenantSlug) -> Result<TenantView, Stor
 }
 
 const APP_COLUMNS: &str =
-    "id, name, kind, stream_url, auth_header, codecs, custom_parameters, created_at_ms, updated_at_ms";
+    "id, name, kind, stream_url, auth_header, codecs, custom_parameters, created_at_ms, updated_at_ms, media_format";
 
 /// An app as stored, auth header included: never returned as is (see [`AppRow::view`]).
 struct AppRow {
@@ -329,19 +342,20 @@ struct AppRow {
     target: AppTarget,
     codecs: Vec<Codec>,
     custom_parameters: Vec<(String, String)>,
+    media_format: MediaFormat,
     created_at_ms: i64,
     updated_at_ms: i64,
 }
 
-type RawAppRow = (String, String, String, Option<String>, Option<String>, String, String, i64, i64);
+type RawAppRow = (String, String, String, Option<String>, Option<String>, String, String, i64, i64, String);
 
 fn raw_app_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawAppRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
 }
 
 impl AppRow {
     fn from_raw(raw: RawAppRow) -> Result<AppRow, StoreError> {
-        let (id, name, kind, stream_url, auth_header, codecs, params, created_at_ms, updated_at_ms) = raw;
+        let (id, name, kind, stream_url, auth_header, codecs, params, created_at_ms, updated_at_ms, media_format) = raw;
         let target = match (kind.as_str(), stream_url) {
             ("echo", None) => AppTarget::Echo,
             ("stream", Some(url)) => AppTarget::Stream {
@@ -358,6 +372,7 @@ impl AppRow {
             target,
             codecs: serde_json::from_str(&codecs).map_err(|_| corrupt("codecs"))?,
             custom_parameters: serde_json::from_str(&params).map_err(|_| corrupt("custom_parameters"))?,
+            media_format: MediaFormat::from_name(&media_format).ok_or_else(|| corrupt("media_format"))?,
             created_at_ms,
             updated_at_ms,
         })
@@ -378,6 +393,7 @@ impl AppRow {
             auth_header_masked,
             codecs: self.codecs.clone(),
             custom_parameters: self.custom_parameters.clone(),
+            media_format: self.media_format,
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
         }
@@ -389,6 +405,7 @@ impl AppRow {
             kind: model::app_kind(&self.target),
             codecs: self.codecs.clone(),
             custom_parameters: self.custom_parameters.clone(),
+            media_format: self.media_format,
         }
     }
 }
@@ -1112,7 +1129,7 @@ impl Store for SqliteStore {
             let (kind, url, header) = app_target_columns(&app.target);
             tx.prepare_cached(
                 "INSERT INTO apps (tenant_id, id, name, kind, stream_url, auth_header, codecs, custom_parameters, \
-                 created_at_ms, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                 media_format, created_at_ms, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
             )?
             .execute(params![
                 scope.tenant().as_str(),
@@ -1123,6 +1140,7 @@ impl Store for SqliteStore {
                 header,
                 json_text(app.codecs.codecs())?,
                 json_text(app.custom_parameters.pairs())?,
+                app.media_format.name(),
                 now
             ])
             .map_err(|e| map_write(e, Conflict::NameTaken))?;
@@ -1133,6 +1151,7 @@ impl Store for SqliteStore {
                 "auth_header": header.map(|_| "set"),
                 "codecs": app.codecs.codecs(),
                 "custom_parameter_keys": app.custom_parameters.pairs().iter().map(|(k, _)| k).collect::<Vec<_>>(),
+                "media_format": app.media_format.name(),
             });
             audit(tx, scope.tenant(), scope.actor(), now, AuditAction::AppCreate, id.as_str(), detail)?;
             bump_routing(tx)?;
@@ -1170,10 +1189,11 @@ impl Store for SqliteStore {
                 .as_ref()
                 .map(|p| p.pairs().to_vec())
                 .unwrap_or_else(|| before.custom_parameters.clone());
+            let media_format = update.media_format.unwrap_or(before.media_format);
             let (kind, url, header) = app_target_columns(&target);
             tx.prepare_cached(
                 "UPDATE apps SET name = ?1, kind = ?2, stream_url = ?3, auth_header = ?4, codecs = ?5, \
-                 custom_parameters = ?6, updated_at_ms = ?7 WHERE tenant_id = ?8 AND id = ?9",
+                 custom_parameters = ?6, media_format = ?7, updated_at_ms = ?8 WHERE tenant_id = ?9 AND id = ?10",
             )?
             .execute(params![
                 name,
@@ -1182,6 +1202,7 @@ impl Store for SqliteStore {
                 header,
                 json_text(&codecs)?,
                 json_text(&params_after)?,
+                media_format.name(),
                 now,
                 scope.tenant().as_str(),
                 app.as_str()
@@ -1206,6 +1227,12 @@ impl Store for SqliteStore {
             if params_after != before.custom_parameters {
                 let keys: Vec<&String> = params_after.iter().map(|(k, _)| k).collect();
                 changed.insert("custom_parameter_keys".into(), json!(keys));
+            }
+            if media_format != before.media_format {
+                changed.insert(
+                    "media_format".into(),
+                    json!({ "from": before.media_format.name(), "to": media_format.name() }),
+                );
             }
             if !changed.is_empty() {
                 let detail = serde_json::Value::Object(changed);

@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use super::sqlite::{DB_FILE, LAST_USED_RESOLUTION_MS, SqliteStore};
 use super::*;
 use crate::call::record::{CallRecord, EndReason};
+use crate::proto::media_streams::MediaFormat;
 use crate::tenant::{Codec, E164, RouteDecision};
 
 /// 2024-05-01T12:00:00Z
@@ -78,6 +79,7 @@ fn stream_app(name: &str, header: Option<&str>) -> NewApp {
         },
         codecs: CodecPreference::default(),
         custom_parameters: CustomParameters::new(vec![("lang".into(), "en".into())]).unwrap(),
+        media_format: MediaFormat::default(),
     }
 }
 
@@ -332,6 +334,7 @@ fn apps_keep_their_auth_header_but_never_show_it() {
         target: AppTarget::Echo,
         codecs: CodecPreference::new(vec![Codec::Pcma]).unwrap(),
         custom_parameters: CustomParameters::default(),
+        media_format: MediaFormat::L16Wide,
     };
     let echo = h.s().create_app(&a, echo).unwrap();
     assert_eq!((echo.kind, echo.stream_url.as_deref()), ("echo", None));
@@ -359,6 +362,120 @@ fn app_names_are_unique_per_tenant_and_apps_in_use_stay() {
     h.s().release_number(&a, &e164("+15550001")).unwrap();
     h.s().delete_app(&a, &app.id).unwrap();
     assert_eq!(not_found(h.s().app(&a, &app.id)), Entity::App);
+}
+
+#[test]
+fn an_apps_media_format_is_stored_audited_routed_and_survives_reopening() {
+    let h = Harness::new();
+    let a = h.tenant("alpha");
+    let plain = h.s().create_app(&a, stream_app("plain", None)).unwrap();
+    assert_eq!(plain.media_format, MediaFormat::Mulaw8k, "the default");
+    let wide = h.s().create_app(&a, NewApp { media_format: MediaFormat::L16Wide, ..stream_app("wide", None) }).unwrap();
+    assert_eq!(wide.media_format, MediaFormat::L16Wide);
+    assert_eq!(serde_json::to_value(&wide).unwrap()["media_format"], "l16_16k", "shown by its name");
+    assert_eq!(h.s().app(&a, &wide.id).unwrap().media_format, MediaFormat::L16Wide);
+
+    // The routing table, which the SIP path's snapshot is built from, carries it.
+    let formats = |s: &dyn Store| -> Vec<(String, MediaFormat)> {
+        let table = s.load_routing(&h.op).unwrap();
+        table.tenants[0].apps.iter().map(|app| (app.name.to_string(), app.media_format)).collect()
+    };
+    assert_eq!(formats(h.s()), [("plain".to_owned(), MediaFormat::Mulaw8k), ("wide".to_owned(), MediaFormat::L16Wide)]);
+
+    // An update changes it, and only what is given: a rename keeps it.
+    let v = h.s().routing_version(&h.op).unwrap();
+    let to_l16 = AppUpdate { media_format: Some(MediaFormat::L16Wide), ..Default::default() };
+    assert_eq!(h.s().update_app(&a, &plain.id, to_l16).unwrap().media_format, MediaFormat::L16Wide);
+    assert!(h.s().routing_version(&h.op).unwrap() > v, "a format change is a routing change");
+    let rename = AppUpdate { name: Some(ResourceName::parse("wide-2").unwrap()), ..Default::default() };
+    assert_eq!(h.s().update_app(&a, &wide.id, rename).unwrap().media_format, MediaFormat::L16Wide);
+    let back = AppUpdate { media_format: Some(MediaFormat::Mulaw8k), ..Default::default() };
+    assert_eq!(h.s().update_app(&a, &wide.id, back).unwrap().media_format, MediaFormat::Mulaw8k);
+    let v = h.s().routing_version(&h.op).unwrap();
+    let same = AppUpdate { media_format: Some(MediaFormat::Mulaw8k), ..Default::default() };
+    h.s().update_app(&a, &wide.id, same).unwrap();
+    assert_eq!(h.s().routing_version(&h.op).unwrap(), v, "setting the format it has changes nothing");
+
+    // The audit log says what was chosen and what changed, like the other fields.
+    let log = all_audit(h.s(), &a);
+    let create = log.iter().find(|e| e.action == "app.create" && e.target == wide.id.as_str()).unwrap();
+    assert_eq!(create.detail["media_format"], "l16_16k");
+    let create = log.iter().find(|e| e.action == "app.create" && e.target == plain.id.as_str()).unwrap();
+    assert_eq!(create.detail["media_format"], "mulaw_8k");
+    let updates: Vec<&serde_json::Value> =
+        log.iter().filter(|e| e.action == "app.update").map(|e| &e.detail).rev().collect();
+    assert_eq!(
+        updates,
+        [
+            &serde_json::json!({ "media_format": { "from": "mulaw_8k", "to": "l16_16k" } }),
+            &serde_json::json!({ "name": { "from": "wide", "to": "wide-2" } }),
+            &serde_json::json!({ "media_format": { "from": "l16_16k", "to": "mulaw_8k" } }),
+        ]
+    );
+
+    // In the file: another process opening it sees the same.
+    let again = h.reopen().unwrap();
+    assert_eq!(
+        formats(&again),
+        [("plain".to_owned(), MediaFormat::L16Wide), ("wide-2".to_owned(), MediaFormat::Mulaw8k)]
+    );
+    let stored: Vec<String> = h
+        .raw()
+        .prepare("SELECT media_format FROM apps ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(stored, ["l16_16k", "mulaw_8k"], "stored by name");
+}
+
+#[test]
+fn a_version_3_database_is_migrated_and_its_apps_stream_mulaw() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(DB_FILE);
+    super::sqlite::create_at_version(&path, 3).unwrap();
+    // The rows a version-3 binary wrote: a tenant and an app, without the column.
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(raw.query_row("PRAGMA user_version", [], |r| r.get::<_, u32>(0)).unwrap(), 3);
+    raw.execute_batch(
+        "INSERT INTO tenants VALUES ('alpha', 'Alpha', 'pro', 'active', 0, 0);
+         INSERT INTO apps (tenant_id, id, name, kind, stream_url, auth_header, codecs, custom_parameters, \
+           created_at_ms, updated_at_ms) \
+         VALUES ('alpha', 'app_abcdefgh23456723', 'old', 'stream', 'ws://127.0.0.1:9/s', NULL, '[\"PCMU\"]', '[]', 0, 0);",
+    )
+    .unwrap();
+    let has_column = |c: &rusqlite::Connection| -> bool {
+        c.prepare("SELECT 1 FROM pragma_table_info('apps') WHERE name = 'media_format'").unwrap().exists([]).unwrap()
+    };
+    assert!(!has_column(&raw));
+    drop(raw);
+
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = SqliteStore::open_file(&path, KeyPepper::from_bytes(PEPPER), clock).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SqliteStore::latest_schema_version());
+    assert!(has_column(&rusqlite::Connection::open(&path).unwrap()));
+    let op = Operator::system("test");
+    let scope = store.operator_scope(&op, &slug("alpha")).unwrap();
+    let apps = store.list_apps(&scope).unwrap();
+    assert_eq!((apps.len(), apps[0].name.as_str(), apps[0].media_format), (1, "old", MediaFormat::Mulaw8k));
+    assert_eq!(store.load_routing(&op).unwrap().tenants[0].apps[0].media_format, MediaFormat::Mulaw8k);
+}
+
+#[test]
+fn an_unknown_media_format_in_a_row_is_reported_as_corrupt() {
+    let h = Harness::new();
+    let a = h.tenant("alpha");
+    let app = h.s().create_app(&a, stream_app("agent", None)).unwrap();
+    h.raw().execute("UPDATE apps SET media_format = 'opus_48k'", []).unwrap();
+    for result in
+        [h.s().app(&a, &app.id).map(|_| ()), h.s().list_apps(&a).map(|_| ()), h.s().load_routing(&h.op).map(|_| ())]
+    {
+        match result {
+            Err(StoreError::Backend(e)) => assert!(e.to_string().contains("stored media_format does not parse"), "{e}"),
+            other => panic!("expected a backend error, got {other:?}"),
+        }
+    }
 }
 
 // ---- numbers ----

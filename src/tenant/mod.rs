@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use crate::proto::media_streams::MediaFormat;
+
 /// Interned tenant identity: an index into the snapshot's tenant table. `Copy`, so every frame can carry it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(pub u32);
@@ -77,6 +79,8 @@ pub struct App {
     pub kind: AppKind,
     pub codecs: Vec<Codec>,
     pub custom_parameters: Vec<(String, String)>,
+    /// The audio format of the app's provider stream (µ-law 8 kHz unless the app chose L16 16 kHz).
+    pub media_format: MediaFormat,
 }
 
 /// A trunk: where a tenant's carrier calls may come from. An empty list allows any source.

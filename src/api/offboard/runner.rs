@@ -688,6 +688,7 @@ mod tests {
                 },
                 codecs: CodecPreference::default(),
                 custom_parameters: CustomParameters::default(),
+                media_format: crate::proto::media_streams::MediaFormat::L16Wide,
             };
             let app = self.store.create_app(&scope, app).unwrap();
             self.store.claim_number(&scope, &E164::parse(number).unwrap(), &app.id).unwrap();
@@ -778,6 +779,8 @@ mod tests {
         assert!(files[&format!("{id}-export/calls.csv")].contains(&format!("CA{id}1,")));
         let apps = &files[&format!("{id}-export/apps.json")];
         assert!(apps.contains("****abcd") && !apps.contains("secret-0123"), "auth header masked: {apps}");
+        let apps: Value = serde_json::from_str(apps).unwrap();
+        assert_eq!(apps[0]["media_format"], "l16_16k", "the app's stream format is exported with it");
         let keys = &files[&format!("{id}-export/keys.json")];
         assert!(keys.contains("\"prefix\"") && !keys.contains("hash"), "{keys}");
         assert!(files[&format!("{id}-export/audit.json")].contains("offboard.start"));

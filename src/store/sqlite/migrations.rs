@@ -178,4 +178,14 @@ CREATE TABLE offboard_jobs (
 ALTER TABLE calls ADD COLUMN transport TEXT NOT NULL DEFAULT 'sip' CHECK (transport IN ('sip', 'webrtc'));
 "#,
     },
+    Migration {
+        version: 4,
+        name: "app media format",
+        sql: r#"
+-- The audio format of each app's provider stream (`MediaFormat::name`): apps made before this migration stream
+-- µ-law 8 kHz, as they always did. No CHECK on the names: adding a format then needs no table rebuild (SQLite
+-- cannot alter a CHECK); a name this binary does not know is reported as corrupt when the row is read.
+ALTER TABLE apps ADD COLUMN media_format TEXT NOT NULL DEFAULT 'mulaw_8k';
+"#,
+    },
 ];
