@@ -1,5 +1,7 @@
-//! WebRTC calls end to end (issue 6): headless Chromium calls an app over WHIP and talks to its agent; WHIP's
-//! refusals; the call's record, usage and metrics.
+//! WebRTC calls end to end (issue 6): headless Chromium calls an app over WHIP and talks to its agent, in µ-law
+//! and in L16 16 kHz (then audio above 4 kHz gets through both ways); WHIP's refusals; offboarding ends a tenant's
+//! WebRTC calls; the call's record, usage and metrics. Also the L16 option on a SIP call (baresip): upsampled for
+//! the agent, the agent's reply filtered down for the caller.
 //!
 //! The browser is Debian's Chromium driven by `tests/webrtc/whip_call.mjs` (playwright-core; `.ci/run` installs
 //! both and runs `npm ci --prefix tests/webrtc`). The refusal tests make their offers with `str0m` in the client
@@ -19,6 +21,9 @@ const ADMIN: &str = "fvadm_webrtc_e2e_operator_token_0123456789";
 /// The tone the browser's fake microphone plays, and the one the agent sends back.
 const CALLER_HZ: f64 = 1000.0;
 const AGENT_HZ: f64 = 440.0;
+/// Tones only a wideband path carries (above 4 kHz, beyond what µ-law at 8 kHz can hold): the `l16_16k` test's.
+const WIDE_CALLER_HZ: f64 = 6000.0;
+const WIDE_AGENT_HZ: f64 = 5000.0;
 
 #[derive(Clone, Copy)]
 struct Api(SocketAddr);
@@ -59,6 +64,10 @@ impl Api {
         self.json(201, "POST", "/v1/apps", key, Some(body))["id"].as_str().unwrap().to_owned()
     }
 
+    fn number(&self, key: &str, number: &str, app: &str) {
+        self.json(201, "POST", "/v1/numbers", key, Some(json!({"number": number, "app_id": app})));
+    }
+
     fn offer(&self, app: &str, key: &str, sdp: &str) -> HttpReply {
         self.call("POST", &format!("/whip/{app}"), key, Some(("application/sdp", sdp.as_bytes())))
     }
@@ -93,9 +102,8 @@ fn native_offer() -> String {
     offer.to_sdp_string()
 }
 
-/// A 48 kHz mono 16-bit WAV of a sine at `hz`, `secs` long.
-fn write_tone_wav(path: &Path, hz: f64, secs: u32) {
-    let rate = 48_000u32;
+/// A mono 16-bit WAV of a sine at `hz`, `secs` long, sampled at `rate`.
+fn write_tone_wav(path: &Path, hz: f64, secs: u32, rate: u32) {
     let samples: Vec<i16> = (0..rate * secs)
         .map(|i| (12000.0 * (2.0 * std::f64::consts::PI * hz * f64::from(i) / f64::from(rate)).sin()) as i16)
         .collect();
@@ -142,44 +150,60 @@ fn harness() -> PathBuf {
     dir.join("whip_call.mjs")
 }
 
-#[test]
-fn a_browser_calls_an_app_over_whip_and_talks_to_its_agent() {
+/// One browser call, as far as the harness's result: the server (still up), the tenant's key, what the page
+/// measured, the agent's `start`, and the caller audio the agent received (raw payload bytes).
+struct BrowserCall {
+    server: Server,
+    api: Api,
+    key: String,
+    result: Value,
+    start: Value,
+    inbound: Vec<u8>,
+    agent: Agent,
+}
+
+/// Headless Chromium calls a `stream` app (`media_format` as given, if any) over WHIP for 6 s; its fake microphone
+/// plays `caller_hz`; the agent answers with `agent_hz` in the app's format, paced in real time, until `stop`.
+fn browser_call(media_format: Option<&str>, caller_hz: f64, agent_hz: f64) -> BrowserCall {
     let agent = Agent::start();
     let server = server("");
     let api = Api(server.http_addr());
     let key = api.tenant("webco", "pro");
-    let app = api.app(&key, json!({"name": "widget", "stream_url": agent.url()}));
+    let mut body = json!({"name": "widget", "stream_url": agent.url()});
+    if let Some(format) = media_format {
+        body["media_format"] = json!(format);
+    }
+    let app = api.app(&key, body);
     std::thread::sleep(Duration::from_millis(1200)); // the app routes within a second
 
-    let wav = server.dir().join("caller-1khz.wav");
-    write_tone_wav(&wav, CALLER_HZ, 4);
+    let wav = server.dir().join("caller-tone.wav");
+    write_tone_wav(&wav, caller_hz, 4, 48_000);
     let whip_url = format!("http://{}/whip/{app}", server.http_addr());
     let browser = Command::new("node")
         .arg(harness())
         .args(["--whip-url", &whip_url, "--token", &key, "--wav"])
         .arg(&wav)
-        .args(["--seconds", "6", "--tone-hz", &AGENT_HZ.to_string(), "--hangup"])
+        .args(["--seconds", "6", "--tone-hz", &agent_hz.to_string(), "--hangup"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("node runs tests/webrtc/whip_call.mjs");
 
-    // The agent answers with a 440 Hz tone, paced in real time, for as long as the call is up.
     let conn = agent.wait_for_connection(1, Duration::from_secs(20)).expect("the agent gets the call's stream");
-    let start = agent.wait_for_event("start", Duration::from_secs(5)).expect("a start message");
-    assert_eq!(start.msg.pointer("/start/accountSid").and_then(Value::as_str), Some("webco"), "{}", start.msg);
-    assert_eq!(start.msg.pointer("/start/mediaFormat/encoding").and_then(Value::as_str), Some("audio/x-mulaw"));
+    let start = agent.wait_for_event("start", Duration::from_secs(5)).expect("a start message").msg;
+    let wide = start.pointer("/start/mediaFormat/encoding").and_then(Value::as_str) == Some("audio/x-l16");
+    let rate = if wide { 16_000.0 } else { 8000.0 };
     let mut phase = 0usize;
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(12) && agent.events("stop").is_empty() {
-        let frame: Vec<u8> = (0..800)
-            .map(|i| {
-                let t = (phase + i) as f64 / 8000.0;
-                linear_to_ulaw((9000.0 * (2.0 * std::f64::consts::PI * AGENT_HZ * t).sin()) as i16)
-            })
-            .collect();
-        phase += 800;
-        if !agent.send_to(conn.id, media_message(&agent.stream_sid(Some(conn.id)).unwrap_or_default(), &frame)) {
+        // 100 ms of the tone in the app's format.
+        let n = (rate / 10.0) as usize;
+        let samples =
+            (0..n).map(|i| (9000.0 * (2.0 * std::f64::consts::PI * agent_hz * (phase + i) as f64 / rate).sin()) as i16);
+        let audio: Vec<u8> =
+            if wide { samples.flat_map(i16::to_le_bytes).collect() } else { samples.map(linear_to_ulaw).collect() };
+        phase += n;
+        if !agent.send_to(conn.id, media_message(&agent.stream_sid(Some(conn.id)).unwrap_or_default(), &audio)) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -189,6 +213,47 @@ fn a_browser_calls_an_app_over_whip_and_talks_to_its_agent() {
     assert!(out.status.success(), "harness failed: {}\nstderr: {}", stdout, String::from_utf8_lossy(&out.stderr));
     let result: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
         .unwrap_or_else(|e| panic!("harness JSON ({e}): {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        agent.wait_for_event("stop", Duration::from_secs(5)).is_some(),
+        "the stream stops when the caller hangs up:\n{}",
+        agent.dump()
+    );
+    let inbound = agent.inbound_audio(conn.id);
+    BrowserCall { server, api, key, result, start, inbound, agent }
+}
+
+/// The page heard `hz` from the agent: a WebAudio analyser on the remote track found it in at least half its
+/// loud samples, and the median peak is within 30 Hz of it.
+fn assert_page_heard(result: &Value, hz: f64) {
+    let remote = &result["remote_audio"];
+    let (hits, samples) = (remote["tone_hits"].as_u64().unwrap_or(0), remote["samples"].as_u64().unwrap_or(0));
+    assert!(samples >= 40 && hits * 2 >= samples, "the page hears the agent's {hz} Hz: {remote}");
+    let peak = remote["peak_hz_median"].as_f64().unwrap_or(0.0);
+    assert!((peak - hz).abs() < 30.0, "peak at {peak} Hz: {remote}");
+}
+
+/// `pcm` (at `rate`) is at least 4 s of non-silent audio in which `hz` beats each of `others` by more than 10x.
+fn assert_tone(pcm: &[i16], rate: u32, hz: f64, others: &[f64]) {
+    assert!(pcm.len() >= rate as usize * 4, "at least 4 s of caller audio, got {} samples at {rate} Hz", pcm.len());
+    let rms = (pcm.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / pcm.len() as f64).sqrt();
+    assert!(rms > 1000.0, "non-silent: rms {rms}");
+    let steady = &pcm[pcm.len() / 4..pcm.len() * 3 / 4];
+    let at = goertzel(steady, rate, hz);
+    for &other in others {
+        let off = goertzel(steady, rate, other);
+        assert!(at > 10.0 * off, "{hz} Hz ({at:.0}) dominates {other} Hz ({off:.0})");
+    }
+}
+
+#[test]
+fn a_browser_calls_an_app_over_whip_and_talks_to_its_agent() {
+    let BrowserCall { server, api, key, result, start, inbound, agent: _agent } =
+        browser_call(None, CALLER_HZ, AGENT_HZ);
+    assert_eq!(start.pointer("/start/accountSid").and_then(Value::as_str), Some("webco"), "{start}");
+    assert_eq!(
+        start.pointer("/start/mediaFormat"),
+        Some(&json!({"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}))
+    );
 
     // WHIP: 201, our answer with a host candidate, a Location that DELETE ends.
     assert_eq!(result["post_status"], 201, "{result}");
@@ -197,26 +262,10 @@ fn a_browser_calls_an_app_over_whip_and_talks_to_its_agent() {
     assert!(result["connected_ms"].as_f64().is_some(), "ICE + DTLS connected: {result}");
     assert_eq!(result["delete_status"], 200, "{result}");
 
-    // The agent's 440 Hz reached the page (a WebAudio analyser on the remote track).
-    let remote = &result["remote_audio"];
-    let (hits, samples) = (remote["tone_hits"].as_u64().unwrap_or(0), remote["samples"].as_u64().unwrap_or(0));
-    assert!(samples >= 40 && hits * 2 >= samples, "the page hears the agent's {AGENT_HZ} Hz: {remote}");
-    let peak = remote["peak_hz_median"].as_f64().unwrap_or(0.0);
-    assert!((peak - AGENT_HZ).abs() < 30.0, "peak at {peak} Hz: {remote}");
-
-    // The browser's 1 kHz reached the agent as µ-law 8 kHz, non-silent, with the tone's spectrum.
-    let stop = agent.wait_for_event("stop", Duration::from_secs(5));
-    assert!(stop.is_some(), "the stream stops when the caller hangs up:\n{}", agent.dump());
-    let pcm: Vec<i16> = agent.inbound_audio(conn.id).into_iter().map(ulaw_to_linear).collect();
-    assert!(pcm.len() >= 8000 * 4, "at least 4 s of caller audio, got {} samples", pcm.len());
-    let rms = (pcm.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / pcm.len() as f64).sqrt();
-    assert!(rms > 1000.0, "non-silent: rms {rms}");
-    let steady = &pcm[pcm.len() / 4..pcm.len() * 3 / 4];
-    let at = goertzel(steady, 8000, CALLER_HZ);
-    for other in [440.0, 700.0, 1500.0, 2500.0] {
-        let off = goertzel(steady, 8000, other);
-        assert!(at > 10.0 * off, "{CALLER_HZ} Hz ({at:.0}) dominates {other} Hz ({off:.0})");
-    }
+    // The agent's 440 Hz reached the page; the browser's 1 kHz reached the agent as µ-law 8 kHz.
+    assert_page_heard(&result, AGENT_HZ);
+    let pcm: Vec<i16> = inbound.into_iter().map(ulaw_to_linear).collect();
+    assert_tone(&pcm, 8000, CALLER_HZ, &[440.0, 700.0, 1500.0, 2500.0]);
 
     // The call is recorded like a SIP call, with its transport, and counted in the tenant's metrics.
     let mut calls = Vec::new();
@@ -250,6 +299,108 @@ fn a_browser_calls_an_app_over_whip_and_talks_to_its_agent() {
         "the tenant's call counter: {}",
         metrics.body.lines().filter(|l| l.contains("fairvox_calls_total")).collect::<Vec<_>>().join("\n")
     );
+}
+
+#[test]
+fn a_browser_calls_an_l16_app_and_audio_above_4_khz_gets_through_both_ways() {
+    use base64::Engine as _;
+    let call = browser_call(Some("l16_16k"), WIDE_CALLER_HZ, WIDE_AGENT_HZ);
+    assert_eq!(
+        call.start.pointer("/start/mediaFormat"),
+        Some(&json!({"encoding": "audio/x-l16", "sampleRate": 16000, "channels": 1})),
+        "{}",
+        call.start
+    );
+    assert_eq!(call.result["post_status"], 201, "{}", call.result);
+
+    // Every media message is one 20 ms frame of L16: 320 samples, 640 bytes.
+    let media = call.agent.events("media");
+    assert!(media.len() >= 200, "{} media messages", media.len());
+    for m in &media {
+        let payload = m.msg.pointer("/media/payload").and_then(Value::as_str).unwrap_or_default();
+        let bytes = base64::engine::general_purpose::STANDARD.decode(payload).unwrap_or_default();
+        assert_eq!(bytes.len(), 640, "{}", m.msg);
+    }
+
+    // The browser's 6 kHz reached the agent as 6 kHz (at 8 kHz it could not exist; folded, it would be 2 kHz), and
+    // the agent's 5 kHz reached the page.
+    let pcm: Vec<i16> = call.inbound.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    assert_tone(&pcm, 16_000, WIDE_CALLER_HZ, &[1000.0, 2000.0, 3000.0, 5000.0, 7000.0]);
+    assert_page_heard(&call.result, WIDE_AGENT_HZ);
+
+    let mut calls = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            calls = call.api.json(200, "GET", "/v1/calls", &call.key, None)["items"].as_array().unwrap().clone();
+            !calls.is_empty()
+        }),
+        "the call is recorded"
+    );
+    assert_eq!((calls[0]["transport"].as_str(), calls[0]["codec"].as_str()), (Some("webrtc"), Some("OPUS")));
+}
+
+#[test]
+fn a_sip_call_to_an_l16_app_is_upsampled_for_the_agent_and_its_reply_filtered_down_for_the_caller() {
+    use base64::Engine as _;
+    let agent = Agent::start();
+    let server = server("");
+    let api = Api(server.http_addr());
+    let key = api.tenant("wideco", "pro");
+    let app = api.app(&key, json!({"name": "hd", "stream_url": agent.url(), "media_format": "l16_16k"}));
+    api.number(&key, "+15550177", &app);
+    std::thread::sleep(Duration::from_millis(1200));
+
+    // baresip speaks 1 kHz (G.711, 8 kHz) for 6 s.
+    let wav = server.dir().join("caller-1khz-8k.wav");
+    write_tone_wav(&wav, CALLER_HZ, 6, 8000);
+    let sip = server.sip_addr();
+    let phone = std::thread::spawn(move || Baresip::new().source(wav).call(sip, "15550177", Duration::from_secs(20)));
+
+    let conn = agent.wait_for_connection(1, Duration::from_secs(20)).expect("the agent gets the call's stream");
+    let start = agent.wait_for_event("start", Duration::from_secs(5)).expect("a start message").msg;
+    assert_eq!(
+        start.pointer("/start/mediaFormat"),
+        Some(&json!({"encoding": "audio/x-l16", "sampleRate": 16000, "channels": 1})),
+        "{start}"
+    );
+    // The agent answers at 16 kHz with 440 Hz plus 6 kHz: the caller must hear the 440 Hz and not the 6 kHz, which
+    // an unfiltered decimation would fold down to 2 kHz.
+    let mut phase = 0usize;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(15) && agent.events("stop").is_empty() {
+        let audio: Vec<u8> = (0..1600)
+            .flat_map(|i| {
+                let t = (phase + i) as f64 / 16_000.0;
+                let s = 7000.0 * (2.0 * std::f64::consts::PI * AGENT_HZ * t).sin()
+                    + 7000.0 * (2.0 * std::f64::consts::PI * 6000.0 * t).sin();
+                (s as i16).to_le_bytes()
+            })
+            .collect();
+        phase += 1600;
+        if !agent.send_to(conn.id, media_message(&agent.stream_sid(Some(conn.id)).unwrap_or_default(), &audio)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let heard = phone.join().unwrap();
+    assert!(heard.established, "call not established:\n{}", heard.log);
+    assert!(agent.wait_for_event("stop", Duration::from_secs(5)).is_some(), "{}", agent.dump());
+
+    // The agent got 16 kHz L16 frames of the caller's 1 kHz, with nothing at its 7 kHz image.
+    for m in agent.events("media") {
+        let payload = m.msg.pointer("/media/payload").and_then(Value::as_str).unwrap_or_default();
+        let bytes = base64::engine::general_purpose::STANDARD.decode(payload).unwrap_or_default();
+        assert_eq!(bytes.len(), 640, "{}", m.msg);
+    }
+    let inbound = agent.inbound_audio(conn.id);
+    let pcm: Vec<i16> = inbound.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    assert_tone(&pcm, 16_000, CALLER_HZ, &[440.0, 2000.0, 3000.0, 7000.0]);
+
+    // The caller heard 440 Hz, and no 2 kHz alias of the agent's 6 kHz.
+    let steady = &heard.heard[heard.heard.len() / 4..heard.heard.len() * 3 / 4];
+    assert!(heard.heard.len() >= 8000 * 3, "heard {} samples", heard.heard.len());
+    let (tone, alias) = (goertzel(steady, 8000, AGENT_HZ), goertzel(steady, 8000, 2000.0));
+    assert!(tone > 20.0 * alias, "440 Hz ({tone:.0}) vs the 2 kHz alias ({alias:.0})");
 }
 
 #[test]

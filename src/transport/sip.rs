@@ -24,7 +24,6 @@ use crate::call::record::{CallRecord, CallRecordSink, EndReason};
 use crate::call::uas::{CallGuards, PreparedBye, Refusal, SipEnd, Uas, UasConfig, UasEvent};
 use crate::config::Config;
 use crate::metrics::{Metrics, RejectReason, TenantMetrics};
-use crate::proto::media_streams::MediaFormat;
 use crate::proto::sip::transaction::{Peer, Timers, Transport};
 use crate::proto::sip::{self, Framed, Limits};
 use crate::tenant::{Snapshot, TenantId};
@@ -339,7 +338,7 @@ impl SipDriver {
                     metrics: tenant.clone(),
                     max_frame_age: self.max_frame_age(incoming.tenant),
                     transport: media::Transport::Sip,
-                    media_format: MediaFormat::default(),
+                    media_format: incoming.app.media_format,
                 };
                 let sink: Arc<dyn CallRecordSink> =
                     Arc::new(MeteredSink { inner: self.sink.clone(), tenant: tenant.clone() });

@@ -189,7 +189,7 @@ impl Whip {
         let advertised = SocketAddr::new(inner.settings.advertise_ip, lease.port);
         let now = Instant::now();
         // An L16 app gets the browser's wideband audio as it is: libopus decodes and encodes at 16 kHz.
-        let media_format = MediaFormat::default();
+        let media_format = app.media_format;
         let rate = match media_format {
             MediaFormat::Mulaw8k => PcmRate::Narrow,
             MediaFormat::L16Wide => PcmRate::Wide,
