@@ -1,7 +1,8 @@
 //! Per-frame cost of a WebRTC call's audio path, both ways (issue 6): the browser's 20 ms Opus packet decoded
 //! straight to 8 kHz by libopus and turned into µ-law for the agent; the agent's 20 ms µ-law frame turned into PCM
 //! and encoded to Opus for the browser. Both at 16 kHz too (the wideband rate). The packets are real: a 440 Hz
-//! tone encoded first (decode cost depends on the content).
+//! tone encoded first (decode cost depends on the content). Also the 8 <-> 16 kHz conversion an `l16_16k` app's
+//! SIP calls pay per frame (`codec::resample`: upsampling the caller's frame, downsampling the agent's).
 //!
 //! `cargo bench --bench webrtc_codec`
 
@@ -10,6 +11,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use fairvox::codec::g711;
 use fairvox::codec::opus::{MAX_DECODED_SAMPLES, MAX_PACKET_BYTES, OpusDecoder, OpusEncoder, PcmRate};
+use fairvox::codec::resample::{Downsampler, Upsampler, WIDE_FRAME_SAMPLES};
 
 fn tone(rate: PcmRate, frames: usize) -> Vec<Vec<i16>> {
     let n = rate.frame_samples();
@@ -68,5 +70,32 @@ fn benches(c: &mut Criterion) {
     }
 }
 
-criterion_group!(webrtc_codec, benches);
+fn resample(c: &mut Criterion) {
+    let narrow: Vec<[i16; 160]> =
+        tone(PcmRate::Narrow, 50).into_iter().map(|f| f.try_into().expect("160 samples")).collect();
+    let wide: Vec<[i16; WIDE_FRAME_SAMPLES]> =
+        tone(PcmRate::Wide, 50).into_iter().map(|f| f.try_into().expect("320 samples")).collect();
+    let mut up = Upsampler::new();
+    let mut out_wide = [0i16; WIDE_FRAME_SAMPLES];
+    let mut i = 0;
+    c.bench_function("l16_sip_inbound_upsample_8k_to_16k_20ms", |b| {
+        b.iter(|| {
+            up.process(black_box(&narrow[i % narrow.len()]), &mut out_wide);
+            i += 1;
+            black_box(&out_wide);
+        })
+    });
+    let mut down = Downsampler::new();
+    let mut out_narrow = [0i16; 160];
+    let mut j = 0;
+    c.bench_function("l16_sip_outbound_downsample_16k_to_8k_20ms", |b| {
+        b.iter(|| {
+            down.process(black_box(&wide[j % wide.len()]), &mut out_narrow);
+            j += 1;
+            black_box(&out_narrow);
+        })
+    });
+}
+
+criterion_group!(webrtc_codec, benches, resample);
 criterion_main!(webrtc_codec);
