@@ -13,6 +13,8 @@
 mod agent;
 #[path = "load/rtp.rs"]
 mod rtp;
+#[path = "load/rxstamp.rs"]
+mod rxstamp;
 #[path = "load/server.rs"]
 mod server;
 #[path = "load/sip.rs"]

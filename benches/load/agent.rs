@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use base64::Engine;
@@ -15,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::rxstamp::RxStamped;
 use crate::stats::{PAYLOAD_LEN, Shared};
 
 #[derive(Deserialize)]
@@ -84,6 +86,10 @@ pub async fn serve_with(listener: TcpListener, shared: Arc<Shared>, talk_back: b
 }
 
 async fn connection(tcp: TcpStream, shared: Arc<Shared>, talk_back: bool, read_delay: Duration) {
+    let Ok((tcp, rx_stamp)) = RxStamped::new(tcp) else {
+        shared.agent.lock().handshake_failures += 1;
+        return;
+    };
     let mut ws = match tokio_tungstenite::accept_async(tcp).await {
         Ok(ws) => ws,
         Err(_) => {
@@ -119,6 +125,7 @@ async fn connection(tcp: TcpStream, shared: Arc<Shared>, talk_back: bool, read_d
             _ => continue,
         };
         let now_ns = shared.now_ns();
+        let wire_ns = shared.unix_to_bench_ns(rx_stamp.load(Ordering::Relaxed));
         let Ok(m) = serde_json::from_str::<Inbound>(text) else {
             shared.agent.lock().bad_json += 1;
             continue;
@@ -150,6 +157,9 @@ async fn connection(tcp: TcpStream, shared: Arc<Shared>, talk_back: bool, read_d
                 };
                 shared.agent.lock().media_events += 1;
                 shared.up.lock().on_payload(owner, &payload[..n], now_ns, &shared.window, shared.late_ns);
+                if wire_ns > 0 {
+                    shared.up_wire.lock().on_payload(owner, &payload[..n], wire_ns, &shared.window, shared.late_ns);
+                }
                 if talk_back && !stream_sid.is_empty() {
                     let reply = format!(
                         r#"{{"event":"media","streamSid":"{stream_sid}","media":{{"payload":"{}"}}}}"#,

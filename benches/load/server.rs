@@ -218,6 +218,16 @@ pub fn renice_self(nice: i32) -> std::io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
+/// Puts the calling thread (and the threads it later spawns) under `SCHED_IDLE`: it runs only on what no normal
+/// thread of its core wants, and a normal thread that wakes preempts it at once.
+#[allow(dead_code)] // used by benches/isolation.rs, not by benches/load.rs
+pub fn idle_self() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid, initialised sched_param.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
 /// Pins the calling thread (and the threads it later spawns) to one core.
 pub fn pin_self(core: usize) -> std::io::Result<()> {
     pin_to_core_raw(core)

@@ -2,7 +2,7 @@
 //! measurement window, and per-path counters. Owns no IO.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -285,9 +285,14 @@ pub struct GenCounters {
 /// Everything the measuring tasks of one ramp step share.
 pub struct Shared {
     pub epoch: Instant,
+    /// `epoch` on the realtime clock (ns since 1970), to place the kernel's socket timestamps on the bench's clock.
+    pub epoch_unix_ns: u64,
     pub window: Window,
     pub late_ns: u64,
+    /// Generator → agent, received when the agent's thread read the frame.
     pub up: Mutex<PathStats>,
+    /// Generator → agent, received when the frame's bytes reached the agent's socket (kernel timestamp).
+    pub up_wire: Mutex<PathStats>,
     pub back: Mutex<PathStats>,
     pub agent: Mutex<AgentCounters>,
     pub generator: Mutex<GenCounters>,
@@ -295,11 +300,14 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(calls: usize, late_ns: u64) -> Self {
+        let epoch = Instant::now();
         Shared {
-            epoch: Instant::now(),
+            epoch,
+            epoch_unix_ns: unix_ns_at(epoch),
             window: Window::new(),
             late_ns,
             up: Mutex::new(PathStats::new(calls)),
+            up_wire: Mutex::new(PathStats::new(calls)),
             back: Mutex::new(PathStats::new(calls)),
             agent: Mutex::new(AgentCounters::default()),
             generator: Mutex::new(GenCounters::default()),
@@ -309,6 +317,24 @@ impl Shared {
     pub fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
+
+    /// Moves the epoch (several tenants' states on one clock).
+    #[allow(dead_code)] // used by benches/isolation.rs, not by benches/load.rs
+    pub fn set_epoch(&mut self, epoch: Instant) {
+        self.epoch = epoch;
+        self.epoch_unix_ns = unix_ns_at(epoch);
+    }
+
+    /// A kernel timestamp (realtime ns) on the bench's clock; 0 for a stamp before the epoch.
+    pub fn unix_to_bench_ns(&self, unix_ns: u64) -> u64 {
+        unix_ns.saturating_sub(self.epoch_unix_ns)
+    }
+}
+
+/// `at` (now or earlier) on the realtime clock, in ns since 1970.
+fn unix_ns_at(at: Instant) -> u64 {
+    let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    now_unix.saturating_sub(at.elapsed().as_nanos() as u64)
 }
 
 /// Nearest-rank percentile of a sorted slice.
