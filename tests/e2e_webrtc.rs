@@ -222,6 +222,16 @@ fn browser_call(media_format: Option<&str>, caller_hz: f64, agent_hz: f64) -> Br
     BrowserCall { server, api, key, result, start, inbound, agent }
 }
 
+/// Every media message carries one 20 ms frame of L16 at 16 kHz: 320 samples, 640 bytes.
+fn assert_l16_frames(media: &[Received]) {
+    use base64::Engine as _;
+    for m in media {
+        let payload = m.msg.pointer("/media/payload").and_then(Value::as_str).unwrap_or_default();
+        let bytes = base64::engine::general_purpose::STANDARD.decode(payload).unwrap_or_default();
+        assert_eq!(bytes.len(), 640, "{}", m.msg);
+    }
+}
+
 /// The page heard `hz` from the agent: a WebAudio analyser on the remote track found it in at least half its
 /// loud samples, and the median peak is within 30 Hz of it.
 fn assert_page_heard(result: &Value, hz: f64) {
@@ -303,7 +313,6 @@ fn a_browser_calls_an_app_over_whip_and_talks_to_its_agent() {
 
 #[test]
 fn a_browser_calls_an_l16_app_and_audio_above_4_khz_gets_through_both_ways() {
-    use base64::Engine as _;
     let call = browser_call(Some("l16_16k"), WIDE_CALLER_HZ, WIDE_AGENT_HZ);
     assert_eq!(
         call.start.pointer("/start/mediaFormat"),
@@ -316,11 +325,7 @@ fn a_browser_calls_an_l16_app_and_audio_above_4_khz_gets_through_both_ways() {
     // Every media message is one 20 ms frame of L16: 320 samples, 640 bytes.
     let media = call.agent.events("media");
     assert!(media.len() >= 200, "{} media messages", media.len());
-    for m in &media {
-        let payload = m.msg.pointer("/media/payload").and_then(Value::as_str).unwrap_or_default();
-        let bytes = base64::engine::general_purpose::STANDARD.decode(payload).unwrap_or_default();
-        assert_eq!(bytes.len(), 640, "{}", m.msg);
-    }
+    assert_l16_frames(&media);
 
     // The browser's 6 kHz reached the agent as 6 kHz (at 8 kHz it could not exist; folded, it would be 2 kHz), and
     // the agent's 5 kHz reached the page.
@@ -341,7 +346,6 @@ fn a_browser_calls_an_l16_app_and_audio_above_4_khz_gets_through_both_ways() {
 
 #[test]
 fn a_sip_call_to_an_l16_app_is_upsampled_for_the_agent_and_its_reply_filtered_down_for_the_caller() {
-    use base64::Engine as _;
     let agent = Agent::start();
     let server = server("");
     let api = Api(server.http_addr());
@@ -387,11 +391,7 @@ fn a_sip_call_to_an_l16_app_is_upsampled_for_the_agent_and_its_reply_filtered_do
     assert!(agent.wait_for_event("stop", Duration::from_secs(5)).is_some(), "{}", agent.dump());
 
     // The agent got 16 kHz L16 frames of the caller's 1 kHz, with nothing at its 7 kHz image.
-    for m in agent.events("media") {
-        let payload = m.msg.pointer("/media/payload").and_then(Value::as_str).unwrap_or_default();
-        let bytes = base64::engine::general_purpose::STANDARD.decode(payload).unwrap_or_default();
-        assert_eq!(bytes.len(), 640, "{}", m.msg);
-    }
+    assert_l16_frames(&agent.events("media"));
     let inbound = agent.inbound_audio(conn.id);
     let pcm: Vec<i16> = inbound.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
     assert_tone(&pcm, 16_000, CALLER_HZ, &[440.0, 2000.0, 3000.0, 7000.0]);

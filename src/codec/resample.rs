@@ -160,6 +160,17 @@ mod tests {
         2.0 * (re * re + im * im).sqrt() / x.len() as f64
     }
 
+    /// Largest sample difference between `out` and `ideal` delayed by `delay` samples, past the first four frames
+    /// (`frame` samples each) of filter start-up.
+    fn worst_difference(out: &[i16], ideal: &[i16], frame: usize, delay: usize) -> i32 {
+        out[4 * frame..]
+            .iter()
+            .zip(&ideal[4 * frame - delay..])
+            .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
+            .max()
+            .unwrap_or(i32::MAX)
+    }
+
     fn upsample(input: &[i16]) -> Vec<i16> {
         let mut up = Upsampler::new();
         let mut out = Vec::new();
@@ -231,12 +242,7 @@ mod tests {
         let input = tone(1000.0, 8000.0, 8000.0, 20 * FRAME_SAMPLES, 0);
         let out = upsample(&input);
         let expected = tone(1000.0, 16_000.0, 8000.0, 20 * WIDE_FRAME_SAMPLES, 0);
-        let worst = out[4 * WIDE_FRAME_SAMPLES..]
-            .iter()
-            .zip(&expected[4 * WIDE_FRAME_SAMPLES - CENTRE..])
-            .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
-            .max()
-            .unwrap();
+        let worst = worst_difference(&out, &expected, WIDE_FRAME_SAMPLES, CENTRE);
         assert!(worst < 80, "largest difference {worst} from the ideal 16 kHz tone (delay {CENTRE})");
     }
 
@@ -247,20 +253,10 @@ mod tests {
         let input = tone(1000.0, 8000.0, 32_767.0, 20 * FRAME_SAMPLES, 0);
         let out = upsample(&input);
         let expected = tone(1000.0, 16_000.0, 32_767.0, 20 * WIDE_FRAME_SAMPLES, 0);
-        let worst = out[4 * WIDE_FRAME_SAMPLES..]
-            .iter()
-            .zip(&expected[4 * WIDE_FRAME_SAMPLES - CENTRE..])
-            .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
-            .max()
-            .unwrap();
+        let worst = worst_difference(&out, &expected, WIDE_FRAME_SAMPLES, CENTRE);
         assert!(worst < 400, "largest difference {worst}");
         let back = downsample(&out);
-        let worst = back[4 * FRAME_SAMPLES..]
-            .iter()
-            .zip(&input[4 * FRAME_SAMPLES - CENTRE..])
-            .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
-            .max()
-            .unwrap();
+        let worst = worst_difference(&back, &input, FRAME_SAMPLES, CENTRE);
         assert!(worst < 600, "round trip: largest difference {worst}");
     }
 }

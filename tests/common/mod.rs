@@ -65,6 +65,14 @@ pub fn misspelt(secret: &str) -> String {
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; true if it held.
+/// The header lines of an HTTP response head (after its status line), names lower-cased.
+fn header_pairs(head: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+}
+
 /// A `GET` whose body may be binary (an export bundle): status, lower-cased headers, body bytes.
 pub fn http_download(addr: SocketAddr, path: &str, token: &str) -> (u16, HashMap<String, String>, Vec<u8>) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
@@ -77,12 +85,7 @@ pub fn http_download(addr: SocketAddr, path: &str, token: &str) -> (u16, HashMap
     let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a header end");
     let head = String::from_utf8_lossy(&buf[..split]).into_owned();
     let status = head[9..12].parse().expect("a status code");
-    let headers = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
+    let headers = header_pairs(&head).collect();
     (status, headers, buf[split + 4..].to_vec())
 }
 
@@ -328,12 +331,7 @@ pub fn http_call(
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.strip_prefix("HTTP/1.")?.get(2..5)?.parse::<u16>().ok()?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let headers = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
+    let headers = header_pairs(head).collect();
     Some(HttpReply { status, headers, body: body.to_owned() })
 }
 
