@@ -129,18 +129,6 @@ fn write_tone_wav(path: &Path, hz: f64, secs: u32, rate: u32) {
 
 use fairvox::codec::g711::{linear_to_ulaw, ulaw_to_linear};
 
-/// Strength of `hz` in `x` (one Goertzel bin, normalised by length).
-fn goertzel(x: &[i16], rate: u32, hz: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for &v in x {
-        let s = f64::from(v) + 2.0 * w.cos() * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2).sqrt() / x.len().max(1) as f64
-}
-
 fn harness() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webrtc");
     assert!(

@@ -115,6 +115,7 @@ impl OpusEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::goertzel;
 
     fn tone(hz: f64, rate: PcmRate, frame: usize) -> Vec<i16> {
         let n = rate.frame_samples();
@@ -124,18 +125,6 @@ mod tests {
                 (8000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16
             })
             .collect()
-    }
-
-    /// Strength of `hz` in `x` (one Goertzel bin), normalised by length.
-    fn goertzel(x: &[i16], rate: u32, hz: f64) -> f64 {
-        let w = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
-        let (mut s1, mut s2) = (0.0, 0.0);
-        for &v in x {
-            let s = f64::from(v) + 2.0 * w.cos() * s1 - s2;
-            s2 = s1;
-            s1 = s;
-        }
-        (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2).sqrt() / x.len() as f64
     }
 
     #[test]

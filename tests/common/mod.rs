@@ -89,6 +89,18 @@ pub fn http_download(addr: SocketAddr, path: &str, token: &str) -> (u16, HashMap
     (status, headers, buf[split + 4..].to_vec())
 }
 
+/// Strength of `hz` in `x` (one Goertzel bin, sampled at `rate`), normalised by length.
+pub fn goertzel(x: &[i16], rate: u32, hz: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &v in x {
+        let s = f64::from(v) + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2).sqrt() / x.len().max(1) as f64
+}
+
 /// The files of a `.tar.gz` (an offboarding export bundle), by path, as text.
 pub fn untar(bytes: &[u8]) -> HashMap<String, String> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));

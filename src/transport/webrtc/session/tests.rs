@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use str0m::media::{Direction, MediaKind, TelephoneEvent};
 
 use super::*;
+use crate::codec::goertzel;
 use crate::codec::opus::{OpusDecoder, OpusEncoder, PcmRate};
 
 /// What the server side of the test got.
@@ -40,17 +41,6 @@ fn client_config() -> RtcConfig {
         Default::default(),
     );
     config
-}
-
-fn goertzel(x: &[i16], rate: u32, hz: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for &v in x {
-        let s = f64::from(v) + 2.0 * w.cos() * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2).sqrt() / x.len().max(1) as f64
 }
 
 fn tone(hz: f64, rate: u32, n: usize, from: usize) -> Vec<i16> {
