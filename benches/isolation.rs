@@ -64,13 +64,13 @@ usage: cargo bench --bench isolation -- [options]
   --phases LIST        which phases to run, comma-separated subset of a,b,c (default a,b,c):
                        a = Q alone, b = Q + N under scheduler \"fair\", c = Q + N under scheduler \"fifo\"
   --q-calls N          the quiet tenant's calls, one 20 ms packet per 20 ms each (default 20)
-  --n-calls N          calls the noisy tenant tries to place (default 150)
-  --n-quota N          the noisy tenant's plan max_concurrent_calls: the calls beyond it must be refused (default 100)
+  --n-calls N          calls the noisy tenant tries to place (default 900)
+  --n-quota N          the noisy tenant's plan max_concurrent_calls: the calls beyond it must be refused (default 800)
   --n-flood K          packets each noisy call sends per 20 ms; all but one per 20 ms are beyond its
-                       packetization and should be policed (default 8; up to 11 the re-framer fills the policed
+                       packetization and should be policed (default 2; up to 11 the re-framer fills the policed
                        packets' gaps with silence, above it resynchronises instead)
-  --n-agent-delay-ms MS  the noisy tenant's agent sleeps this long before each WebSocket read (default 100; 0 = a
-                       prompt agent)
+  --n-slow-every K     every K-th of the noisy tenant's calls has a slow agent (default 10; 1 = all, 0 = none)
+  --n-agent-delay-ms MS  a slow agent sleeps this long before each WebSocket read (default 100)
   --n-weight W         the noisy tenant's plan weight; the quiet tenant's is 1 (default 1)
   --workers N          [media] workers of the server (default 1; 0 = one per core)
   --seconds S          measurement window per phase (default 15)
@@ -143,6 +143,7 @@ struct Args {
     n_quota: usize,
     n_flood: u32,
     n_agent_delay_ms: u64,
+    n_slow_every: u32,
     n_weight: u32,
     workers: usize,
     seconds: f64,
@@ -168,10 +169,11 @@ impl Args {
         let mut a = Args {
             phases: vec![Phase::A, Phase::B, Phase::C],
             q_calls: 20,
-            n_calls: 150,
-            n_quota: 100,
-            n_flood: 8,
+            n_calls: 900,
+            n_quota: 800,
+            n_flood: 2,
             n_agent_delay_ms: 100,
+            n_slow_every: 10,
             n_weight: 1,
             workers: 1,
             seconds: 15.0,
@@ -224,6 +226,7 @@ impl Args {
                 "--n-quota" => a.n_quota = num(&flag, value(&flag)?)?,
                 "--n-flood" => a.n_flood = num(&flag, value(&flag)?)?,
                 "--n-agent-delay-ms" => a.n_agent_delay_ms = num(&flag, value(&flag)?)?,
+                "--n-slow-every" => a.n_slow_every = num(&flag, value(&flag)?)?,
                 "--n-weight" => a.n_weight = num(&flag, value(&flag)?)?,
                 "--workers" => a.workers = num(&flag, value(&flag)?)?,
                 "--seconds" => a.seconds = num(&flag, value(&flag)?)?,
@@ -299,6 +302,8 @@ struct TenantResult {
     setup_ms_max: Option<f64>,
     packets_per_20ms: u32,
     agent_read_delay_ms: u64,
+    /// Every K-th call's agent reads with that delay (0: none).
+    slow_agent_every: u32,
     /// Generator → agent over the window: frames sent (every packet, flood included) and received with a marker,
     /// latency percentiles over every received frame, to the instant the agent's thread read the frame.
     up: Option<PathSummary>,
@@ -448,9 +453,16 @@ fn main() {
         if pin { args.gen_core.to_string() } else { "-".into() },
     );
     println!(
-        "isolation: Q {} calls x 1 packet/20 ms | N tries {} calls (quota {}), {} packets/20 ms each, agent read delay \
-         {} ms, weight {} | [media] workers = {}",
-        args.q_calls, args.n_calls, args.n_quota, args.n_flood, args.n_agent_delay_ms, args.n_weight, args.workers,
+        "isolation: Q {} calls x 1 packet/20 ms | N tries {} calls (quota {}), {} packets/20 ms each, every {}th \
+         call's agent slow (read delay {} ms), weight {} | [media] workers = {}",
+        args.q_calls,
+        args.n_calls,
+        args.n_quota,
+        args.n_flood,
+        args.n_slow_every,
+        args.n_agent_delay_ms,
+        args.n_weight,
+        args.workers,
     );
     let mut phases = Vec::new();
     for &phase in &args.phases {
@@ -659,13 +671,20 @@ fn shared(calls: usize, epoch: Instant) -> Arc<Shared> {
     Arc::new(s)
 }
 
-fn tenant_result(tenant: &'static str, quota: usize, attempted: usize, flood: u32, delay_ms: u64) -> TenantResult {
+fn tenant_result(
+    tenant: &'static str,
+    quota: usize,
+    attempted: usize,
+    flood: u32,
+    (delay_ms, slow_every): (u64, u32),
+) -> TenantResult {
     TenantResult {
         tenant,
         quota,
         calls_attempted: attempted,
         packets_per_20ms: flood,
         agent_read_delay_ms: delay_ms,
+        slow_agent_every: slow_every,
         ..TenantResult::default()
     }
 }
@@ -689,8 +708,11 @@ async fn run_phase(args: &Args, phase: Phase, pin: bool, out_dir: &Path) -> Phas
         workers: Some(args.workers),
         status: "ok".to_owned(),
         measured_s: 0.0,
-        q: tenant_result("q", args.q_calls, args.q_calls, 1, 0),
-        n: phase.noisy().then(|| tenant_result("n", args.n_quota, args.n_calls, args.n_flood, args.n_agent_delay_ms)),
+        q: tenant_result("q", args.q_calls, args.q_calls, 1, (0, 0)),
+        n: phase.noisy().then(|| {
+            let slow = (args.n_agent_delay_ms, args.n_slow_every);
+            tenant_result("n", args.n_quota, args.n_calls, args.n_flood, slow)
+        }),
         metrics: "not scraped".to_owned(),
         server: ServerFigures::default(),
         generator: GeneratorFigures::default(),
@@ -721,10 +743,11 @@ async fn run_phase(args: &Args, phase: Phase, pin: bool, out_dir: &Path) -> Phas
     };
     let Ok(n_agent) = n_listener.local_addr() else { return fail(r, "N agent listener has no address".to_owned()) };
     {
-        let (shared, delay) = (n_shared.clone(), Duration::from_millis(args.n_agent_delay_ms));
+        let (shared, delay, slow_every) =
+            (n_shared.clone(), Duration::from_millis(args.n_agent_delay_ms), args.n_slow_every);
         tasks.0.push(noisy.handle.spawn(async move {
             match TcpListener::from_std(n_listener) {
-                Ok(l) => agent::serve_with(l, shared, false, delay).await,
+                Ok(l) => agent::serve_with(l, shared, false, delay, slow_every).await,
                 Err(e) => eprintln!("isolation: N agent listener: {e}"),
             }
         }));

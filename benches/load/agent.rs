@@ -1,8 +1,8 @@
 //! The tenant's agent: a WebSocket server speaking the Twilio Media Streams protocol. It decodes every inbound
 //! `media` payload to find the frame's marker (hop latency = now − send instant, same process and clock) and, when
 //! talk-back is on, returns the same payload as outbound `media` so the server plays it to the caller. A slow agent
-//! ([`serve_with`] and a read delay) sleeps before each read once the call's `start` is in, so the server's stream to
-//! it backs up.
+//! ([`serve_with`]: a read delay for every K-th call) sleeps before each read once the call's `start` is in, so the
+//! server's stream to it backs up.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -15,9 +15,13 @@ use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::rxstamp::RxStamped;
 use crate::stats::{PAYLOAD_LEN, Shared};
+
+/// The agent's WebSocket read buffer (see [`connection`]).
+const AGENT_READ_BUFFER: usize = 4096;
 
 #[derive(Deserialize)]
 struct Inbound<'a> {
@@ -66,18 +70,25 @@ fn call_of(from: &str) -> Option<u32> {
 
 /// Accepts agent connections until aborted; each connection runs in `conns`' tasks.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, talk_back: bool) {
-    serve_with(listener, shared, talk_back, Duration::ZERO).await
+    serve_with(listener, shared, talk_back, Duration::ZERO, 0).await
 }
 
-/// [`serve`], with each connection sleeping `read_delay` before every read after its `start` (zero: never).
-pub async fn serve_with(listener: TcpListener, shared: Arc<Shared>, talk_back: bool, read_delay: Duration) {
+/// [`serve`], where the connection of every `slow_every`-th call (by call index: 0, K, 2K, ...; 0 = none) sleeps
+/// `read_delay` before every read after its `start`.
+pub async fn serve_with(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    talk_back: bool,
+    read_delay: Duration,
+    slow_every: u32,
+) {
     let mut conns = JoinSet::new();
     loop {
         match listener.accept().await {
             Ok((tcp, _)) => {
                 let _ = tcp.set_nodelay(true);
                 shared.agent.lock().connections += 1;
-                conns.spawn(connection(tcp, shared.clone(), talk_back, read_delay));
+                conns.spawn(connection(tcp, shared.clone(), talk_back, read_delay, slow_every));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
@@ -85,12 +96,16 @@ pub async fn serve_with(listener: TcpListener, shared: Arc<Shared>, talk_back: b
     }
 }
 
-async fn connection(tcp: TcpStream, shared: Arc<Shared>, talk_back: bool, read_delay: Duration) {
+async fn connection(tcp: TcpStream, shared: Arc<Shared>, talk_back: bool, read_delay: Duration, slow_every: u32) {
     let Ok((tcp, rx_stamp)) = RxStamped::new(tcp) else {
         shared.agent.lock().handshake_failures += 1;
         return;
     };
-    let mut ws = match tokio_tungstenite::accept_async(tcp).await {
+    // tungstenite zero-fills its read buffer up to `read_buffer_size` before every read (128 KiB by default): at
+    // tens of thousands of messages a second that memset was the generator core's largest single cost. Media
+    // Streams messages are under 1 KiB, so 4 KiB (the server's own size) reads several per call.
+    let config = WebSocketConfig::default().read_buffer_size(AGENT_READ_BUFFER);
+    let mut ws = match tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await {
         Ok(ws) => ws,
         Err(_) => {
             shared.agent.lock().handshake_failures += 1;
@@ -102,7 +117,7 @@ async fn connection(tcp: TcpStream, shared: Arc<Shared>, talk_back: bool, read_d
     let mut last_seq: Option<u64> = None;
     let mut payload = [0u8; 4 * PAYLOAD_LEN];
     loop {
-        if !read_delay.is_zero() && owner.is_some() {
+        if !read_delay.is_zero() && owner.is_some_and(|call| slow_every != 0 && call % slow_every == 0) {
             tokio::time::sleep(read_delay).await;
         }
         let msg = match ws.next().await {
