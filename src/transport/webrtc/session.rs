@@ -125,14 +125,7 @@ impl RtcSession {
                 .clear_codecs()
                 .enable_opus(true, false)
                 .set_stats_interval(None);
-            config.codec_config().add_config(
-                Pt::from(TELEPHONE_EVENT_PT),
-                None,
-                Codec::Tele,
-                Frequency::FORTY_EIGHT_KHZ,
-                None,
-                Default::default(),
-            );
+            add_telephone_event(&mut config);
             let mut rtc = config.build(now);
             let candidate = Candidate::host(advertised, "udp").map_err(|e| OfferError::Setup(e.to_string()))?;
             rtc.add_local_candidate(candidate);
@@ -376,6 +369,18 @@ impl SessionIo for NoIo {
     fn transmit(&mut self, _: &[u8], _: SocketAddr) {}
     fn audio(&mut self, _: &[i16], _: u32, _: Instant) {}
     fn digit(&mut self, _: char) {}
+}
+
+/// Offers RFC 4733 `telephone-event` at 48 kHz on [`TELEPHONE_EVENT_PT`] beside Opus (what browsers send DTMF as).
+fn add_telephone_event(config: &mut RtcConfig) {
+    config.codec_config().add_config(
+        Pt::from(TELEPHONE_EVENT_PT),
+        None,
+        Codec::Tele,
+        Frequency::FORTY_EIGHT_KHZ,
+        None,
+        Default::default(),
+    );
 }
 
 #[cfg(test)]

@@ -32,14 +32,7 @@ impl SessionIo for Collected {
 
 fn client_config() -> RtcConfig {
     let mut config = RtcConfig::new().set_crypto_provider(crypto()).clear_codecs().enable_opus(true, false);
-    config.codec_config().add_config(
-        Pt::from(TELEPHONE_EVENT_PT),
-        None,
-        Codec::Tele,
-        Frequency::FORTY_EIGHT_KHZ,
-        None,
-        Default::default(),
-    );
+    add_telephone_event(&mut config);
     config
 }
 
