@@ -73,6 +73,8 @@ usage: cargo bench --bench isolation -- [options]
   --n-agent-delay-ms MS  a slow agent sleeps this long before each WebSocket read (default 100)
   --n-weight W         the noisy tenant's plan weight; the quiet tenant's is 1 (default 1)
   --workers N          [media] workers of the server (default 1; 0 = one per core)
+  --worker-busy-pct P  [limits] worker_busy_pct of the server: from P% busy on, tenants at or above their share of
+                       the workers get no new calls (default: the server's, 80; 100 = off)
   --seconds S          measurement window per phase (default 15)
   --warmup S           seconds between the last call set up and the window (default 2)
   --cps R              call set-up rate per tenant, calls per second (default 50)
@@ -146,6 +148,7 @@ struct Args {
     n_slow_every: u32,
     n_weight: u32,
     workers: usize,
+    worker_busy_pct: Option<u8>,
     seconds: f64,
     warmup: f64,
     cps: f64,
@@ -176,6 +179,7 @@ impl Args {
             n_slow_every: 10,
             n_weight: 1,
             workers: 1,
+            worker_busy_pct: None,
             seconds: 15.0,
             warmup: 2.0,
             cps: 50.0,
@@ -229,6 +233,7 @@ impl Args {
                 "--n-slow-every" => a.n_slow_every = num(&flag, value(&flag)?)?,
                 "--n-weight" => a.n_weight = num(&flag, value(&flag)?)?,
                 "--workers" => a.workers = num(&flag, value(&flag)?)?,
+                "--worker-busy-pct" => a.worker_busy_pct = Some(num(&flag, value(&flag)?)?),
                 "--seconds" => a.seconds = num(&flag, value(&flag)?)?,
                 "--warmup" => a.warmup = num(&flag, value(&flag)?)?,
                 "--cps" => a.cps = num(&flag, value(&flag)?)?,
@@ -454,7 +459,7 @@ fn main() {
     );
     println!(
         "isolation: Q {} calls x 1 packet/20 ms | N tries {} calls (quota {}), {} packets/20 ms each, every {}th \
-         call's agent slow (read delay {} ms), weight {} | [media] workers = {}",
+         call's agent slow (read delay {} ms), weight {} | [media] workers = {} | [limits] worker_busy_pct = {}",
         args.q_calls,
         args.n_calls,
         args.n_quota,
@@ -463,6 +468,7 @@ fn main() {
         args.n_agent_delay_ms,
         args.n_weight,
         args.workers,
+        args.worker_busy_pct.map_or("default".to_owned(), |p| p.to_string()),
     );
     let mut phases = Vec::new();
     for &phase in &args.phases {
@@ -1030,10 +1036,11 @@ fn write_config(
     };
     let toml = format!(
         "# Written by benches/isolation.rs, phase ({phase}): {title}\n[rtp]\ninactivity_timeout_secs = 30\n\n\
-         [limits]\nmax_calls = {node_cap}\n\n{media}{q_plan}{n_plan}{q_tenant}{n_tenant}",
+         [limits]\nmax_calls = {node_cap}\n{busy}\n{media}{q_plan}{n_plan}{q_tenant}{n_tenant}",
         phase = phase.name(),
         title = phase.title(),
         node_cap = args.q_calls + args.n_calls + 16,
+        busy = args.worker_busy_pct.map_or(String::new(), |p| format!("worker_busy_pct = {p}\n")),
         q_plan = plan("quiet", 1, args.q_calls),
         n_plan = plan("noisy", args.n_weight, args.n_quota),
         q_tenant = tenant("q", "quiet", q_agent, Q_NUMBER),

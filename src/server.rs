@@ -25,7 +25,7 @@ use crate::metrics::{self, Metrics};
 use crate::sched::admission::Admission;
 use crate::sched::breaker::{BreakerConfig, Breakers};
 use crate::tenant::{Snapshot, TenantId};
-use crate::transport::ingress::{BehindTracker, MediaWorkers};
+use crate::transport::ingress::{BehindTracker, CapacityTracker, MediaWorkers};
 use crate::transport::media::MediaCounters;
 use crate::transport::rtp_ports::RtpPortPool;
 use crate::transport::sip::{SipControl, SipDriver, SipShutdown, SipSockets};
@@ -226,7 +226,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     )?;
     let sink = control.call_record_sink(sink);
     tracing::info!(workers = workers.workers(), scheduler = workers.scheduler().label(), "media workers started");
-    tokio::spawn(watch_workers(Arc::clone(&workers), Arc::clone(&guards.admission), shutdown.hang_up.clone()));
+    tokio::spawn(watch_workers(
+        Arc::clone(&workers),
+        Arc::clone(&guards.admission),
+        CapacityTracker::new(config.worker_busy_threshold),
+        shutdown.hang_up.clone(),
+    ));
     let calls = TaskTracker::new();
 
     let state = HttpState {
@@ -291,33 +296,70 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     Ok(Running { sip_addr, http_addr, metrics, readiness, shutdown, calls, sip_task, http_task, control })
 }
 
-/// Once a second, tells admission which tenants the media workers are persistently behind for, and whether they are
-/// behind for the whole node (see `transport::ingress::BehindTracker`).
+/// Once a second, tells admission which tenants' new calls the media workers cannot take: those they are
+/// persistently behind for, or the whole node (`transport::ingress::BehindTracker`), and, while the workers are
+/// hot, the tenants at or above their weighted share of them (`transport::ingress::CapacityTracker`).
 async fn watch_workers(
     workers: Arc<MediaWorkers>,
     admission: Arc<Admission>,
+    mut capacity: CapacityTracker,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut tracker = BehindTracker::default();
     let mut was_node_behind = false;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    let mut was_hot = false;
+    let (mut heated, mut last_warned) = (0u64, None);
+    let mut behind = Vec::new();
+    // The capacity check samples four times a second: calls arrive at tens a second and each adds load, so a
+    // slower look lets a burst of set-ups carry the workers well past the threshold before it acts. Lateness is
+    // judged per second (BehindTracker's thresholds are per second).
+    let mut tick = tokio::time::interval(CAPACITY_SAMPLE);
+    for n in 0u64.. {
         tokio::select! {
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let totals = workers.totals();
-        let (behind, node) = tracker.update(&totals);
-        for (i, &b) in behind.iter().enumerate() {
-            admission.set_tenant_behind(TenantId(i as u32), b);
+        if n % 4 == 0 {
+            let (late, node) = tracker.update(&workers.totals());
+            behind.clear();
+            behind.extend_from_slice(late);
+            admission.set_node_behind(node);
+            if node != was_node_behind {
+                tracing::warn!(
+                    behind = node,
+                    "media workers persistently behind for every busy tenant: new calls refused"
+                );
+                was_node_behind = node;
+            }
         }
-        admission.set_node_behind(node);
-        if node != was_node_behind {
-            tracing::warn!(behind = node, "media workers persistently behind for every busy tenant: new calls refused");
-            was_node_behind = node;
+        let over_share = capacity.update(Instant::now(), workers.load());
+        for i in 0..behind.len().max(over_share.len()) {
+            let refuse = behind.get(i).copied().unwrap_or(false) || over_share.get(i).copied().unwrap_or(false);
+            admission.set_tenant_behind(TenantId(i as u32), refuse);
+        }
+        if capacity.hot() != was_hot {
+            was_hot = capacity.hot();
+            let busy_pct = (capacity.utilisation() * 100.0).round();
+            // Near the threshold the check flips every few samples (it is admission control doing its job): say
+            // so once a minute at most, with how often it flipped; each refusal is counted in the metrics anyway.
+            heated += u64::from(was_hot);
+            if was_hot && last_warned.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(60)) {
+                tracing::warn!(
+                    busy_pct,
+                    times_hot = heated,
+                    "media workers hot: new calls of tenants at or above their share of them refused"
+                );
+                last_warned = Some(Instant::now());
+                heated = 0;
+            } else {
+                tracing::debug!(busy_pct, hot = was_hot, "media workers' capacity check changed");
+            }
         }
     }
 }
+
+/// How often the media workers' load is sampled for the capacity check.
+const CAPACITY_SAMPLE: Duration = Duration::from_millis(250);
 
 /// The media worker pool, each tenant given its plan's weight and queue room.
 pub fn media_workers(config: &Config) -> Result<MediaWorkers, StartError> {

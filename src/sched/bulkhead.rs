@@ -40,7 +40,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
@@ -101,6 +101,26 @@ pub struct PoolStats {
     pub shut_down: bool,
 }
 
+/// Cumulative load of the pool; see [`Bulkhead::load`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolLoad {
+    pub workers: usize,
+    /// Time workers spent waiting for work, summed over workers. A worker that is not waiting is busy: running a
+    /// handler, polling, or off its core while it has work.
+    pub waited: Duration,
+    /// By `TenantId`.
+    pub tenants: Vec<TenantLoad>,
+}
+
+/// One tenant's part of a [`PoolLoad`].
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct TenantLoad {
+    /// Plan weight; 0 for a slot not configured (or removed).
+    pub weight: u32,
+    /// Time workers spent in the tenant's handler calls.
+    pub busy: Duration,
+}
+
 /// A handler: serves one item, and may hand it back to be queued again.
 type Handler<T> = dyn Fn(TenantId, T) -> Option<T> + Send + Sync;
 
@@ -127,6 +147,8 @@ struct PoolTenant {
     limit: u32,
     processed: u64,
     panics: u64,
+    /// Time workers spent in this tenant's handler calls.
+    busy: Duration,
 }
 
 struct State<T> {
@@ -141,6 +163,8 @@ struct State<T> {
     shutting_down: bool,
     refused_shut_down: u64,
     dropped_at_shutdown: u64,
+    /// Time workers spent waiting for work (on the `Condvar` or in the source), summed over workers.
+    waited: Duration,
 }
 
 impl<T> State<T> {
@@ -162,9 +186,10 @@ impl<T> State<T> {
     }
 
     /// The end of one item: it leaves the tenant's in-flight count (which may unpark the tenant).
-    fn finish(&mut self, tenant: TenantId, panicked: bool) {
+    fn finish(&mut self, tenant: TenantId, panicked: bool, busy: Duration) {
         self.queue.done(tenant);
         if let Some(t) = self.tenants.get_mut(tenant.0 as usize) {
+            t.busy += busy;
             if panicked {
                 t.panics += 1;
             } else {
@@ -293,6 +318,7 @@ impl<T: Send + 'static> Bulkhead<T> {
                 shutting_down: false,
                 refused_shut_down: 0,
                 dropped_at_shutdown: 0,
+                waited: Duration::ZERO,
             }),
             wake: Condvar::new(),
             handler,
@@ -385,6 +411,22 @@ impl<T: Send + 'static> Bulkhead<T> {
         Some(BulkheadStats { queue, processed: t.processed, panics: t.panics, max_in_flight: t.limit })
     }
 
+    /// The pool's load so far: time its workers waited for work, and each configured tenant's weight and handler
+    /// time (indexed by `TenantId`). Two samples a known interval apart give the pool's utilisation and each
+    /// tenant's part of it ([`PoolLoad`]).
+    pub fn load(&self) -> PoolLoad {
+        let g = self.shared.state.lock();
+        PoolLoad {
+            workers: g.workers,
+            waited: g.waited,
+            tenants: g
+                .tenants
+                .iter()
+                .map(|t| TenantLoad { weight: if t.configured { t.weight } else { 0 }, busy: t.busy })
+                .collect(),
+        }
+    }
+
     pub fn pool_stats(&self) -> PoolStats {
         let g = self.shared.state.lock();
         PoolStats {
@@ -437,8 +479,8 @@ impl<T: Send + 'static> Drop for Bulkhead<T> {
 }
 
 fn worker<T: Send + 'static>(shared: &Shared<T>) {
-    // (tenant, panicked, handed back) of the item this worker ran last.
-    let mut finished: Option<(TenantId, bool, Option<T>)> = None;
+    // (tenant, panicked, handed back, time in the handler) of the item this worker ran last.
+    let mut finished: Option<(TenantId, bool, Option<T>, Duration)> = None;
     // Both reserved once: the source fills `ready` only up to SOURCE_BATCH, one more is the item handed back.
     let mut ready: Vec<(TenantId, T)> = Vec::with_capacity(SOURCE_BATCH + 1);
     let mut refused: Vec<(TenantId, T, RefuseReason)> = Vec::with_capacity(SOURCE_BATCH + 1);
@@ -451,8 +493,8 @@ fn worker<T: Send + 'static>(shared: &Shared<T>) {
         }
         let job = {
             let mut g = shared.state.lock();
-            if let Some((tenant, panicked, again)) = finished.take() {
-                g.finish(tenant, panicked);
+            if let Some((tenant, panicked, again, busy)) = finished.take() {
+                g.finish(tenant, panicked, busy);
                 if let Some(item) = again {
                     ready.push((tenant, item));
                 }
@@ -470,17 +512,22 @@ fn worker<T: Send + 'static>(shared: &Shared<T>) {
                     Some(source) if !g.polling => {
                         g.polling = true;
                         shared.polling.store(true, Ordering::Release);
-                        MutexGuard::unlocked(&mut g, || {
+                        let waited = MutexGuard::unlocked(&mut g, || {
                             shared.return_refused(&mut refused);
+                            let since = Instant::now();
                             source.poll(&mut ready, true);
+                            since.elapsed()
                         });
+                        g.waited += waited;
                         g.polling = false;
                         shared.polling.store(false, Ordering::Release);
                         g.enqueue(&mut ready, &mut refused, Instant::now());
                     }
                     _ => {
                         g.idle += 1;
+                        let since = Instant::now();
                         shared.wake.wait(&mut g);
+                        g.waited += since.elapsed();
                         g.idle -= 1;
                     }
                 }
@@ -493,10 +540,12 @@ fn worker<T: Send + 'static>(shared: &Shared<T>) {
         };
         shared.return_refused(&mut refused);
         let Some(p) = job else { return };
+        let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| (shared.handler)(p.tenant, p.item)));
+        let busy = started.elapsed();
         finished = Some(match outcome {
-            Ok(again) => (p.tenant, false, again),
-            Err(_) => (p.tenant, true, None),
+            Ok(again) => (p.tenant, false, again, busy),
+            Err(_) => (p.tenant, true, None, busy),
         });
     }
 }

@@ -20,7 +20,7 @@ pub mod histogram;
 pub mod plan;
 pub mod wfq;
 
-pub use bulkhead::{Bulkhead, BulkheadConfig, BulkheadError, BulkheadStats, PoolStats};
+pub use bulkhead::{Bulkhead, BulkheadConfig, BulkheadError, BulkheadStats, PoolLoad, PoolStats, TenantLoad};
 pub use fifo::Fifo;
 pub use histogram::WaitHistogram;
 pub use wfq::{

@@ -56,7 +56,7 @@ use crate::proto::dtmf::{self, DtmfDetector};
 use crate::proto::media_streams::MediaFormat;
 use crate::proto::rtp::{self, PacketVerdict, ReceiveStats};
 use crate::proto::sdp::Negotiated;
-use crate::sched::bulkhead::{Bulkhead, BulkheadConfig, BulkheadError, PoolStats, Source};
+use crate::sched::bulkhead::{Bulkhead, BulkheadConfig, BulkheadError, PoolLoad, PoolStats, Source};
 use crate::sched::plan::Plan;
 use crate::sched::wfq::{ConfigError, SchedulerKind, TenantConfig};
 use crate::stream::outbox::WriteWaker;
@@ -130,6 +130,11 @@ impl MediaWorkers {
             counts.push(Arc::default());
         }
         Arc::clone(&counts[tenant.0 as usize])
+    }
+
+    /// The pool's cumulative load (wait time, each tenant's weight and handler time), for [`CapacityTracker`].
+    pub fn load(&self) -> PoolLoad {
+        self.pool.load()
     }
 
     /// Every tenant's (turns, late) totals so far, indexed by `TenantId`.
@@ -289,6 +294,99 @@ impl BehindTracker {
         }
         let node = judged > 0 && judged_behind == judged;
         (&self.behind, node)
+    }
+}
+
+/// Decides, from once-a-second samples of [`MediaWorkers::load`], whether the workers are *hot* (busy for at least
+/// `threshold` of their time) and, while they are, which tenants use at least their weighted share of that time:
+/// those tenants' new calls are refused (`503`, as `overload`) until the workers cool down. Sans-IO: the caller
+/// owns the clock.
+///
+/// Why: [`BehindTracker`] acts once turns are already late, and on a worker core that is full the OS, not the fair
+/// queue, decides when a worker runs (the tokio thread with a tenant's call tasks, `ksoftirqd`: see
+/// `docs/benchmarks.md`). Keeping the workers out of full saturation keeps the headroom that every tenant's latency
+/// needs, and refusing only the tenants at or above their share means a noisy tenant cannot use up admission for
+/// the others: a quiet tenant far below its share still gets its calls in while the node is hot.
+///
+/// A tenant's share is its weight over the weights of the tenants that kept the workers busy in the second (idle
+/// tenants do not dilute it). The workers stop being hot when they fall below `threshold - COOL_MARGIN`.
+#[derive(Debug)]
+pub struct CapacityTracker {
+    threshold: f64,
+    last: Option<(Instant, PoolLoad)>,
+    hot: bool,
+    over: Vec<bool>,
+    utilisation: f64,
+}
+
+impl CapacityTracker {
+    /// Hysteresis below the threshold before the workers count as cool again.
+    pub const COOL_MARGIN: f64 = 0.05;
+
+    /// `threshold`: the busy fraction (0..=1) from which the workers are hot; 1.0 or more never is.
+    pub fn new(threshold: f64) -> CapacityTracker {
+        CapacityTracker { threshold, last: None, hot: false, over: Vec::new(), utilisation: 0.0 }
+    }
+
+    /// Feeds one sample taken at `now`; returns, by tenant index, who is at or above its share while the workers
+    /// are hot (all false while they are not).
+    pub fn update(&mut self, now: Instant, load: PoolLoad) -> &[bool] {
+        self.over.clear();
+        self.over.resize(load.tenants.len(), false);
+        if let Some((at, last)) = self.last.take() {
+            self.judge(now.saturating_duration_since(at), &last, &load);
+        }
+        self.last = Some((now, load));
+        &self.over
+    }
+
+    fn judge(&mut self, interval: Duration, last: &PoolLoad, load: &PoolLoad) {
+        let wall = interval.as_secs_f64() * load.workers.max(1) as f64;
+        if wall <= 0.0 {
+            return;
+        }
+        let waited = load.waited.saturating_sub(last.waited).as_secs_f64();
+        self.utilisation = (1.0 - waited / wall).clamp(0.0, 1.0);
+        self.hot = if self.threshold >= 1.0 {
+            false
+        } else if self.hot {
+            self.utilisation >= self.threshold - Self::COOL_MARGIN
+        } else {
+            self.utilisation >= self.threshold
+        };
+        if !self.hot {
+            return;
+        }
+        let busy = |i: usize, now: Duration| {
+            let before = last.tenants.get(i).map_or(Duration::ZERO, |t| t.busy);
+            now.saturating_sub(before).as_secs_f64()
+        };
+        let (mut total_busy, mut busy_weight) = (0.0, 0u64);
+        for (i, t) in load.tenants.iter().enumerate() {
+            if t.weight > 0 && busy(i, t.busy) > 0.0 {
+                total_busy += busy(i, t.busy);
+                busy_weight += u64::from(t.weight);
+            }
+        }
+        if total_busy <= 0.0 {
+            return;
+        }
+        for (i, t) in load.tenants.iter().enumerate() {
+            let b = busy(i, t.busy);
+            if t.weight > 0 && b > 0.0 {
+                self.over[i] = b / total_busy >= f64::from(t.weight) / busy_weight as f64;
+            }
+        }
+    }
+
+    /// Whether the workers are hot after the last sample.
+    pub fn hot(&self) -> bool {
+        self.hot
+    }
+
+    /// The workers' busy fraction over the last interval.
+    pub fn utilisation(&self) -> f64 {
+        self.utilisation
     }
 }
 

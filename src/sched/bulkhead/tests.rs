@@ -376,3 +376,33 @@ fn items_the_queue_refuses_go_back_to_the_source() {
     assert_eq!(source.refused.lock().as_slice(), &[(t(3), 7, RefuseReason::UnknownTenant)]);
     assert_eq!(pool.pool_stats().refused_unknown_tenant, 1);
 }
+
+#[test]
+fn load_counts_each_tenants_handler_time_and_the_workers_wait() {
+    let pool = Bulkhead::start(config(1, SchedulerKind::Fair), |_, ms: u64| {
+        std::thread::sleep(Duration::from_millis(ms));
+    })
+    .unwrap();
+    pool.configure_tenant(t(0), tenant(1, 10, Duration::from_secs(60))).unwrap();
+    pool.configure_tenant(t(1), tenant(3, 10, Duration::from_secs(60))).unwrap();
+    for _ in 0..4 {
+        pool.submit(t(0), 25, 1, Instant::now()).unwrap();
+    }
+    pool.submit(t(1), 1, 1, Instant::now()).unwrap();
+    wait_until("all 5 items are processed", || {
+        pool.stats(t(0)).unwrap().processed == 4 && pool.stats(t(1)).unwrap().processed == 1
+    });
+    let before = pool.load();
+    assert_eq!(before.workers, 1);
+    assert_eq!(before.tenants[0].weight, 1);
+    assert_eq!(before.tenants[1].weight, 3);
+    assert!(before.tenants[0].busy >= Duration::from_millis(100), "{before:?}");
+    assert!(before.tenants[1].busy >= Duration::from_millis(1) && before.tenants[1].busy < Duration::from_millis(100));
+    // An idle worker's time is counted as waited (once its wait ends, which a new item does).
+    std::thread::sleep(Duration::from_millis(100));
+    pool.submit(t(1), 0, 1, Instant::now()).unwrap();
+    wait_until("the item is processed", || pool.stats(t(1)).unwrap().processed == 2);
+    let after = pool.load();
+    assert!(after.waited >= before.waited + Duration::from_millis(90), "{before:?} -> {after:?}");
+    assert_eq!(after.tenants[0].busy, before.tenants[0].busy);
+}
