@@ -1,6 +1,7 @@
 //! End to end with sipp: per-tenant admission. A tenant at its concurrency cap gets `486 Busy Here` while another
 //! tenant still connects; a burst over a tenant's call rate gets `503` with `Retry-After`; once its calls end, the
-//! tenant connects again.
+//! tenant connects again. And while one tenant keeps the media workers hot (`limits.worker_busy_pct`), its new calls
+//! get `503` and another tenant still connects.
 
 mod common;
 
@@ -131,4 +132,100 @@ fn an_rtp_flood_is_policed_at_the_calls_socket() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(policed >= 900, "policed {policed}");
+}
+
+const HOT_CONFIG: &str = r#"
+[rtp]
+inactivity_timeout_secs = 5
+
+[media]
+workers = 1
+
+[limits]
+# Low enough that one flooded call makes a debug build's single worker hot.
+worker_busy_pct = 10
+
+[plans.roomy]
+weight = 1
+max_concurrent_calls = 10
+calls_per_second = 100
+burst = 100
+monthly_minutes = 1000
+
+[[tenants]]
+id = "tenant-a"
+plan = "roomy"
+[[tenants.apps]]
+name = "echo"
+kind = "echo"
+[[tenants.numbers]]
+number = "+15550001"
+app = "echo"
+
+[[tenants]]
+id = "tenant-b"
+plan = "roomy"
+[[tenants.apps]]
+name = "echo"
+kind = "echo"
+[[tenants.numbers]]
+number = "+15550002"
+app = "echo"
+"#;
+
+#[test]
+fn hot_media_workers_refuse_the_tenant_using_them_and_admit_the_other() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let server = Server::start(HOT_CONFIG);
+    // A's first call holds the first even port of the RTP range; a flood into it keeps the one worker busy.
+    let holder = Sipp::new(&server, "uac_wait_for_bye.xml").service("15550001").spawn(SIPP_TIMEOUT);
+    assert!(wait_until(Duration::from_secs(5), || server.log().contains("incoming call")));
+    std::thread::sleep(Duration::from_millis(300));
+    let (lo, _) = server.rtp_range();
+    let port = lo + lo % 2;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut pkt = [0x55u8; 172];
+            pkt[..2].copy_from_slice(&[0x80, 0x00]);
+            pkt[8..12].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+            let mut i = 0u16;
+            // Bounded: the test stops it, and it stops by itself after 20 s in any case.
+            let until = std::time::Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                i = i.wrapping_add(1);
+                pkt[2..4].copy_from_slice(&i.to_be_bytes());
+                pkt[4..8].copy_from_slice(&(u32::from(i) * 160).to_be_bytes());
+                let _ = sock.send_to(&pkt, ("127.0.0.1", port));
+            }
+        })
+    };
+    let hot = wait_until(Duration::from_secs(8), || server.log().contains("media workers hot"));
+    // Whatever happens next, the flood stops when this test does.
+    let stop_flood = || {
+        stop.store(true, Ordering::Relaxed);
+    };
+    if !hot {
+        stop_flood();
+        panic!("the flood never made the worker hot: {}", server.log());
+    }
+    // A uses all of the busy time: its new call is refused with 503 and told when to retry.
+    let refused = expect(&server, "15550001", 503);
+    // B has no part of the busy time: it still gets in while A floods.
+    let b = Sipp::builtin("uac", Some(server.sip_addr())).service("15550002").run(SIPP_TIMEOUT);
+    stop_flood();
+    flood.join().unwrap();
+    assert!(refused.messages.contains("Retry-After: 5"), "{}", refused.messages);
+    b.assert_success("tenant B while tenant A keeps the worker hot");
+    let log = server.log();
+    assert!(log.contains("\"reason\":\"overload\"") && log.contains("\"tenant\":\"tenant-a\""), "{log}");
+    // Once the worker cools down, A connects again: the capacity check lets go at its next sample (250 ms), and the
+    // lateness check, if the flood made A's turns late too, after two on-time seconds.
+    std::thread::sleep(Duration::from_millis(3500));
+    Sipp::builtin("uac", Some(server.sip_addr())).service("15550001").run(SIPP_TIMEOUT).assert_success("A again");
+    drop(holder.kill());
 }

@@ -163,8 +163,14 @@ struct State<T> {
     shutting_down: bool,
     refused_shut_down: u64,
     dropped_at_shutdown: u64,
-    /// Time workers spent waiting for work (on the `Condvar` or in the source), summed over workers.
+    /// Time workers spent waiting for work (on the `Condvar` or in the source), summed over workers, for waits
+    /// that have ended. Waits under way are added when [`Bulkhead::load`] looks: the two fields below.
     waited: Duration,
+    /// Since when the poller has been waiting in the source, while it is.
+    poll_since: Option<Instant>,
+    /// Sum over the workers now waiting on the `Condvar` of when they started, as nanoseconds since `epoch`.
+    idle_since_sum: u128,
+    epoch: Instant,
 }
 
 impl<T> State<T> {
@@ -319,6 +325,9 @@ impl<T: Send + 'static> Bulkhead<T> {
                 refused_shut_down: 0,
                 dropped_at_shutdown: 0,
                 waited: Duration::ZERO,
+                poll_since: None,
+                idle_since_sum: 0,
+                epoch: Instant::now(),
             }),
             wake: Condvar::new(),
             handler,
@@ -416,9 +425,14 @@ impl<T: Send + 'static> Bulkhead<T> {
     /// tenant's part of it ([`PoolLoad`]).
     pub fn load(&self) -> PoolLoad {
         let g = self.shared.state.lock();
+        let now = Instant::now();
+        let polling = g.poll_since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let idle_ns =
+            (g.idle as u128 * now.saturating_duration_since(g.epoch).as_nanos()).saturating_sub(g.idle_since_sum);
+        let idle = Duration::from_nanos(u64::try_from(idle_ns).unwrap_or(u64::MAX));
         PoolLoad {
             workers: g.workers,
-            waited: g.waited,
+            waited: g.waited + polling + idle,
             tenants: g
                 .tenants
                 .iter()
@@ -512,13 +526,14 @@ fn worker<T: Send + 'static>(shared: &Shared<T>) {
                     Some(source) if !g.polling => {
                         g.polling = true;
                         shared.polling.store(true, Ordering::Release);
-                        let waited = MutexGuard::unlocked(&mut g, || {
+                        let since = Instant::now();
+                        g.poll_since = Some(since);
+                        MutexGuard::unlocked(&mut g, || {
                             shared.return_refused(&mut refused);
-                            let since = Instant::now();
                             source.poll(&mut ready, true);
-                            since.elapsed()
                         });
-                        g.waited += waited;
+                        g.waited += since.elapsed();
+                        g.poll_since = None;
                         g.polling = false;
                         shared.polling.store(false, Ordering::Release);
                         g.enqueue(&mut ready, &mut refused, Instant::now());
@@ -526,7 +541,10 @@ fn worker<T: Send + 'static>(shared: &Shared<T>) {
                     _ => {
                         g.idle += 1;
                         let since = Instant::now();
+                        let since_epoch = since.saturating_duration_since(g.epoch).as_nanos();
+                        g.idle_since_sum += since_epoch;
                         shared.wake.wait(&mut g);
+                        g.idle_since_sum -= since_epoch;
                         g.waited += since.elapsed();
                         g.idle -= 1;
                     }
