@@ -9,7 +9,8 @@
 //!
 //! 1. **node cap** (`limits.max_calls`), or **media workers behind** (set from outside by the workers' monitor,
 //!    `transport::ingress::BehindTracker`: the node when every busy tenant's turns are late, a tenant when its own
-//!    are): protects the box, whatever the plans add up to. `503`, `Retry-After: 5`, reason `overload`.
+//!    are; and `transport::ingress::CapacityTracker`: a tenant at or above its weighted share of workers that are
+//!    hot): protects the box, whatever the plans add up to. `503`, `Retry-After: 5`, reason `overload`.
 //! 2. **budget** (`monthly_minutes`): seconds used this month ≥ the plan's limit. `403`, no `Retry-After`.
 //! 3. **concurrency** (`max_concurrent_calls`): `486 Busy Here`, `Retry-After: 5`.
 //! 4. **rate** (`calls_per_second` refill, `burst` depth; GCRA via `governor`): `503`, `Retry-After` from the bucket.

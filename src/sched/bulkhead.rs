@@ -105,9 +105,9 @@ pub struct PoolStats {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PoolLoad {
     pub workers: usize,
-    /// Time workers spent waiting for work, summed over workers. A worker that is not waiting is busy: running a
-    /// handler, polling, or off its core while it has work.
-    pub waited: Duration,
+    /// CPU time the worker threads used (user and system, as the kernel counts it), summed over workers: what the
+    /// workers cost their cores, polling and syscalls included.
+    pub cpu: Duration,
     /// By `TenantId`.
     pub tenants: Vec<TenantLoad>,
 }
@@ -163,14 +163,6 @@ struct State<T> {
     shutting_down: bool,
     refused_shut_down: u64,
     dropped_at_shutdown: u64,
-    /// Time workers spent waiting for work (on the `Condvar` or in the source), summed over workers, for waits
-    /// that have ended. Waits under way are added when [`Bulkhead::load`] looks: the two fields below.
-    waited: Duration,
-    /// Since when the poller has been waiting in the source, while it is.
-    poll_since: Option<Instant>,
-    /// Sum over the workers now waiting on the `Condvar` of when they started, as nanoseconds since `epoch`.
-    idle_since_sum: u128,
-    epoch: Instant,
 }
 
 impl<T> State<T> {
@@ -324,10 +316,6 @@ impl<T: Send + 'static> Bulkhead<T> {
                 shutting_down: false,
                 refused_shut_down: 0,
                 dropped_at_shutdown: 0,
-                waited: Duration::ZERO,
-                poll_since: None,
-                idle_since_sum: 0,
-                epoch: Instant::now(),
             }),
             wake: Condvar::new(),
             handler,
@@ -420,19 +408,15 @@ impl<T: Send + 'static> Bulkhead<T> {
         Some(BulkheadStats { queue, processed: t.processed, panics: t.panics, max_in_flight: t.limit })
     }
 
-    /// The pool's load so far: time its workers waited for work, and each configured tenant's weight and handler
-    /// time (indexed by `TenantId`). Two samples a known interval apart give the pool's utilisation and each
+    /// The pool's load so far: the CPU time its worker threads used, and each configured tenant's weight and
+    /// handler time (indexed by `TenantId`). Two samples a known interval apart give the pool's utilisation and each
     /// tenant's part of it ([`PoolLoad`]).
     pub fn load(&self) -> PoolLoad {
+        let cpu = self.handles.lock().iter().map(thread_cpu_time).sum();
         let g = self.shared.state.lock();
-        let now = Instant::now();
-        let polling = g.poll_since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-        let idle_ns =
-            (g.idle as u128 * now.saturating_duration_since(g.epoch).as_nanos()).saturating_sub(g.idle_since_sum);
-        let idle = Duration::from_nanos(u64::try_from(idle_ns).unwrap_or(u64::MAX));
         PoolLoad {
             workers: g.workers,
-            waited: g.waited + polling + idle,
+            cpu,
             tenants: g
                 .tenants
                 .iter()
@@ -492,6 +476,23 @@ impl<T: Send + 'static> Drop for Bulkhead<T> {
     }
 }
 
+/// CPU time the thread has used so far (its `CLOCK_THREAD_CPUTIME_ID` clock, read from outside); zero if the OS
+/// will not say (a thread that has ended).
+fn thread_cpu_time(handle: &JoinHandle<()>) -> Duration {
+    use std::os::unix::thread::JoinHandleExt;
+    let mut clock: libc::clockid_t = 0;
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: the handle is not joined while borrowed, so its pthread_t is live (an ended thread not yet joined is
+    // still a valid id); both out-pointers are to live locals of the right types.
+    let ok = unsafe {
+        libc::pthread_getcpuclockid(handle.as_pthread_t(), &mut clock) == 0 && libc::clock_gettime(clock, &mut ts) == 0
+    };
+    if !ok {
+        return Duration::ZERO;
+    }
+    Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
 fn worker<T: Send + 'static>(shared: &Shared<T>) {
     // (tenant, panicked, handed back, time in the handler) of the item this worker ran last.
     let mut finished: Option<(TenantId, bool, Option<T>, Duration)> = None;
@@ -526,26 +527,17 @@ fn worker<T: Send + 'static>(shared: &Shared<T>) {
                     Some(source) if !g.polling => {
                         g.polling = true;
                         shared.polling.store(true, Ordering::Release);
-                        let since = Instant::now();
-                        g.poll_since = Some(since);
                         MutexGuard::unlocked(&mut g, || {
                             shared.return_refused(&mut refused);
                             source.poll(&mut ready, true);
                         });
-                        g.waited += since.elapsed();
-                        g.poll_since = None;
                         g.polling = false;
                         shared.polling.store(false, Ordering::Release);
                         g.enqueue(&mut ready, &mut refused, Instant::now());
                     }
                     _ => {
                         g.idle += 1;
-                        let since = Instant::now();
-                        let since_epoch = since.saturating_duration_since(g.epoch).as_nanos();
-                        g.idle_since_sum += since_epoch;
                         shared.wake.wait(&mut g);
-                        g.idle_since_sum -= since_epoch;
-                        g.waited += since.elapsed();
                         g.idle -= 1;
                     }
                 }

@@ -132,7 +132,8 @@ impl MediaWorkers {
         Arc::clone(&counts[tenant.0 as usize])
     }
 
-    /// The pool's cumulative load (wait time, each tenant's weight and handler time), for [`CapacityTracker`].
+    /// The pool's cumulative load (the workers' CPU time, each tenant's weight and handler time), for
+    /// [`CapacityTracker`].
     pub fn load(&self) -> PoolLoad {
         self.pool.load()
     }
@@ -297,8 +298,8 @@ impl BehindTracker {
     }
 }
 
-/// Decides, from once-a-second samples of [`MediaWorkers::load`], whether the workers are *hot* (busy for at least
-/// `threshold` of their time) and, while they are, which tenants use at least their weighted share of that time:
+/// Decides, from samples of [`MediaWorkers::load`] (four a second), whether the workers are *hot* (their threads
+/// used at least `threshold` of their cores' time) and, while they are, which tenants use at least their weighted share of that time:
 /// those tenants' new calls are refused (`503`, as `overload`) until the workers cool down. Sans-IO: the caller
 /// owns the clock.
 ///
@@ -345,8 +346,8 @@ impl CapacityTracker {
         if wall <= 0.0 {
             return;
         }
-        let waited = load.waited.saturating_sub(last.waited).as_secs_f64();
-        self.utilisation = (1.0 - waited / wall).clamp(0.0, 1.0);
+        let cpu = load.cpu.saturating_sub(last.cpu).as_secs_f64();
+        self.utilisation = (cpu / wall).clamp(0.0, 1.0);
         self.hot = if self.threshold >= 1.0 {
             false
         } else if self.hot {

@@ -378,33 +378,38 @@ fn items_the_queue_refuses_go_back_to_the_source() {
 }
 
 #[test]
-fn load_counts_each_tenants_handler_time_and_the_workers_wait() {
-    let pool = Bulkhead::start(config(1, SchedulerKind::Fair), |_, ms: u64| {
-        std::thread::sleep(Duration::from_millis(ms));
-    })
-    .unwrap();
+fn load_counts_each_tenants_handler_time_and_the_workers_cpu() {
+    /// Spins (uses CPU) for `ms`, or sleeps (uses none) when `ms` is negative.
+    fn work(ms: i64) {
+        let until = Instant::now() + Duration::from_millis(ms.unsigned_abs());
+        while Instant::now() < until {
+            if ms < 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    let pool = Bulkhead::start(config(1, SchedulerKind::Fair), |_, ms: i64| work(ms)).unwrap();
     pool.configure_tenant(t(0), tenant(1, 10, Duration::from_secs(60))).unwrap();
     pool.configure_tenant(t(1), tenant(3, 10, Duration::from_secs(60))).unwrap();
+    let start = pool.load();
     for _ in 0..4 {
         pool.submit(t(0), 25, 1, Instant::now()).unwrap();
     }
-    pool.submit(t(1), 1, 1, Instant::now()).unwrap();
+    pool.submit(t(1), -100, 1, Instant::now()).unwrap();
     wait_until("all 5 items are processed", || {
         pool.stats(t(0)).unwrap().processed == 4 && pool.stats(t(1)).unwrap().processed == 1
     });
-    let before = pool.load();
-    assert_eq!(before.workers, 1);
-    assert_eq!(before.tenants[0].weight, 1);
-    assert_eq!(before.tenants[1].weight, 3);
-    assert!(before.tenants[0].busy >= Duration::from_millis(100), "{before:?}");
-    assert!(before.tenants[1].busy >= Duration::from_millis(1) && before.tenants[1].busy < Duration::from_millis(100));
-    // An idle worker's time is counted as waited, while it waits and after.
-    std::thread::sleep(Duration::from_millis(100));
-    let waiting = pool.load();
-    assert!(waiting.waited >= before.waited + Duration::from_millis(90), "{before:?} -> {waiting:?}");
-    pool.submit(t(1), 0, 1, Instant::now()).unwrap();
-    wait_until("the item is processed", || pool.stats(t(1)).unwrap().processed == 2);
-    let after = pool.load();
-    assert!(after.waited >= waiting.waited, "{waiting:?} -> {after:?}");
-    assert_eq!(after.tenants[0].busy, before.tenants[0].busy);
+    let done = pool.load();
+    assert_eq!(done.workers, 1);
+    assert_eq!((done.tenants[0].weight, done.tenants[1].weight), (1, 3));
+    // Handler time is wall time, spinning or sleeping.
+    assert!(done.tenants[0].busy >= Duration::from_millis(100), "{done:?}");
+    assert!(done.tenants[1].busy >= Duration::from_millis(100), "{done:?}");
+    // CPU time counts the 100 ms of spinning, not the 100 ms of sleep (a loaded CI core may give the spin less).
+    let cpu = done.cpu - start.cpu;
+    assert!(cpu >= Duration::from_millis(30) && cpu < Duration::from_millis(180), "{cpu:?}");
+    // An idle worker uses next to none.
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = pool.load().cpu - done.cpu;
+    assert!(idle < Duration::from_millis(50), "{idle:?}");
 }

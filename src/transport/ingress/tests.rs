@@ -506,11 +506,11 @@ fn the_node_is_behind_only_when_every_busy_tenant_is() {
     }
 }
 
-/// A pool load: `waited_ms` of waiting in all, and per tenant (weight, busy ms).
-fn pool_load(workers: usize, waited_ms: u64, tenants: &[(u32, u64)]) -> PoolLoad {
+/// A pool load: `cpu_ms` of worker CPU time in all, and per tenant (weight, busy ms).
+fn pool_load(workers: usize, cpu_ms: u64, tenants: &[(u32, u64)]) -> PoolLoad {
     PoolLoad {
         workers,
-        waited: Duration::from_millis(waited_ms),
+        cpu: Duration::from_millis(cpu_ms),
         tenants: tenants
             .iter()
             .map(|&(weight, busy)| crate::sched::TenantLoad { weight, busy: Duration::from_millis(busy) })
@@ -525,16 +525,16 @@ fn capacity_tracker_refuses_only_tenants_at_or_above_their_share_while_the_worke
     let mut c = CapacityTracker::new(0.85);
     // The first sample only sets the baseline.
     assert_eq!(c.update(s(0), pool_load(1, 0, &[(1, 0), (1, 0)])), [false, false]);
-    // 80% busy (200 ms waited in 1 s): not hot, whoever uses it.
-    assert_eq!(c.update(s(1), pool_load(1, 200, &[(1, 790), (1, 10)])), [false, false]);
+    // 80% busy (800 ms of CPU in 1 s): not hot, whoever uses it.
+    assert_eq!(c.update(s(1), pool_load(1, 800, &[(1, 790), (1, 10)])), [false, false]);
     assert!(!c.hot());
     assert!((c.utilisation() - 0.80).abs() < 1e-9);
     // 95% busy, the noisy tenant 0 takes 90 of it and the quiet tenant 1 takes 5: only 0 is refused.
-    assert_eq!(c.update(s(2), pool_load(1, 250, &[(1, 1690), (1, 60)])), [true, false]);
+    assert_eq!(c.update(s(2), pool_load(1, 1750, &[(1, 1690), (1, 60)])), [true, false]);
     assert!(c.hot());
     // Still hot at 82% (within the 5-point margin), cool at 78%.
-    assert_eq!(c.update(s(3), pool_load(1, 430, &[(1, 2490), (1, 80)])), [true, false]);
-    assert_eq!(c.update(s(4), pool_load(1, 650, &[(1, 3250), (1, 100)])), [false, false]);
+    assert_eq!(c.update(s(3), pool_load(1, 2570, &[(1, 2490), (1, 80)])), [true, false]);
+    assert_eq!(c.update(s(4), pool_load(1, 3350, &[(1, 3250), (1, 100)])), [false, false]);
     assert!(!c.hot());
 }
 
@@ -546,18 +546,18 @@ fn capacity_tracker_shares_follow_weights_of_busy_tenants_and_a_lone_tenant_is_a
     // tenant 1 (weight 1) 30% is over its 25%; tenant 2 (weight 5) was idle and does not dilute the others' shares.
     let mut c = CapacityTracker::new(0.85);
     c.update(s(0), pool_load(2, 0, &[(3, 0), (1, 0), (5, 0)]));
-    assert_eq!(c.update(s(1), pool_load(2, 200, &[(3, 1260), (1, 540), (5, 0)])), [false, true, false]);
+    assert_eq!(c.update(s(1), pool_load(2, 1800, &[(3, 1260), (1, 540), (5, 0)])), [false, true, false]);
     // A lone busy tenant on hot workers has all the busy time and all of the share: refused.
     let mut c = CapacityTracker::new(0.85);
     c.update(s(0), pool_load(1, 0, &[(1, 0), (1, 0)]));
-    assert_eq!(c.update(s(1), pool_load(1, 50, &[(1, 950), (1, 0)])), [true, false]);
+    assert_eq!(c.update(s(1), pool_load(1, 950, &[(1, 950), (1, 0)])), [true, false]);
     // A slot that is not configured (weight 0) is never refused here.
     let mut c = CapacityTracker::new(0.85);
     c.update(s(0), pool_load(1, 0, &[(0, 0), (1, 0)]));
-    assert_eq!(c.update(s(1), pool_load(1, 0, &[(0, 500), (1, 500)])), [false, true]);
+    assert_eq!(c.update(s(1), pool_load(1, 1000, &[(0, 500), (1, 500)])), [false, true]);
     // 100% turns the check off.
     let mut c = CapacityTracker::new(1.0);
     c.update(s(0), pool_load(1, 0, &[(1, 0)]));
-    assert_eq!(c.update(s(1), pool_load(1, 0, &[(1, 1000)])), [false]);
+    assert_eq!(c.update(s(1), pool_load(1, 1000, &[(1, 1000)])), [false]);
     assert!(!c.hot());
 }
