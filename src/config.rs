@@ -377,9 +377,8 @@ pub const DEFAULT_RTP_PORTS: &str = "20000-29999";
 pub const DEFAULT_DATA_DIR: &str = "./fairvox-data";
 /// Seconds a drain lets active calls go on (`drain.grace_secs`).
 pub const DEFAULT_DRAIN_GRACE_SECS: u64 = 10;
-/// Default `limits.worker_busy_pct`. The isolation benchmark met its latency target with the worker 84% busy and
-/// missed it at 88-95% (`docs/benchmarks.md`); the check samples once a second while calls keep arriving, so the
-/// workers settle a few points above the threshold.
+/// Default `limits.worker_busy_pct`: the usual headroom for latency-sensitive media (see `docs/plans.md`, "Media
+/// workers hot", and the measured runs in `docs/benchmarks.md`).
 pub const DEFAULT_WORKER_BUSY_PCT: u8 = 80;
 /// Seconds an offboarding lets the tenant's active calls go on before ending them (`offboard.grace_secs`): long
 /// enough for a caller to finish a sentence and the agent to say goodbye, short enough that the job is not held up.

@@ -31,6 +31,9 @@
 //!   cap (it keeps its deficit) so its slow items can never occupy every worker; the others keep flowing. The
 //!   price: a lone busy tenant is not given more than its cap even when other workers are idle. (In `fifo` mode
 //!   caps are not enforced: that is the unprotected comparison.)
+//! * **Load**: each tenant's handler time is summed under the lock the worker takes anyway after an item, and
+//!   [`Bulkhead::load`] reads the worker threads' CPU clocks, so a monitor can tell how busy the pool is and whose
+//!   work kept it busy (`transport::ingress::CapacityTracker`).
 //! * **Panics** in the handler are caught per item (`catch_unwind`), counted for the tenant, and end only that item.
 //! * **Refusals** of items from a source or handed back (queue full, unknown tenant, shut down) go back to the
 //!   source ([`Source::refused`]), on the worker and outside the lock, so it can account them.
