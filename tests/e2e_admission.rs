@@ -11,7 +11,7 @@ use common::*;
 
 const SIPP_TIMEOUT: Duration = Duration::from_secs(30);
 
-const CONFIG: &str = r#"
+const PLAN_SMALL: &str = r#"
 [rtp]
 inactivity_timeout_secs = 2
 
@@ -21,27 +21,21 @@ max_concurrent_calls = 1
 calls_per_second = 0.2
 burst = 3
 monthly_minutes = 1000
-
-[[tenants]]
-id = "tenant-a"
-plan = "small"
-[[tenants.apps]]
-name = "echo"
-kind = "echo"
-[[tenants.numbers]]
-number = "+15550001"
-app = "echo"
-
-[[tenants]]
-id = "tenant-b"
-plan = "small"
-[[tenants.apps]]
-name = "echo"
-kind = "echo"
-[[tenants.numbers]]
-number = "+15550002"
-app = "echo"
 "#;
+
+/// Tenants A (`+15550001`) and B (`+15550002`), each with an echo app, both on `plan`.
+fn two_tenants(plan: &str) -> String {
+    ["tenant-a", "tenant-b"]
+        .iter()
+        .zip(["+15550001", "+15550002"])
+        .map(|(id, number)| {
+            format!(
+                "[[tenants]]\nid = \"{id}\"\nplan = \"{plan}\"\n[[tenants.apps]]\nname = \"echo\"\nkind = \"echo\"\n\
+                 [[tenants.numbers]]\nnumber = \"{number}\"\napp = \"echo\"\n\n"
+            )
+        })
+        .collect()
+}
 
 fn expect(server: &Server, number: &str, status: u16) -> SippResult {
     let res = Sipp::new(server, "uac_expect_status.xml")
@@ -54,7 +48,7 @@ fn expect(server: &Server, number: &str, status: u16) -> SippResult {
 
 #[test]
 fn cap_rate_and_release_per_tenant() {
-    let server = Server::start(CONFIG);
+    let server = Server::start(&format!("{PLAN_SMALL}\n{}", two_tenants("small")));
     // A's only slot is held by a call that sends no RTP: the 2 s inactivity timeout ends it with BYE.
     let holder = Sipp::new(&server, "uac_wait_for_bye.xml").service("15550001").spawn(SIPP_TIMEOUT);
     assert!(wait_until(Duration::from_secs(5), || server.log().contains("incoming call")));
@@ -134,7 +128,7 @@ fn an_rtp_flood_is_policed_at_the_calls_socket() {
     assert!(policed >= 900, "policed {policed}");
 }
 
-const HOT_CONFIG: &str = r#"
+const HOT_PLAN_ROOMY: &str = r#"
 [rtp]
 inactivity_timeout_secs = 5
 
@@ -151,26 +145,6 @@ max_concurrent_calls = 10
 calls_per_second = 100
 burst = 100
 monthly_minutes = 1000
-
-[[tenants]]
-id = "tenant-a"
-plan = "roomy"
-[[tenants.apps]]
-name = "echo"
-kind = "echo"
-[[tenants.numbers]]
-number = "+15550001"
-app = "echo"
-
-[[tenants]]
-id = "tenant-b"
-plan = "roomy"
-[[tenants.apps]]
-name = "echo"
-kind = "echo"
-[[tenants.numbers]]
-number = "+15550002"
-app = "echo"
 "#;
 
 #[test]
@@ -178,7 +152,7 @@ fn hot_media_workers_refuse_the_tenant_using_them_and_admit_the_other() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    let server = Server::start(HOT_CONFIG);
+    let server = Server::start(&format!("{HOT_PLAN_ROOMY}\n{}", two_tenants("roomy")));
     // A's first call holds the first even port of the RTP range; a flood into it keeps the one worker busy.
     let holder = Sipp::new(&server, "uac_wait_for_bye.xml").service("15550001").spawn(SIPP_TIMEOUT);
     assert!(wait_until(Duration::from_secs(5), || server.log().contains("incoming call")));
