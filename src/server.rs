@@ -230,6 +230,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Arc::clone(&workers),
         Arc::clone(&guards.admission),
         CapacityTracker::new(config.worker_busy_threshold),
+        Arc::clone(&metrics),
         shutdown.hang_up.clone(),
     ));
     let calls = TaskTracker::new();
@@ -303,6 +304,7 @@ async fn watch_workers(
     workers: Arc<MediaWorkers>,
     admission: Arc<Admission>,
     mut capacity: CapacityTracker,
+    metrics: Arc<Metrics>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut tracker = BehindTracker::default();
@@ -337,6 +339,7 @@ async fn watch_workers(
             let refuse = behind.get(i).copied().unwrap_or(false) || over_share.get(i).copied().unwrap_or(false);
             admission.set_tenant_behind(TenantId(i as u32), refuse);
         }
+        metrics.set_media_workers_load(capacity.utilisation(), capacity.hot());
         if capacity.hot() != was_hot {
             was_hot = capacity.hot();
             let busy_pct = (capacity.utilisation() * 100.0).round();

@@ -4,6 +4,8 @@
 //! get `503` and another tenant still connects.
 
 mod common;
+#[path = "support/prom.rs"]
+mod prom;
 
 use std::time::Duration;
 
@@ -187,6 +189,16 @@ fn hot_media_workers_refuse_the_tenant_using_them_and_admit_the_other() {
         stop_flood();
         panic!("the flood never made the worker hot: {}", server.log());
     }
+    // An SRE sees it: the gauge says hot, and how busy.
+    let (_, text) = prom::scrape(server.http_addr(), &server.admin_token());
+    let gauge = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or_else(|| panic!("{name} in the scrape:\n{text}"))
+    };
+    assert_eq!(gauge("fairvox_media_workers_hot "), 1.0);
+    let busy = gauge("fairvox_media_workers_busy_ratio ");
+    assert!((0.05..=1.0).contains(&busy), "busy ratio {busy}");
     // A uses all of the busy time: its new call is refused with 503 and told when to retry.
     let refused = expect(&server, "15550001", 503);
     // B has no part of the busy time: it still gets in while A floods.

@@ -112,6 +112,8 @@ struct Families {
     api_rate_limited: Family<TenantLabels, Counter>,
     api_operator_rate_limited: Counter,
     call_records: Family<RecordResultLabels, Counter>,
+    media_workers_busy: Gauge<f64, AtomicU64>,
+    media_workers_hot: Gauge,
 }
 
 impl Families {
@@ -136,6 +138,8 @@ impl Families {
             api_rate_limited: Family::default(),
             api_operator_rate_limited: Counter::default(),
             call_records: Family::default(),
+            media_workers_busy: Gauge::default(),
+            media_workers_hot: Gauge::default(),
         }
     }
 
@@ -221,6 +225,16 @@ impl Families {
             "Call records on their way to the store, by result: written (with their usage), duplicate (already \
              recorded), failed (not written), dropped (the writer's queue was full; the JSONL file has them)",
             self.call_records.clone(),
+        );
+        r.register(
+            "fairvox_media_workers_busy_ratio",
+            "Share of their cores' time the media worker threads used over the last quarter-second (CPU clocks)",
+            self.media_workers_busy.clone(),
+        );
+        r.register(
+            "fairvox_media_workers_hot",
+            "1 while the media workers are hot (limits.worker_busy_pct): tenants at or above their share get 503",
+            self.media_workers_hot.clone(),
         );
     }
 
@@ -503,6 +517,12 @@ impl Metrics {
     /// Counts one SIP message, received or sent: `status` is `None` for a request, the code for a response.
     pub fn sip_message(&self, method: SipMethod, status: Option<u16>) {
         self.families.sip_messages.get_or_create(&SipLabels { method, status: SipStatus::new(status) }).inc();
+    }
+
+    /// The media workers' capacity check, as of its last sample: busy share of their cores, and whether hot.
+    pub fn set_media_workers_load(&self, busy_ratio: f64, hot: bool) {
+        self.families.media_workers_busy.set(busy_ratio);
+        self.families.media_workers_hot.set(i64::from(hot));
     }
 
     /// Counts one SIP message that did not parse (it has no tenant).

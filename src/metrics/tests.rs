@@ -212,7 +212,7 @@ fn tenant_samples<'a>(families: &'a [ParsedFamily], tenant: &str) -> Vec<&'a Sam
     families.iter().flat_map(|f| &f.samples).filter(|s| s.label("tenant") == Some(tenant)).collect()
 }
 
-const FAMILIES: [(&str, &str); 19] = [
+const FAMILIES: [(&str, &str); 21] = [
     ("fairvox_frame_latency_seconds", "histogram"),
     ("fairvox_sched_wait_seconds", "histogram"),
     ("fairvox_calls_active", "gauge"),
@@ -232,6 +232,8 @@ const FAMILIES: [(&str, &str); 19] = [
     ("fairvox_api_rate_limited_total", "counter"),
     ("fairvox_api_operator_rate_limited_total", "counter"),
     ("fairvox_call_records_total", "counter"),
+    ("fairvox_media_workers_busy_ratio", "gauge"),
+    ("fairvox_media_workers_hot", "gauge"),
 ];
 
 fn ms(n: u64) -> Duration {
