@@ -299,9 +299,9 @@ impl BehindTracker {
 }
 
 /// Decides, from samples of [`MediaWorkers::load`] (four a second), whether the workers are *hot* (their threads
-/// used at least `threshold` of their cores' time) and, while they are, which tenants use at least their weighted share of that time:
-/// those tenants' new calls are refused (`503`, as `overload`) until the workers cool down. Sans-IO: the caller
-/// owns the clock.
+/// used at least `threshold` of their cores' time) and, while they are, which tenants' turns took at least their
+/// weighted share of the turns' time: those tenants' new calls are refused (`503`, as `overload`) until the workers
+/// cool down. Sans-IO: the caller owns the clock.
 ///
 /// Why: [`BehindTracker`] acts once turns are already late, and on a worker core that is full the OS, not the fair
 /// queue, decides when a worker runs (the tokio thread with a tenant's call tasks, `ksoftirqd`: see
@@ -309,8 +309,8 @@ impl BehindTracker {
 /// needs, and refusing only the tenants at or above their share means a noisy tenant cannot use up admission for
 /// the others: a quiet tenant far below its share still gets its calls in while the node is hot.
 ///
-/// A tenant's share is its weight over the weights of the tenants that kept the workers busy in the second (idle
-/// tenants do not dilute it). The workers stop being hot when they fall below `threshold - COOL_MARGIN`.
+/// A tenant's share is its weight over the weights of the tenants whose turns ran in the interval (idle tenants do
+/// not dilute it). The workers stop being hot when they fall below `threshold - COOL_MARGIN`.
 #[derive(Debug)]
 pub struct CapacityTracker {
     threshold: f64,
