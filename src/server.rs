@@ -336,8 +336,8 @@ async fn watch_workers(
         }
         let over_share = capacity.update(Instant::now(), workers.load());
         for i in 0..behind.len().max(over_share.len()) {
-            let refuse = behind.get(i).copied().unwrap_or(false) || over_share.get(i).copied().unwrap_or(false);
-            admission.set_tenant_behind(TenantId(i as u32), refuse);
+            let full = behind.get(i).copied().unwrap_or(false) || over_share.get(i).copied().unwrap_or(false);
+            admission.set_tenant_workers_full(TenantId(i as u32), full);
         }
         metrics.set_media_workers_load(capacity.utilisation(), capacity.hot());
         if capacity.hot() != was_hot {

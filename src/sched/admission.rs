@@ -231,8 +231,9 @@ struct TenantSlot {
     /// The plan's monthly seconds, or [`UNLIMITED`]; 0 while unconfigured.
     limit_secs: AtomicU64,
     refusals: [AtomicU64; TENANT_REASONS],
-    /// The media workers persistently serve this tenant late (its share is used up).
-    behind: AtomicBool,
+    /// The media workers cannot take this tenant's new calls: they persistently serve it late, or they are hot and
+    /// it uses at least its share of them.
+    workers_full: AtomicBool,
 }
 
 impl TenantSlot {
@@ -243,7 +244,7 @@ impl TenantSlot {
             used_secs: AtomicU64::new(0),
             limit_secs: AtomicU64::new(0),
             refusals: Default::default(),
-            behind: AtomicBool::new(false),
+            workers_full: AtomicBool::new(false),
         }
     }
 
@@ -313,10 +314,11 @@ impl Admission {
         self.node.behind.store(behind, Ordering::Release);
     }
 
-    /// Marks the media workers as persistently late for `tenant` (its new calls refused as `overload`) or not.
-    pub fn set_tenant_behind(&self, tenant: TenantId, behind: bool) {
+    /// Marks the media workers as unable to take `tenant`'s new calls (refused as `overload`) or not: they are
+    /// persistently late for it (`BehindTracker`), or hot with it at or above its share (`CapacityTracker`).
+    pub fn set_tenant_workers_full(&self, tenant: TenantId, full: bool) {
         if let Some(slot) = self.slot(tenant) {
-            slot.behind.store(behind, Ordering::Release);
+            slot.workers_full.store(full, Ordering::Release);
         }
     }
 
@@ -364,7 +366,7 @@ impl Admission {
         // 1. Node cap, or media workers behind: a cheap look before taking any lock.
         if self.node.active.load(Ordering::Acquire) >= self.node.max.load(Ordering::Acquire)
             || self.node.behind.load(Ordering::Acquire)
-            || slot.behind.load(Ordering::Acquire)
+            || slot.workers_full.load(Ordering::Acquire)
         {
             return Err(count(slot, Refusal::NodeOverload { retry_after: NODE_OVERLOAD_RETRY_AFTER_SECS }));
         }
@@ -612,7 +614,7 @@ mod tests {
     fn media_workers_behind_refuse_new_calls_as_overload_for_the_tenant_or_the_node() {
         let adm = admission(1000, &[(A, &builtin("pro")), (B, &builtin("pro"))]);
         let t0 = Instant::now();
-        adm.set_tenant_behind(A, true);
+        adm.set_tenant_workers_full(A, true);
         let refusal = adm.admit(A, t0).unwrap_err();
         assert_eq!(refusal, Refusal::NodeOverload { retry_after: NODE_OVERLOAD_RETRY_AFTER_SECS });
         assert_eq!(refusal.sip_status().0, 503);
@@ -620,7 +622,7 @@ mod tests {
         adm.set_node_behind(true);
         assert!(matches!(adm.admit(B, t0), Err(Refusal::NodeOverload { .. })));
         adm.set_node_behind(false);
-        adm.set_tenant_behind(A, false);
+        adm.set_tenant_workers_full(A, false);
         let a_call = adm.admit(A, t0).expect("A is served on time again");
         assert_eq!(adm.refusals(A).overload, 1);
         assert_eq!(adm.refusals(B).overload, 1);

@@ -358,24 +358,27 @@ impl CapacityTracker {
         if !self.hot {
             return;
         }
-        let busy = |i: usize, now: Duration| {
+        // A tenant's turn time over the interval; 0 for a slot not configured, which is never judged.
+        let busy = |i: usize| {
+            let t = load.tenants[i];
             let before = last.tenants.get(i).map_or(Duration::ZERO, |t| t.busy);
-            now.saturating_sub(before).as_secs_f64()
+            if t.weight == 0 { 0.0 } else { t.busy.saturating_sub(before).as_secs_f64() }
         };
         let (mut total_busy, mut busy_weight) = (0.0, 0u64);
-        for (i, t) in load.tenants.iter().enumerate() {
-            if t.weight > 0 && busy(i, t.busy) > 0.0 {
-                total_busy += busy(i, t.busy);
-                busy_weight += u64::from(t.weight);
+        for i in 0..load.tenants.len() {
+            let b = busy(i);
+            if b > 0.0 {
+                total_busy += b;
+                busy_weight += u64::from(load.tenants[i].weight);
             }
         }
         if total_busy <= 0.0 {
             return;
         }
-        for (i, t) in load.tenants.iter().enumerate() {
-            let b = busy(i, t.busy);
-            if t.weight > 0 && b > 0.0 {
-                self.over[i] = b / total_busy >= f64::from(t.weight) / busy_weight as f64;
+        for i in 0..load.tenants.len() {
+            let b = busy(i);
+            if b > 0.0 {
+                self.over[i] = b / total_busy >= f64::from(load.tenants[i].weight) / busy_weight as f64;
             }
         }
     }
