@@ -81,8 +81,11 @@ usage: cargo bench --bench isolation -- [options]
   --setup-timeout S    per-call INVITE → final response limit (default 10)
   --rtp-base PORT      first port of the server's RTP range (default 12000)
   --server-log LEVEL   RUST_LOG for the server (default warn)
-  --server-core C      core the server is pinned to (default 0)
+  --server-core C      core the server's media worker(s) own, [media] cpus = [C] (default 0); the server's other
+                       threads (SIP, HTTP, the runtime) run on the generator core
   --gen-core C         core this generator and both agents are pinned to (default 1)
+  --shared-core        the whole server on the server core, media worker and control plane together, without
+                       [media] cpus (the layout of the runs before 2026-11-24)
   --no-pin             pin nothing
   --nice N             nice value for the server and the generator, e.g. -10 on a shared machine (default 0); the
                        noisy tenant's generator thread runs under SCHED_IDLE (5 nicer if that is refused), so its
@@ -157,6 +160,8 @@ struct Args {
     server_log: String,
     server_core: usize,
     gen_core: usize,
+    /// The whole server on `server_core`, instead of the media workers alone there (`[media] cpus`).
+    shared_core: bool,
     pin: bool,
     nice: i32,
     quiet_wait: f64,
@@ -188,6 +193,7 @@ impl Args {
             server_log: "warn".to_owned(),
             server_core: 0,
             gen_core: 1,
+            shared_core: false,
             pin: true,
             nice: 0,
             quiet_wait: 30.0,
@@ -242,6 +248,7 @@ impl Args {
                 "--server-log" => a.server_log = value(&flag)?,
                 "--server-core" => a.server_core = num(&flag, value(&flag)?)?,
                 "--gen-core" => a.gen_core = num(&flag, value(&flag)?)?,
+                "--shared-core" => a.shared_core = true,
                 "--no-pin" => a.pin = false,
                 "--nice" => a.nice = num(&flag, value(&flag)?)?,
                 "--quiet-wait" => a.quiet_wait = num(&flag, value(&flag)?)?,
@@ -449,13 +456,20 @@ fn main() {
     };
     let machine = Machine { nproc, cpu: cpu_model(), kernel: read_trim("/proc/sys/kernel/osrelease") };
     println!(
-        "isolation: server {} | {} core(s), {} | kernel {} | server core {}, generator core {}",
+        "isolation: server {} | {} core(s), {} | kernel {} | {}",
         args.server_bin,
         nproc,
         machine.cpu,
         machine.kernel,
-        if pin { args.server_core.to_string() } else { "-".into() },
-        if pin { args.gen_core.to_string() } else { "-".into() },
+        match (pin, args.shared_core) {
+            (false, _) => "not pinned".to_owned(),
+            (true, true) =>
+                format!("server core {} (all its threads), generator core {}", args.server_core, args.gen_core),
+            (true, false) => format!(
+                "media worker core {} ([media] cpus), the server's other threads and the generator core {}",
+                args.server_core, args.gen_core
+            ),
+        },
     );
     println!(
         "isolation: Q {} calls x 1 packet/20 ms | N tries {} calls (quota {}), {} packets/20 ms each, every {}th \
@@ -771,7 +785,7 @@ async fn run_phase(args: &Args, phase: Phase, pin: bool, out_dir: &Path) -> Phas
         Ok(d) => d,
         Err(e) => return fail(r, format!("temp dir: {e}")),
     };
-    let config = match write_config(dir.path(), args, phase, q_agent, n_agent) {
+    let config = match write_config(dir.path(), args, pin, phase, q_agent, n_agent) {
         Ok(c) => c,
         Err(e) => return fail(r, format!("writing the config: {e}")),
     };
@@ -787,7 +801,11 @@ async fn run_phase(args: &Args, phase: Phase, pin: bool, out_dir: &Path) -> Phas
         rtp_hi: args.rtp_base + rtp_span - 1,
         dir: dir.path(),
         log: &log,
-        core: pin.then_some(args.server_core),
+        cores: match (pin, args.shared_core) {
+            (false, _) => Vec::new(),
+            (true, true) => vec![args.server_core],
+            (true, false) => vec![args.server_core, args.gen_core],
+        },
         nice: args.nice,
         rust_log: &args.server_log,
     };
@@ -1016,11 +1034,13 @@ fn slow_listener(rcvbuf: usize) -> std::io::Result<std::net::TcpListener> {
 fn write_config(
     dir: &Path,
     args: &Args,
+    pin: bool,
     phase: Phase,
     q_agent: SocketAddr,
     n_agent: SocketAddr,
 ) -> std::io::Result<PathBuf> {
-    let media = format!("[media]\nworkers = {}\nscheduler = \"{}\"\n\n", args.workers, phase.scheduler());
+    let cpus = if pin && !args.shared_core { format!("cpus = [{}]\n", args.server_core) } else { String::new() };
+    let media = format!("[media]\nworkers = {}\nscheduler = \"{}\"\n{cpus}\n", args.workers, phase.scheduler());
     let tenant = |id: &str, plan: &str, agent: SocketAddr, number: &str| {
         format!(
             "[[tenants]]\nid = \"{id}\"\nplan = \"{plan}\"\n\n[[tenants.apps]]\nname = \"agent\"\nkind = \"stream\"\n\

@@ -514,7 +514,7 @@ async fn run_step(
         rtp_hi: args.rtp_base + rtp_span - 1,
         dir: dir.path(),
         log: &log,
-        core: pin.then_some(args.server_core),
+        cores: if pin { vec![args.server_core] } else { Vec::new() },
         nice: args.nice,
         rust_log: &args.server_log,
     };

@@ -201,7 +201,7 @@ fn main() {
         rtp_hi: 30000 + 2 * max as u16 + 20,
         dir: &dir,
         log: &log,
-        core: None,
+        cores: Vec::new(),
         nice: 0,
         rust_log: "warn",
     };

@@ -53,6 +53,9 @@ pub struct Config {
     pub media_workers: usize,
     /// How the media workers order tenants' work (`media.scheduler`).
     pub scheduler: SchedulerKind,
+    /// CPUs dedicated to the media workers (`media.cpus`; empty: none). `fairvox serve` keeps its other threads off
+    /// them (`sched::cpus`).
+    pub media_cpus: Vec<usize>,
     pub sip_max_message_bytes: usize,
     pub data_dir: PathBuf,
     /// The built-in plans with the file's overrides and additions.
@@ -321,6 +324,7 @@ struct RawProvider {
 struct RawMedia {
     workers: Option<usize>,
     scheduler: Option<String>,
+    cpus: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -473,6 +477,14 @@ impl RawConfig {
                 s.parse().map_err(|_| invalid("media.scheduler", format!("{s:?} must be \"fair\" or \"fifo\"")))?
             }
         };
+        let media_cpus = self.media.cpus.clone().unwrap_or_default();
+        if let Some(&cpu) = media_cpus.iter().find(|&&c| c >= crate::sched::cpus::MAX_CPUS) {
+            let max = crate::sched::cpus::MAX_CPUS;
+            return Err(invalid("media.cpus", format!("cpu {cpu} must be below {max}")));
+        }
+        if let Some((i, &cpu)) = media_cpus.iter().enumerate().find(|(i, c)| media_cpus[..*i].contains(c)) {
+            return Err(invalid("media.cpus", format!("cpu {cpu} is listed twice (entry {i})")));
+        }
         let sip_max = self.sip.max_message_bytes.unwrap_or(16 * 1024);
         if !(1024..=65_535).contains(&sip_max) {
             return Err(invalid("sip.max_message_bytes", format!("{sip_max} must be within 1024..=65535")));
@@ -620,6 +632,7 @@ impl RawConfig {
             worker_busy_threshold: f64::from(worker_busy_pct) / 100.0,
             media_workers,
             scheduler,
+            media_cpus,
             sip_max_message_bytes: sip_max,
             data_dir: PathBuf::from(self.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR)),
             plans,
@@ -745,6 +758,15 @@ mod tests {
         assert!(e.starts_with("t.toml: media.scheduler: \"lottery\" must be"), "{e}");
         let e = Config::from_toml("t.toml", "[media]\nworkers = 1000\n").unwrap_err().to_string();
         assert!(e.starts_with("t.toml: media.workers: "), "{e}");
+        assert!(c.media_cpus.is_empty(), "no cpus are dedicated unless configured");
+        let c = Config::from_toml("t.toml", "[media]\ncpus = [2, 0]\n").unwrap();
+        assert_eq!(c.media_cpus, vec![2, 0]);
+        let e = Config::from_toml("t.toml", "[media]\ncpus = [1, 3, 1]\n").unwrap_err().to_string();
+        assert_eq!(e, "t.toml: media.cpus: cpu 1 is listed twice (entry 2)");
+        let e = Config::from_toml("t.toml", "[media]\ncpus = [4096]\n").unwrap_err().to_string();
+        assert_eq!(e, "t.toml: media.cpus: cpu 4096 must be below 1024");
+        let e = Config::from_toml("t.toml", "[media]\ncpus = [-1]\n").unwrap_err().to_string();
+        assert!(e.contains("cpus = [-1]") && e.contains("expected usize"), "{e}");
         assert_eq!(c.worker_busy_threshold, 0.80);
         let c = Config::from_toml("t.toml", "[limits]\nworker_busy_pct = 100\n").unwrap();
         assert_eq!(c.worker_busy_threshold, 1.0);

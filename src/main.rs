@@ -78,6 +78,16 @@ fn main() -> anyhow::Result<()> {
             };
             let config = Config::load(args.config.as_deref(), &overrides)?;
             fairvox::logging::init(&config.log);
+            if !config.media_cpus.is_empty() {
+                // Before any other thread exists, so that the runtime and the runners inherit it; the media workers
+                // pin themselves to `media.cpus` when they start.
+                let control = fairvox::sched::cpus::keep_off(&config.media_cpus)?;
+                tracing::info!(
+                    media_cpus = %fairvox::sched::cpus::cpu_list(&config.media_cpus),
+                    control_cpus = %fairvox::sched::cpus::cpu_list(&control),
+                    "media workers get cores of their own"
+                );
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
             let grace = config.drain_grace;
             runtime.block_on(serve(config, grace))

@@ -1,7 +1,11 @@
 //! The binary's start-up: invalid configuration fails at once with the file, the key and the reason; the example
-//! configuration shipped in `deploy/` is valid.
+//! configuration shipped in `deploy/` is valid; `media.cpus` gives the media workers cores of their own.
+
+mod common;
 
 use std::process::Command;
+
+use common::Server;
 
 fn fairvox() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fairvox"))
@@ -37,4 +41,67 @@ fn shipped_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/fairvox.example.toml");
     let out = fairvox().args(["check-config", "--config", example]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A kernel CPU list (`0-2,5`, as in `Cpus_allowed_list`) as CPU numbers.
+fn parse_cpu_list(list: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()),
+            None => cpus.push(part.parse().unwrap()),
+        }
+    }
+    cpus
+}
+
+/// Every thread of `pid`: its name and the CPUs it may run on, from `/proc`.
+fn thread_affinities(pid: u32) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let (Ok(comm), Ok(status)) =
+            (std::fs::read_to_string(task.join("comm")), std::fs::read_to_string(task.join("status")))
+        else {
+            continue; // the thread ended while we looked
+        };
+        let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).expect("Cpus_allowed_list");
+        out.push((comm.trim().to_owned(), parse_cpu_list(list)));
+    }
+    out
+}
+
+#[test]
+fn dedicated_media_cpus_keep_the_worker_alone_on_its_core_and_everything_else_off_it() {
+    let allowed = fairvox::sched::cpus::allowed_cpus().unwrap();
+    let media = *allowed.last().unwrap();
+    let config = format!("[media]\nworkers = 1\ncpus = [{media}]\n");
+
+    if allowed.len() < 2 {
+        // One CPU: giving it to the media workers would leave SIP and HTTP nowhere to run, and start-up says so.
+        let err = Server::try_start(&config).err().expect("a server with no cpu left for the control plane");
+        assert!(err.contains("media.cpus: ") && err.contains("leave at least one"), "{err}");
+        return;
+    }
+    let server = Server::start(&config);
+    let threads = thread_affinities(server.pid());
+    let (workers, others): (Vec<_>, Vec<_>) = threads.iter().partition(|(name, _)| name.starts_with("fairvox-sched-"));
+    assert_eq!(workers.len(), 1, "{threads:?}");
+    assert_eq!(workers[0].1, vec![media], "the media worker runs only on cpu {media}: {threads:?}");
+    // The main thread, the tokio runtime's workers and the runners.
+    assert!(others.len() >= 3, "{threads:?}");
+    for (name, cpus) in &others {
+        assert!(!cpus.is_empty() && !cpus.contains(&media), "{name} may run on the media cpu {media}: {cpus:?}");
+        assert!(cpus.iter().all(|c| allowed.contains(c)), "{name}: {cpus:?}");
+    }
+    assert!(server.log().contains("media workers get cores of their own"), "{}", server.log());
+    drop(server);
+
+    // A cpu this process may not use fails at start, naming the key and the cpus it may use.
+    let err = Server::try_start("[media]\ncpus = [1023]\n").err().expect("cpu 1023 is not available here");
+    assert!(err.contains("media.cpus: cpu 1023 is not one this process may run on"), "{err}");
+    // And so does taking every cpu.
+    let all: Vec<String> = allowed.iter().map(|c| c.to_string()).collect();
+    let err = Server::try_start(&format!("[media]\ncpus = [{}]\n", all.join(", "))).err().expect("no cpu left");
+    assert!(err.contains("leave at least one for SIP, HTTP and the control plane"), "{err}");
 }

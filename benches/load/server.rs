@@ -37,7 +37,8 @@ pub struct ServerSpec<'a> {
     pub rtp_hi: u16,
     pub dir: &'a Path,
     pub log: &'a Path,
-    pub core: Option<usize>,
+    /// Cores the server process may run on (empty: not pinned).
+    pub cores: Vec<usize>,
     pub nice: i32,
     pub rust_log: &'a str,
 }
@@ -105,14 +106,14 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let (core, nice) = (spec.core, spec.nice);
-        if core.is_some() || nice != 0 {
+        let (cores, nice) = (spec.cores.clone(), spec.nice);
+        if !cores.is_empty() || nice != 0 {
             // SAFETY: the closure runs in the forked child before exec and only makes the sched_setaffinity and
             // setpriority system calls, which are async-signal-safe; it touches no memory shared with the parent.
             unsafe {
                 cmd.pre_exec(move || {
-                    if let Some(core) = core {
-                        pin_to_core_raw(core)?;
+                    if !cores.is_empty() {
+                        pin_to_cores_raw(&cores)?;
                     }
                     if nice != 0 {
                         renice_self(nice)?;
@@ -230,15 +231,18 @@ pub fn idle_self() -> std::io::Result<()> {
 
 /// Pins the calling thread (and the threads it later spawns) to one core.
 pub fn pin_self(core: usize) -> std::io::Result<()> {
-    pin_to_core_raw(core)
+    pin_to_cores_raw(&[core])
 }
 
-fn pin_to_core_raw(core: usize) -> std::io::Result<()> {
+/// Pins the calling thread to `cores`; allocates nothing (it runs between fork and exec too).
+fn pin_to_cores_raw(cores: &[usize]) -> std::io::Result<()> {
     // SAFETY: cpu_set_t is plain data, zeroed is its empty set; CPU_SET writes inside it; sched_setaffinity(0, ..)
     // acts on the calling thread only.
     let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
+        for &core in cores {
+            libc::CPU_SET(core, &mut set);
+        }
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }

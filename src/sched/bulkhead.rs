@@ -47,24 +47,28 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::sched::cpus;
 use crate::sched::wfq::{
     ConfigError, RefuseReason, Refused, Scheduler, SchedulerKind, TenantConfig, TenantStats, slot_index,
 };
 use crate::tenant::TenantId;
 
 /// How to run the pool.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BulkheadConfig {
-    /// Worker threads; 0 means one per core (`available_parallelism`).
+    /// Worker threads; 0 means one per core (`available_parallelism`), or one per CPU of `pin` if it names any.
     pub workers: usize,
     pub scheduler: SchedulerKind,
     /// See [`Wfq::new`](crate::sched::wfq::Wfq::new): the weight-1 credit per round and the largest item cost.
     pub quantum: u32,
+    /// CPUs to pin the workers to, worker `i` to `pin[i % pin.len()]` (see [`crate::sched::cpus`]); empty: not
+    /// pinned.
+    pub pin: Vec<usize>,
 }
 
 impl Default for BulkheadConfig {
     fn default() -> Self {
-        BulkheadConfig { workers: 0, scheduler: SchedulerKind::Fair, quantum: 1 }
+        BulkheadConfig { workers: 0, scheduler: SchedulerKind::Fair, quantum: 1, pin: Vec::new() }
     }
 }
 
@@ -303,7 +307,9 @@ impl<T: Send + 'static> Bulkhead<T> {
         handler: Box<Handler<T>>,
         source: Option<Arc<dyn Source<T>>>,
     ) -> Result<Bulkhead<T>, BulkheadError> {
-        let workers = if config.workers == 0 {
+        let workers = if config.workers == 0 && !config.pin.is_empty() {
+            config.pin.len()
+        } else if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
         } else {
             config.workers
@@ -328,7 +334,16 @@ impl<T: Send + 'static> Bulkhead<T> {
         let pool = Bulkhead { shared, handles: Mutex::new(Vec::with_capacity(workers)), workers };
         for i in 0..workers {
             let shared = Arc::clone(&pool.shared);
-            let spawned = std::thread::Builder::new().name(format!("fairvox-sched-{i}")).spawn(move || worker(&shared));
+            let cpu = (!config.pin.is_empty()).then(|| config.pin[i % config.pin.len()]);
+            let spawned = std::thread::Builder::new().name(format!("fairvox-sched-{i}")).spawn(move || {
+                if let Some(cpu) = cpu
+                    && let Err(e) = cpus::pin_current_thread(&[cpu])
+                {
+                    // The pool still works unpinned; the operator sees why the layout they asked for is not in force.
+                    tracing::error!(worker = i, cpu, error = %e, "could not pin the media worker to its cpu");
+                }
+                worker(&shared)
+            });
             match spawned {
                 Ok(h) => pool.handles.lock().push(h),
                 // Dropping `pool` stops and joins the workers already started.

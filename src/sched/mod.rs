@@ -10,11 +10,13 @@
 //!   in-flight limits), the [`Fifo`] kept for comparison, and [`Scheduler`], which is either.
 //! - [`fifo`]: the single global FIFO with the same bound in total, deadline rule and counters.
 //! - [`bulkhead`]: `N` worker threads that drive a [`Scheduler`] and cap how many workers one tenant may hold.
+//! - [`cpus`]: cores dedicated to the media workers (`media.cpus`), and keeping the rest of the process off them.
 //! - [`histogram`]: the fixed-bucket wait-time record behind `fairvox_sched_wait_seconds{tenant}`.
 
 pub mod admission;
 pub mod breaker;
 pub mod bulkhead;
+pub mod cpus;
 pub mod fifo;
 pub mod histogram;
 pub mod plan;

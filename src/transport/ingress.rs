@@ -108,12 +108,13 @@ pub struct MediaWorkers {
 }
 
 impl MediaWorkers {
-    /// Starts `workers` threads (0: one per core) under `scheduler`, over a new epoll set.
-    pub fn start(workers: usize, scheduler: SchedulerKind) -> Result<MediaWorkers, MediaWorkersError> {
+    /// Starts `workers` threads (0: one per core, or one per CPU of `pin`) under `scheduler`, over a new epoll set,
+    /// pinned to the CPUs of `pin` if it names any (`media.cpus`).
+    pub fn start(workers: usize, scheduler: SchedulerKind, pin: Vec<usize>) -> Result<MediaWorkers, MediaWorkersError> {
         let readiness = Arc::new(Readiness::new().map_err(MediaWorkersError::Readiness)?);
         let source: Arc<dyn Source<MediaTurn>> = readiness.clone();
         let pool = Bulkhead::start_with_source(
-            BulkheadConfig { workers, scheduler, quantum: 1 },
+            BulkheadConfig { workers, scheduler, quantum: 1, pin },
             source,
             |_, turn: MediaTurn| turn.serve(),
         )?;

@@ -38,7 +38,7 @@ fn silence_provoked_panics() {
 }
 
 fn config(workers: usize, scheduler: SchedulerKind) -> BulkheadConfig {
-    BulkheadConfig { workers, scheduler, quantum: 1 }
+    BulkheadConfig { workers, scheduler, quantum: 1, pin: Vec::new() }
 }
 
 #[test]
@@ -412,4 +412,44 @@ fn load_counts_each_tenants_handler_time_and_the_workers_cpu() {
     std::thread::sleep(Duration::from_millis(200));
     let idle = pool.load().cpu - done.cpu;
     assert!(idle < Duration::from_millis(50), "{idle:?}");
+}
+
+#[test]
+fn pinned_workers_run_only_on_their_cpus_round_robin() {
+    let allowed = cpus::allowed_cpus().unwrap();
+    let (first, last) = (allowed[0], *allowed.last().unwrap());
+    // Each item reports the CPUs its worker may run on, keyed by the worker's thread name.
+    let seen = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+    let s = Arc::clone(&seen);
+    let pin = vec![last, first];
+    let pool = Bulkhead::start(
+        BulkheadConfig { workers: 3, scheduler: SchedulerKind::Fair, quantum: 1, pin },
+        move |_, _: u32| {
+            let name = std::thread::current().name().unwrap_or_default().to_owned();
+            s.lock().insert(name, cpus::allowed_cpus().unwrap());
+            // Long enough that the other workers take the next items.
+            std::thread::sleep(Duration::from_millis(20));
+        },
+    )
+    .unwrap();
+    assert_eq!(pool.workers(), 3);
+    pool.configure_tenant(t(0), TenantConfig { max_in_flight: Some(3), ..tenant(1, 100, Duration::from_secs(60)) })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.lock().len() < 3 {
+        assert!(Instant::now() < deadline, "not every worker took an item: {:?}", seen.lock());
+        for k in 0..3 {
+            let _ = pool.submit(t(0), k, 1, Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let seen = seen.lock();
+    assert_eq!(seen["fairvox-sched-0"], vec![last]);
+    assert_eq!(seen["fairvox-sched-1"], vec![first]);
+    assert_eq!(seen["fairvox-sched-2"], vec![last]);
+
+    // Unpinned, and workers = 0 with CPUs named: one worker per CPU.
+    let pool =
+        Bulkhead::start(BulkheadConfig { pin: vec![first], ..BulkheadConfig::default() }, |_, _: u32| {}).unwrap();
+    assert_eq!(pool.workers(), 1);
 }

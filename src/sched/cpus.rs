@@ -1,0 +1,147 @@
+//! Cores dedicated to the media workers (`media.cpus`): pinning a worker to its core, and keeping every other thread
+//! of the process (the tokio runtime with SIP, HTTP and the per-call tasks, the runners) off those cores.
+//!
+//! Why: a media worker that shares its core with the control plane waits whenever a control thread holds the core.
+//! With a 250 Hz tick and no kernel preemption, a tokio thread that wakes with a few milliseconds of accumulated
+//! timers keeps the core that long, and every tenant's frames wait behind it, whatever the fair queue decided. The
+//! measurements are in `docs/benchmarks.md` ("Results with the media worker on a core of its own").
+//!
+//! Linux only (`sched_getaffinity`, `sched_setaffinity`), like the rest of the media path. The pure part,
+//! [`control_cpus`], decides and validates; the two calls that touch the kernel are [`allowed_cpus`] and
+//! [`pin_current_thread`].
+
+use std::io;
+
+/// The most CPUs a `cpu_set_t` can name.
+pub const MAX_CPUS: usize = libc::CPU_SETSIZE as usize;
+
+/// Why the dedicated cores cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuError {
+    #[error("media.cpus: cpu {cpu} is not one this process may run on (allowed: {allowed})")]
+    NotAllowed { cpu: usize, allowed: String },
+    #[error(
+        "media.cpus: {media} would take every cpu this process may run on ({allowed}); leave at least one for \
+         SIP, HTTP and the control plane"
+    )]
+    NoneLeft { media: String, allowed: String },
+    #[error("cpu affinity: {0}")]
+    Os(#[from] io::Error),
+}
+
+/// The CPUs the calling thread may run on.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data and zeroed is the empty set; sched_getaffinity(0, ..) fills it for the
+    // calling thread and CPU_ISSET reads inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((0..MAX_CPUS).filter(|&c| libc::CPU_ISSET(c, &set)).collect())
+    }
+}
+
+/// Restricts the calling thread to `cpus`. Threads it starts afterwards inherit the restriction.
+pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: as in allowed_cpus; CPU_SET writes inside `set`, and every cpu is below CPU_SETSIZE (checked).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            if c >= MAX_CPUS {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("cpu {c} is beyond {MAX_CPUS}")));
+            }
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The CPUs left for everything but the media workers: `allowed` without `media`. Every media CPU must be allowed,
+/// and at least one CPU must be left.
+pub fn control_cpus(allowed: &[usize], media: &[usize]) -> Result<Vec<usize>, CpuError> {
+    if let Some(&cpu) = media.iter().find(|c| !allowed.contains(c)) {
+        return Err(CpuError::NotAllowed { cpu, allowed: cpu_list(allowed) });
+    }
+    let rest: Vec<usize> = allowed.iter().copied().filter(|c| !media.contains(c)).collect();
+    if rest.is_empty() {
+        return Err(CpuError::NoneLeft { media: cpu_list(media), allowed: cpu_list(allowed) });
+    }
+    Ok(rest)
+}
+
+/// Gives `media` to the media workers: the calling thread (at start-up, before the runtime and the runners exist,
+/// so that they inherit it) is restricted to the other allowed CPUs. Returns those CPUs.
+pub fn keep_off(media: &[usize]) -> Result<Vec<usize>, CpuError> {
+    let rest = control_cpus(&allowed_cpus()?, media)?;
+    pin_current_thread(&rest)?;
+    Ok(rest)
+}
+
+/// `cpus` in the kernel's list form (`0-2,5`), as `Cpus_allowed_list` and `taskset` show it.
+pub fn cpu_list(cpus: &[usize]) -> String {
+    let mut sorted = cpus.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        while i + 1 < sorted.len() && sorted[i + 1] == sorted[i] + 1 {
+            i += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if sorted[i] == start {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}-{}", sorted[i]));
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_cpus_are_the_allowed_ones_the_media_workers_do_not_take() {
+        assert_eq!(control_cpus(&[0, 1, 2, 3], &[0, 2]).unwrap(), vec![1, 3]);
+        assert_eq!(control_cpus(&[4, 5], &[]).unwrap(), vec![4, 5]);
+    }
+
+    #[test]
+    fn a_cpu_outside_the_allowed_set_or_none_left_is_refused_with_the_sets_named() {
+        let e = control_cpus(&[0, 1], &[3]).unwrap_err().to_string();
+        assert_eq!(e, "media.cpus: cpu 3 is not one this process may run on (allowed: 0-1)");
+        let e = control_cpus(&[0, 1], &[1, 0]).unwrap_err().to_string();
+        assert!(e.starts_with("media.cpus: 0-1 would take every cpu this process may run on (0-1)"), "{e}");
+    }
+
+    #[test]
+    fn cpu_lists_read_like_the_kernels() {
+        assert_eq!(cpu_list(&[]), "");
+        assert_eq!(cpu_list(&[3]), "3");
+        assert_eq!(cpu_list(&[5, 0, 1, 2, 7, 8]), "0-2,5,7-8");
+    }
+
+    #[test]
+    fn a_pinned_thread_runs_only_where_it_was_pinned() {
+        // On its own thread, so the test harness's threads keep their affinity.
+        std::thread::spawn(|| {
+            let allowed = allowed_cpus().unwrap();
+            let last = *allowed.last().unwrap();
+            pin_current_thread(&[last]).unwrap();
+            assert_eq!(allowed_cpus().unwrap(), vec![last]);
+            assert!(pin_current_thread(&[MAX_CPUS]).is_err());
+        })
+        .join()
+        .unwrap();
+    }
+}
