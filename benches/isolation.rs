@@ -87,7 +87,7 @@ usage: cargo bench --bench isolation -- [options]
   --shared-core        the whole server on the server core, media worker and control plane together, without
                        [media] cpus (the layout of the runs before 2026-11-24)
   --no-pin             pin nothing
-  --nice N             nice value for the server and the generator, e.g. -10 on a shared machine (default 0); the
+  --nice N             nice value for the server and the generator, e.g. -20 on a shared VM (default 0); the
                        noisy tenant's generator thread runs under SCHED_IDLE (5 nicer if that is refused), so its
                        flood cannot delay the quiet tenant's sends or its agent's receive timestamps
   --quiet-wait S       before each phase wait up to S seconds for the two cores to fall below 25% busy from others'
