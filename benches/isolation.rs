@@ -351,6 +351,9 @@ struct GeneratorFigures {
     cpu_pct: Option<f64>,
     top_threads: Vec<server::Consumer>,
     q_pacing_lateness_us_p99: Option<f64>,
+    /// Q's send calls, marker instant to return (µs): p99, p999, max. Part of Q's measured latency that is the
+    /// generator's own (its thread, and the kernel's loopback delivery on the generator's core).
+    q_send_call_us: [Option<f64>; 3],
     q_send_errors: u64,
     q_skipped: u64,
     n_send_errors: u64,
@@ -957,6 +960,8 @@ async fn run_phase(args: &Args, phase: Phase, pin: bool, out_dir: &Path) -> Phas
         let mut g = q_shared.generator.lock();
         g.lateness_us.sort_unstable();
         r.generator.q_pacing_lateness_us_p99 = percentile(&g.lateness_us, 0.99).map(f64::from);
+        g.send_us.sort_unstable();
+        r.generator.q_send_call_us = [0.99, 0.999, 1.0].map(|q| percentile(&g.send_us, q).map(f64::from));
     }
 
     // Tear-down: both tenants' calls hung up at once, each at twice the set-up rate.
@@ -1254,12 +1259,16 @@ fn print_phase(r: &PhaseResult) {
         v.iter().map(|c| format!("{}[{}] {:.1}%", c.comm, c.pid, c.cpu_pct)).collect::<Vec<_>>().join(", ")
     };
     println!(
-        "  server: {}% of a core; busiest threads {} | generator {}% ({}) | Q pacing p99 {} µs, N skipped {}",
+        "  server: {}% of a core; busiest threads {} | generator {}% ({}) | Q pacing p99 {} µs, Q send call \
+         p99/p999/max {}/{}/{} µs, N skipped {}",
         fmt_opt(r.server.cpu_pct, 1),
         threads(&r.server.top_threads),
         fmt_opt(r.generator.cpu_pct, 1),
         threads(&r.generator.top_threads),
         fmt_opt(r.generator.q_pacing_lateness_us_p99, 0),
+        fmt_opt(r.generator.q_send_call_us[0], 0),
+        fmt_opt(r.generator.q_send_call_us[1], 0),
+        fmt_opt(r.generator.q_send_call_us[2], 0),
         r.generator.n_skipped
     );
     if r.phase.noisy() && r.status == "ok" && r.server.cpu_pct.is_some_and(|c| c < 90.0) {

@@ -97,6 +97,7 @@ impl Generator {
         let mut pkt = [0u8; HEADER_LEN + PAYLOAD_LEN];
         let mut payload = [0u8; PAYLOAD_LEN];
         let mut lateness = Vec::with_capacity(1024);
+        let mut send_us = Vec::with_capacity(1024);
         loop {
             tick.tick().await;
             let now = Instant::now();
@@ -127,9 +128,12 @@ impl Generator {
                         pkt[HEADER_LEN..].copy_from_slice(&payload);
                         match s.sock.try_send_to(&pkt, s.dst) {
                             Ok(_) => {
+                                let sent_ns = self.shared.now_ns();
                                 sent += 1;
                                 if self.shared.window.contains(send_ns) {
                                     in_window += 1;
+                                    send_us
+                                        .push((sent_ns.saturating_sub(send_ns) / 1000).min(u64::from(u32::MAX)) as u32);
                                     let late = Instant::now().saturating_duration_since(s.next_due);
                                     lateness.push(late.as_micros().min(u128::from(u32::MAX)) as u32);
                                 }
@@ -149,6 +153,7 @@ impl Generator {
                 g.send_errors += errors;
                 g.skipped += skipped;
                 g.lateness_us.append(&mut lateness);
+                g.send_us.append(&mut send_us);
             }
             if in_window > 0 {
                 match self.path {

@@ -280,6 +280,10 @@ pub struct GenCounters {
     pub skipped: u64,
     /// How late each in-window frame left relative to its 20 ms grid slot, µs.
     pub lateness_us: Vec<u32>,
+    /// How long each in-window frame's send took, from the instant written into its marker to the send call's
+    /// return, µs: the part of the measured latency spent in the generator's own thread (the kernel's loopback
+    /// delivery to the server's socket included).
+    pub send_us: Vec<u32>,
 }
 
 /// Everything the measuring tasks of one ramp step share.
