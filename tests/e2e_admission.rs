@@ -209,9 +209,10 @@ fn hot_media_workers_refuse_the_tenant_using_them_and_admit_the_other() {
     b.assert_success("tenant B while tenant A keeps the worker hot");
     let log = server.log();
     assert!(log.contains("\"reason\":\"overload\"") && log.contains("\"tenant\":\"tenant-a\""), "{log}");
-    // Once the worker cools down, A connects again: the capacity check lets go at its next sample (250 ms), and the
-    // lateness check, if the flood made A's turns late too, after two on-time seconds.
-    std::thread::sleep(Duration::from_millis(3500));
+    // Once the worker cools down, A connects again: the capacity check lets go 5 s (the Retry-After it sent) after
+    // the last sample that found A over its share, and the lateness check, if the flood made A's turns late too,
+    // after two on-time seconds.
+    std::thread::sleep(Duration::from_millis(6000));
     Sipp::builtin("uac", Some(server.sip_addr())).service("15550001").run(SIPP_TIMEOUT).assert_success("A again");
     drop(holder.kill());
 }

@@ -311,27 +311,42 @@ impl BehindTracker {
 /// the others: a quiet tenant far below its share still gets its calls in while the node is hot.
 ///
 /// A tenant's share is its weight over the weights of the tenants whose turns ran in the interval (idle tenants do
-/// not dilute it). The workers stop being hot when they fall below `threshold - COOL_MARGIN`.
+/// not dilute it). The workers stop being hot when they fall below `threshold - COOL_MARGIN`. A tenant found at or
+/// above its share stays refused for [`CapacityTracker::HOLD`] after the last sample that found it so, even if the
+/// workers cool sooner: the calls it got in last cost more a second or two later (its agents' outboxes fill, the
+/// flushes are turns too), and letting it in again at the first cool sample let the workers settle well above the
+/// threshold (`docs/benchmarks.md`). The hold is the `Retry-After` the refusal carries.
 #[derive(Debug)]
 pub struct CapacityTracker {
     threshold: f64,
     last: Option<(Instant, PoolLoad)>,
     hot: bool,
     over: Vec<bool>,
+    /// By tenant index: refused until this instant (the last sample that found it over its share, plus `HOLD`).
+    held_until: Vec<Option<Instant>>,
     utilisation: f64,
 }
 
 impl CapacityTracker {
     /// Hysteresis below the threshold before the workers count as cool again.
     pub const COOL_MARGIN: f64 = 0.05;
+    /// How long a tenant found at or above its share stays refused: the `Retry-After` of the refusal.
+    pub const HOLD: Duration = Duration::from_secs(crate::sched::admission::NODE_OVERLOAD_RETRY_AFTER_SECS as u64);
 
     /// `threshold`: the busy fraction (0..=1) from which the workers are hot; 1.0 or more never is.
     pub fn new(threshold: f64) -> CapacityTracker {
-        CapacityTracker { threshold, last: None, hot: false, over: Vec::new(), utilisation: 0.0 }
+        CapacityTracker {
+            threshold,
+            last: None,
+            hot: false,
+            over: Vec::new(),
+            held_until: Vec::new(),
+            utilisation: 0.0,
+        }
     }
 
-    /// Feeds one sample taken at `now`; returns, by tenant index, who is at or above its share while the workers
-    /// are hot (all false while they are not).
+    /// Feeds one sample taken at `now`; returns, by tenant index, who is refused: found at or above its share while
+    /// the workers are hot, at this sample or within [`CapacityTracker::HOLD`] before it.
     pub fn update(&mut self, now: Instant, load: PoolLoad) -> &[bool] {
         self.over.clear();
         self.over.resize(load.tenants.len(), false);
@@ -339,6 +354,15 @@ impl CapacityTracker {
             self.judge(now.saturating_duration_since(at), &last, &load);
         }
         self.last = Some((now, load));
+        if self.held_until.len() < self.over.len() {
+            self.held_until.resize(self.over.len(), None);
+        }
+        for (over, held) in self.over.iter_mut().zip(self.held_until.iter_mut()) {
+            if *over {
+                *held = Some(now + Self::HOLD);
+            }
+            *over = held.is_some_and(|until| until > now);
+        }
         &self.over
     }
 

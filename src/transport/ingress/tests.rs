@@ -534,8 +534,18 @@ fn capacity_tracker_refuses_only_tenants_at_or_above_their_share_while_the_worke
     assert!(c.hot());
     // Still hot at 82% (within the 5-point margin), cool at 78%.
     assert_eq!(c.update(s(3), pool_load(1, 2570, &[(1, 2490), (1, 80)])), [true, false]);
-    assert_eq!(c.update(s(4), pool_load(1, 3350, &[(1, 3250), (1, 100)])), [false, false]);
+    assert_eq!(c.update(s(4), pool_load(1, 3350, &[(1, 3250), (1, 100)])), [true, false]);
     assert!(!c.hot());
+    // Cool, but tenant 0 was last over its share at s(3): it stays refused for the hold, the Retry-After it was
+    // given, and is let in again once that has passed.
+    assert_eq!(CapacityTracker::HOLD, Duration::from_secs(5));
+    assert_eq!(c.update(s(7), pool_load(1, 3650, &[(1, 3500), (1, 150)])), [true, false]);
+    assert_eq!(c.update(s(8), pool_load(1, 3750, &[(1, 3590), (1, 160)])), [false, false]);
+    // Found over its share again while hot: the hold starts over from that sample.
+    assert_eq!(c.update(s(9), pool_load(1, 4700, &[(1, 4500), (1, 200)])), [true, false]);
+    assert_eq!(c.update(s(10), pool_load(1, 5000, &[(1, 4790), (1, 210)])), [true, false]);
+    assert!(!c.hot());
+    assert_eq!(c.update(s(14), pool_load(1, 5400, &[(1, 5180), (1, 220)])), [false, false]);
 }
 
 #[test]
