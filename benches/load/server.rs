@@ -113,7 +113,7 @@ impl Server {
             unsafe {
                 cmd.pre_exec(move || {
                     if !cores.is_empty() {
-                        pin_to_cores_raw(&cores)?;
+                        fairvox::sched::cpus::pin_current_thread(&cores)?;
                     }
                     if nice != 0 {
                         renice_self(nice)?;
@@ -231,21 +231,7 @@ pub fn idle_self() -> std::io::Result<()> {
 
 /// Pins the calling thread (and the threads it later spawns) to one core.
 pub fn pin_self(core: usize) -> std::io::Result<()> {
-    pin_to_cores_raw(&[core])
-}
-
-/// Pins the calling thread to `cores`; allocates nothing (it runs between fork and exec too).
-fn pin_to_cores_raw(cores: &[usize]) -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is plain data, zeroed is its empty set; CPU_SET writes inside it; sched_setaffinity(0, ..)
-    // acts on the calling thread only.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &core in cores {
-            libc::CPU_SET(core, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    fairvox::sched::cpus::pin_current_thread(&[core])
 }
 
 /// Raises the soft open-files limit to the hard one (each call costs the generator a UDP socket and a TCP socket).

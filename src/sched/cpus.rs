@@ -42,14 +42,15 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     }
 }
 
-/// Restricts the calling thread to `cpus`. Threads it starts afterwards inherit the restriction.
+/// Restricts the calling thread to `cpus`. Threads it starts afterwards inherit the restriction. Allocates nothing,
+/// errors included (a CPU at or beyond [`MAX_CPUS`] is `EINVAL`), so it may run between `fork` and `exec`.
 pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
     // SAFETY: as in allowed_cpus; CPU_SET writes inside `set`, and every cpu is below CPU_SETSIZE (checked).
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         for &c in cpus {
             if c >= MAX_CPUS {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("cpu {c} is beyond {MAX_CPUS}")));
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
             }
             libc::CPU_SET(c, &mut set);
         }
