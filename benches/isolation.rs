@@ -84,6 +84,9 @@ usage: cargo bench --bench isolation -- [options]
   --server-core C      core the server's media worker(s) own, [media] cpus = [C] (default 0); the server's other
                        threads (SIP, HTTP, the runtime) run on the generator core
   --gen-core C         core this generator and both agents are pinned to (default 1)
+  --realtime-priority P  [media] realtime_priority of the server: its media worker(s) run under SCHED_FIFO at P
+                       on their own core (needs root or CAP_SYS_NICE; not with --shared-core or --no-pin; default:
+                       the normal policy)
   --shared-core        the whole server on the server core, media worker and control plane together, without
                        [media] cpus (the layout of the runs before 2026-11-24)
   --no-pin             pin nothing
@@ -162,6 +165,8 @@ struct Args {
     gen_core: usize,
     /// The whole server on `server_core`, instead of the media workers alone there (`[media] cpus`).
     shared_core: bool,
+    /// `[media] realtime_priority` (only with the media workers on a core of their own).
+    realtime_priority: Option<u8>,
     pin: bool,
     nice: i32,
     quiet_wait: f64,
@@ -194,6 +199,7 @@ impl Args {
             server_core: 0,
             gen_core: 1,
             shared_core: false,
+            realtime_priority: None,
             pin: true,
             nice: 0,
             quiet_wait: 30.0,
@@ -249,6 +255,7 @@ impl Args {
                 "--server-core" => a.server_core = num(&flag, value(&flag)?)?,
                 "--gen-core" => a.gen_core = num(&flag, value(&flag)?)?,
                 "--shared-core" => a.shared_core = true,
+                "--realtime-priority" => a.realtime_priority = Some(num(&flag, value(&flag)?)?),
                 "--no-pin" => a.pin = false,
                 "--nice" => a.nice = num(&flag, value(&flag)?)?,
                 "--quiet-wait" => a.quiet_wait = num(&flag, value(&flag)?)?,
@@ -267,6 +274,10 @@ impl Args {
         }
         if !(a.seconds > 0.0 && a.cps > 0.0 && a.setup_timeout > 0.0 && a.warmup >= 0.0 && a.quiet_wait >= 0.0) {
             return Err("--seconds, --cps and --setup-timeout must be > 0, --warmup and --quiet-wait >= 0".to_owned());
+        }
+        if a.realtime_priority.is_some() && (a.shared_core || !a.pin) {
+            return Err("--realtime-priority needs the media worker on a core of its own (no --shared-core, --no-pin)"
+                .to_owned());
         }
         Ok(a)
     }
@@ -469,8 +480,10 @@ fn main() {
             (true, true) =>
                 format!("server core {} (all its threads), generator core {}", args.server_core, args.gen_core),
             (true, false) => format!(
-                "media worker core {} ([media] cpus), the server's other threads and the generator core {}",
-                args.server_core, args.gen_core
+                "media worker core {} ([media] cpus{}), the server's other threads and the generator core {}",
+                args.server_core,
+                args.realtime_priority.map_or(String::new(), |p| format!(", SCHED_FIFO {p}")),
+                args.gen_core
             ),
         },
     );
@@ -1044,7 +1057,12 @@ fn write_config(
     q_agent: SocketAddr,
     n_agent: SocketAddr,
 ) -> std::io::Result<PathBuf> {
-    let cpus = if pin && !args.shared_core { format!("cpus = [{}]\n", args.server_core) } else { String::new() };
+    let cpus = if pin && !args.shared_core {
+        let realtime = args.realtime_priority.map_or(String::new(), |p| format!("realtime_priority = {p}\n"));
+        format!("cpus = [{}]\n{realtime}", args.server_core)
+    } else {
+        String::new()
+    };
     let media = format!("[media]\nworkers = {}\nscheduler = \"{}\"\n{cpus}\n", args.workers, phase.scheduler());
     let tenant = |id: &str, plan: &str, agent: SocketAddr, number: &str| {
         format!(

@@ -56,6 +56,9 @@ pub struct Config {
     /// CPUs dedicated to the media workers (`media.cpus`; empty: none). `fairvox serve` keeps its other threads off
     /// them (`sched::cpus`).
     pub media_cpus: Vec<usize>,
+    /// `SCHED_FIFO` priority of the media workers (`media.realtime_priority`, 1..=99; `None`: the normal policy).
+    /// Only with `media.cpus`, so that the control plane keeps cores the real-time workers never take.
+    pub media_realtime_priority: Option<u8>,
     pub sip_max_message_bytes: usize,
     pub data_dir: PathBuf,
     /// The built-in plans with the file's overrides and additions.
@@ -325,6 +328,7 @@ struct RawMedia {
     workers: Option<usize>,
     scheduler: Option<String>,
     cpus: Option<Vec<usize>>,
+    realtime_priority: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -485,6 +489,20 @@ impl RawConfig {
         if let Some((i, &cpu)) = media_cpus.iter().enumerate().find(|(i, c)| media_cpus[..*i].contains(c)) {
             return Err(invalid("media.cpus", format!("cpu {cpu} is listed twice (entry {i})")));
         }
+        let media_realtime_priority = self.media.realtime_priority;
+        if let Some(p) = media_realtime_priority {
+            if !(1..=99).contains(&p) {
+                return Err(invalid("media.realtime_priority", format!("{p} must be within 1..=99 (SCHED_FIFO)")));
+            }
+            if media_cpus.is_empty() {
+                return Err(invalid(
+                    "media.realtime_priority",
+                    "needs media.cpus: a real-time worker takes its core from every normal thread, so SIP, HTTP and \
+                     the control plane must have cores of their own"
+                        .to_string(),
+                ));
+            }
+        }
         let sip_max = self.sip.max_message_bytes.unwrap_or(16 * 1024);
         if !(1024..=65_535).contains(&sip_max) {
             return Err(invalid("sip.max_message_bytes", format!("{sip_max} must be within 1024..=65535")));
@@ -633,6 +651,7 @@ impl RawConfig {
             media_workers,
             scheduler,
             media_cpus,
+            media_realtime_priority,
             sip_max_message_bytes: sip_max,
             data_dir: PathBuf::from(self.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR)),
             plans,
@@ -767,6 +786,13 @@ mod tests {
         assert_eq!(e, "t.toml: media.cpus: cpu 4096 must be below 1024");
         let e = Config::from_toml("t.toml", "[media]\ncpus = [-1]\n").unwrap_err().to_string();
         assert!(e.contains("cpus = [-1]") && e.contains("expected usize"), "{e}");
+        assert_eq!(c.media_realtime_priority, None, "the normal policy unless configured");
+        let c = Config::from_toml("t.toml", "[media]\ncpus = [1]\nrealtime_priority = 10\n").unwrap();
+        assert_eq!(c.media_realtime_priority, Some(10));
+        let e = Config::from_toml("t.toml", "[media]\nrealtime_priority = 10\n").unwrap_err().to_string();
+        assert!(e.starts_with("t.toml: media.realtime_priority: needs media.cpus"), "{e}");
+        let e = Config::from_toml("t.toml", "[media]\ncpus = [1]\nrealtime_priority = 0\n").unwrap_err().to_string();
+        assert_eq!(e, "t.toml: media.realtime_priority: 0 must be within 1..=99 (SCHED_FIFO)");
         assert_eq!(c.worker_busy_threshold, 0.80);
         let c = Config::from_toml("t.toml", "[limits]\nworker_busy_pct = 100\n").unwrap();
         assert_eq!(c.worker_busy_threshold, 1.0);

@@ -85,6 +85,7 @@ fn main() -> anyhow::Result<()> {
                 tracing::info!(
                     media_cpus = %fairvox::sched::cpus::cpu_list(&config.media_cpus),
                     control_cpus = %fairvox::sched::cpus::cpu_list(&control),
+                    realtime_priority = ?config.media_realtime_priority,
                     "media workers get cores of their own"
                 );
             }

@@ -366,7 +366,12 @@ const CAPACITY_SAMPLE: Duration = Duration::from_millis(250);
 
 /// The media worker pool, each tenant given its plan's weight and queue room.
 pub fn media_workers(config: &Config) -> Result<MediaWorkers, StartError> {
-    let workers = MediaWorkers::start(config.media_workers, config.scheduler, config.media_cpus.clone())?;
+    let workers = MediaWorkers::start(
+        config.media_workers,
+        config.scheduler,
+        config.media_cpus.clone(),
+        config.media_realtime_priority,
+    )?;
     for (index, tenant) in config.tenants.iter().enumerate() {
         let fail = |reason: String| StartError::Tenant { tenant: tenant.id.clone(), reason };
         let plan = config.plans.get(&tenant.plan).ok_or_else(|| fail(format!("unknown plan {:?}", tenant.plan)))?;

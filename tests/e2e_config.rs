@@ -105,3 +105,56 @@ fn dedicated_media_cpus_keep_the_worker_alone_on_its_core_and_everything_else_of
     let err = Server::try_start(&format!("[media]\ncpus = [{}]\n", all.join(", "))).err().expect("no cpu left");
     assert!(err.contains("leave at least one for SIP, HTTP and the control plane"), "{err}");
 }
+
+/// Each thread's (name, scheduling policy, real-time priority), from `/proc/PID/task/*/stat` (fields 41 and 40).
+fn thread_policies(pid: u32) -> Vec<(String, u32, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue; // the thread ended while we looked
+        };
+        let (head, rest) = stat.rsplit_once(')').expect("stat has (comm)");
+        let name = head.split_once('(').expect("stat has (comm)").1.to_owned();
+        // `rest` starts at field 3 (state).
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        out.push((name, fields[38].parse().unwrap(), fields[37].parse().unwrap()));
+    }
+    out
+}
+
+#[test]
+fn realtime_media_workers_run_at_sched_fifo_and_nothing_else_does() {
+    let allowed = fairvox::sched::cpus::allowed_cpus().unwrap();
+    if allowed.len() < 2 {
+        return; // media.cpus needs a cpu left for the control plane (the test above covers that refusal)
+    }
+    let media = *allowed.last().unwrap();
+    let config = format!("[media]\nworkers = 1\ncpus = [{media}]\nrealtime_priority = 5\n");
+    let privileged = std::thread::spawn(|| fairvox::sched::cpus::set_realtime(5).is_ok()).join().unwrap();
+    if !privileged {
+        // Without root, CAP_SYS_NICE or RLIMIT_RTPRIO the server refuses to start, saying what it needs.
+        let err = Server::try_start(&config).err().expect("SCHED_FIFO without the privilege");
+        assert!(
+            err.contains("media.realtime_priority: scheduler worker 0 cannot run at SCHED_FIFO priority 5"),
+            "{err}"
+        );
+        assert!(err.contains("CAP_SYS_NICE"), "{err}");
+        return;
+    }
+    let server = Server::start(&config);
+    let threads = thread_policies(server.pid());
+    let (workers, others): (Vec<_>, Vec<_>) = threads.iter().partition(|(name, ..)| name.starts_with("fairvox-sched-"));
+    assert_eq!(workers.len(), 1, "{threads:?}");
+    assert_eq!((workers[0].1, workers[0].2), (libc::SCHED_FIFO as u32, 5), "{threads:?}");
+    assert!(others.len() >= 3, "{threads:?}");
+    for (name, policy, priority) in &others {
+        assert_eq!((*policy, *priority), (libc::SCHED_OTHER as u32, 0), "{name} is not under the normal policy");
+    }
+    // Server::start waited for /healthz: the server came up with its worker at real-time priority.
+    assert!(server.log().contains("media workers get cores of their own"), "{}", server.log());
+    drop(server);
+
+    // Without media.cpus the setting is refused before anything starts.
+    let err = Server::try_start("[media]\nrealtime_priority = 5\n").err().expect("realtime without cpus");
+    assert!(err.contains("media.realtime_priority: needs media.cpus"), "{err}");
+}

@@ -97,7 +97,7 @@ fn round(calls: &mut [Call], sent: &mut u64, packet: &mut Packet) {
 
 #[test]
 fn the_inbound_path_allocates_nothing_per_packet_or_turn() {
-    let workers = MediaWorkers::start(1, SchedulerKind::Fair, Vec::new()).unwrap();
+    let workers = MediaWorkers::start(1, SchedulerKind::Fair, Vec::new(), None).unwrap();
     let plans = PlanSet::builtin();
     for t in 0..2 {
         workers.configure_tenant(TenantId(t), plans.get("enterprise").unwrap()).unwrap();

@@ -516,7 +516,7 @@ mod tests {
         store.record_call(&acme, &call("acme", "CA4", dec_01.start_unix_ms() as u64 + 3_600_000, 7)).unwrap();
 
         let admission = Arc::new(Admission::new(1000));
-        let workers = Arc::new(MediaWorkers::start(1, SchedulerKind::Fair, Vec::new()).unwrap());
+        let workers = Arc::new(MediaWorkers::start(1, SchedulerKind::Fair, Vec::new(), None).unwrap());
         let targets = Targets {
             admission: Arc::clone(&admission),
             breakers: Arc::new(Breakers::new(BreakerConfig::default(), [])),
@@ -574,7 +574,7 @@ mod tests {
         let number = E164::parse("+15551230001").unwrap();
         store.claim_number(&scope, &number, &app.id).unwrap();
 
-        let workers = Arc::new(MediaWorkers::start(1, SchedulerKind::Fair, Vec::new()).unwrap());
+        let workers = Arc::new(MediaWorkers::start(1, SchedulerKind::Fair, Vec::new(), None).unwrap());
         let targets = Targets {
             admission: Arc::new(Admission::new(10)),
             breakers: Arc::new(Breakers::new(BreakerConfig::default(), [])),

@@ -64,11 +64,13 @@ pub struct BulkheadConfig {
     /// CPUs to pin the workers to, worker `i` to `pin[i % pin.len()]` (see [`crate::sched::cpus`]); empty: not
     /// pinned.
     pub pin: Vec<usize>,
+    /// `SCHED_FIFO` priority for the workers ([`crate::sched::cpus::set_realtime`]); `None`: the normal policy.
+    pub realtime: Option<u8>,
 }
 
 impl Default for BulkheadConfig {
     fn default() -> Self {
-        BulkheadConfig { workers: 0, scheduler: SchedulerKind::Fair, quantum: 1, pin: Vec::new() }
+        BulkheadConfig { workers: 0, scheduler: SchedulerKind::Fair, quantum: 1, pin: Vec::new(), realtime: None }
     }
 }
 
@@ -77,6 +79,23 @@ impl Default for BulkheadConfig {
 pub enum BulkheadError {
     #[error("cannot start a scheduler worker thread: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error("scheduler worker {worker} cannot be pinned to cpu {cpu}: {source}")]
+    Pin {
+        worker: usize,
+        cpu: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "media.realtime_priority: scheduler worker {worker} cannot run at SCHED_FIFO priority {priority}: {source} \
+         (it needs root, CAP_SYS_NICE or an RLIMIT_RTPRIO of at least {priority})"
+    )]
+    Realtime {
+        worker: usize,
+        priority: u8,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One tenant's view of the pool.
@@ -332,23 +351,33 @@ impl<T: Send + 'static> Bulkhead<T> {
             polling: AtomicBool::new(false),
         });
         let pool = Bulkhead { shared, handles: Mutex::new(Vec::with_capacity(workers)), workers };
+        // Each worker places itself (cpu, policy) before it serves anything and says how that went: a pool that
+        // cannot have the layout it was configured with does not start half-placed.
+        let (placed_tx, placed_rx) = std::sync::mpsc::channel::<Result<(), BulkheadError>>();
         for i in 0..workers {
             let shared = Arc::clone(&pool.shared);
             let cpu = (!config.pin.is_empty()).then(|| config.pin[i % config.pin.len()]);
+            let realtime = config.realtime;
+            let placed = placed_tx.clone();
             let spawned = std::thread::Builder::new().name(format!("fairvox-sched-{i}")).spawn(move || {
-                if let Some(cpu) = cpu
-                    && let Err(e) = cpus::pin_current_thread(&[cpu])
-                {
-                    // The pool still works unpinned; the operator sees why the layout they asked for is not in force.
-                    tracing::error!(worker = i, cpu, error = %e, "could not pin the media worker to its cpu");
+                let placement = place_worker(i, cpu, realtime);
+                let ok = placement.is_ok();
+                let _ = placed.send(placement);
+                drop(placed);
+                if ok {
+                    worker(&shared)
                 }
-                worker(&shared)
             });
             match spawned {
                 Ok(h) => pool.handles.lock().push(h),
                 // Dropping `pool` stops and joins the workers already started.
                 Err(e) => return Err(BulkheadError::Spawn(e)),
             }
+        }
+        drop(placed_tx);
+        for placement in placed_rx.iter().take(workers) {
+            // Dropping `pool` stops and joins the workers (those that failed have returned already).
+            placement?;
         }
         Ok(pool)
     }
@@ -492,6 +521,17 @@ impl<T: Send + 'static> Drop for Bulkhead<T> {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Pins worker `index` to `cpu` and gives it `realtime` priority, as configured.
+fn place_worker(index: usize, cpu: Option<usize>, realtime: Option<u8>) -> Result<(), BulkheadError> {
+    if let Some(cpu) = cpu {
+        cpus::pin_current_thread(&[cpu]).map_err(|source| BulkheadError::Pin { worker: index, cpu, source })?;
+    }
+    if let Some(priority) = realtime {
+        cpus::set_realtime(priority).map_err(|source| BulkheadError::Realtime { worker: index, priority, source })?;
+    }
+    Ok(())
 }
 
 /// CPU time the thread has used so far (its `CLOCK_THREAD_CPUTIME_ID` clock, read from outside); zero if the OS

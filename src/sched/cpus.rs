@@ -1,10 +1,16 @@
-//! Cores dedicated to the media workers (`media.cpus`): pinning a worker to its core, and keeping every other thread
-//! of the process (the tokio runtime with SIP, HTTP and the per-call tasks, the runners) off those cores.
+//! Cores dedicated to the media workers (`media.cpus`): pinning a worker to its core, keeping every other thread of
+//! the process (the tokio runtime with SIP, HTTP and the per-call tasks, the runners) off those cores, and the
+//! workers' real-time priority on them (`media.realtime_priority`).
 //!
 //! Why: a media worker that shares its core with the control plane waits whenever a control thread holds the core.
 //! With a 250 Hz tick and no kernel preemption, a tokio thread that wakes with a few milliseconds of accumulated
 //! timers keeps the core that long, and every tenant's frames wait behind it, whatever the fair queue decided. The
 //! measurements are in `docs/benchmarks.md` ("Results with the media worker on a core of its own").
+//!
+//! Why real-time too: a core of its own is not the worker's alone. The kernel's own threads (`rcu_preempt`, DAMON's
+//! `kdamond`, `ksoftirqd`) run there when the scheduler places them there, and under the normal policy a worker at
+//! any nice value shares the core with them for a slice of milliseconds. At `SCHED_FIFO` the worker is always picked
+//! before them while it has work; they run in its idle time (`docs/benchmarks.md`, "Real-time media workers").
 //!
 //! Linux only (`sched_getaffinity`, `sched_setaffinity`), like the rest of the media path. The pure part,
 //! [`control_cpus`], decides and validates; the two calls that touch the kernel are [`allowed_cpus`] and
@@ -59,6 +65,30 @@ pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs the calling thread under `SCHED_FIFO` at `priority` (1..=99). Needs root, `CAP_SYS_NICE` or an
+/// `RLIMIT_RTPRIO` of at least `priority`; the error is the kernel's (`EPERM`, or `EINVAL` out of range).
+pub fn set_realtime(priority: u8) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: libc::c_int::from(priority) };
+    // SAFETY: pid 0 is the calling thread; `param` is a live sched_param.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The calling thread's scheduling policy and priority (`SCHED_OTHER` is 0, priority 0).
+pub fn current_policy() -> io::Result<(libc::c_int, libc::c_int)> {
+    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; both calls only read it.
+    unsafe {
+        let policy = libc::sched_getscheduler(0);
+        if policy < 0 || libc::sched_getparam(0, &mut param) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((policy, param.sched_priority))
+    }
 }
 
 /// The CPUs left for everything but the media workers: `allowed` without `media`. Every media CPU must be allowed,
@@ -141,6 +171,24 @@ mod tests {
             pin_current_thread(&[last]).unwrap();
             assert_eq!(allowed_cpus().unwrap(), vec![last]);
             assert!(pin_current_thread(&[MAX_CPUS]).is_err());
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_realtime_thread_reports_its_policy_and_a_bad_priority_is_the_kernels_einval() {
+        std::thread::spawn(|| {
+            assert_eq!(current_policy().unwrap(), (libc::SCHED_OTHER, 0));
+            assert_eq!(set_realtime(0).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+            match set_realtime(3) {
+                Ok(()) => assert_eq!(current_policy().unwrap(), (libc::SCHED_FIFO, 3)),
+                // Not root and no CAP_SYS_NICE or RLIMIT_RTPRIO: refused, and the thread is unchanged.
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+                    assert_eq!(current_policy().unwrap(), (libc::SCHED_OTHER, 0));
+                }
+            }
         })
         .join()
         .unwrap();

@@ -109,12 +109,18 @@ pub struct MediaWorkers {
 
 impl MediaWorkers {
     /// Starts `workers` threads (0: one per core, or one per CPU of `pin`) under `scheduler`, over a new epoll set,
-    /// pinned to the CPUs of `pin` if it names any (`media.cpus`).
-    pub fn start(workers: usize, scheduler: SchedulerKind, pin: Vec<usize>) -> Result<MediaWorkers, MediaWorkersError> {
+    /// pinned to the CPUs of `pin` if it names any (`media.cpus`), at `SCHED_FIFO` priority `realtime` if given
+    /// (`media.realtime_priority`).
+    pub fn start(
+        workers: usize,
+        scheduler: SchedulerKind,
+        pin: Vec<usize>,
+        realtime: Option<u8>,
+    ) -> Result<MediaWorkers, MediaWorkersError> {
         let readiness = Arc::new(Readiness::new().map_err(MediaWorkersError::Readiness)?);
         let source: Arc<dyn Source<MediaTurn>> = readiness.clone();
         let pool = Bulkhead::start_with_source(
-            BulkheadConfig { workers, scheduler, quantum: 1, pin },
+            BulkheadConfig { workers, scheduler, quantum: 1, pin, realtime },
             source,
             |_, turn: MediaTurn| turn.serve(),
         )?;

@@ -38,7 +38,7 @@ fn silence_provoked_panics() {
 }
 
 fn config(workers: usize, scheduler: SchedulerKind) -> BulkheadConfig {
-    BulkheadConfig { workers, scheduler, quantum: 1, pin: Vec::new() }
+    BulkheadConfig { workers, scheduler, quantum: 1, pin: Vec::new(), realtime: None }
 }
 
 #[test]
@@ -423,7 +423,7 @@ fn pinned_workers_run_only_on_their_cpus_round_robin() {
     let s = Arc::clone(&seen);
     let pin = vec![last, first];
     let pool = Bulkhead::start(
-        BulkheadConfig { workers: 3, scheduler: SchedulerKind::Fair, quantum: 1, pin },
+        BulkheadConfig { workers: 3, scheduler: SchedulerKind::Fair, quantum: 1, pin, realtime: None },
         move |_, _: u32| {
             let name = std::thread::current().name().unwrap_or_default().to_owned();
             s.lock().insert(name, cpus::allowed_cpus().unwrap());
@@ -452,4 +452,45 @@ fn pinned_workers_run_only_on_their_cpus_round_robin() {
     let pool =
         Bulkhead::start(BulkheadConfig { pin: vec![first], ..BulkheadConfig::default() }, |_, _: u32| {}).unwrap();
     assert_eq!(pool.workers(), 1);
+}
+
+#[test]
+fn workers_run_at_the_realtime_priority_asked_or_the_pool_does_not_start() {
+    let policy = Arc::new(Mutex::new(None));
+    let p = Arc::clone(&policy);
+    let started = Bulkhead::start(BulkheadConfig { workers: 2, realtime: Some(7), ..BulkheadConfig::default() }, {
+        move |_, _: u32| {
+            *p.lock() = Some(cpus::current_policy().unwrap());
+        }
+    });
+    // As root (CI) the policy applies; without the privilege the pool refuses to start, naming the setting.
+    let privileged = std::thread::spawn(|| cpus::set_realtime(7).is_ok()).join().unwrap();
+    match started {
+        Ok(pool) => {
+            assert!(privileged, "a pool asked for SCHED_FIFO started without the privilege to have it");
+            pool.configure_tenant(t(0), tenant(1, 100, Duration::from_secs(60))).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while policy.lock().is_none() {
+                assert!(Instant::now() < deadline, "no item served");
+                let _ = pool.submit(t(0), 1, 1, Instant::now());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(*policy.lock(), Some((libc::SCHED_FIFO, 7)));
+        }
+        Err(e) => {
+            assert!(!privileged, "{e}");
+            let text = e.to_string();
+            assert!(text.starts_with("media.realtime_priority: scheduler worker "), "{text}");
+            assert!(matches!(e, BulkheadError::Realtime { priority: 7, .. }), "{e:?}");
+        }
+    }
+
+    // A CPU the process may not use: the pool does not start half-placed.
+    let e =
+        Bulkhead::start(BulkheadConfig { workers: 1, pin: vec![cpus::MAX_CPUS - 1], ..BulkheadConfig::default() }, {
+            |_, _: u32| {}
+        })
+        .err()
+        .expect("pinned to a cpu outside the allowed set");
+    assert!(matches!(e, BulkheadError::Pin { worker: 0, .. }), "{e:?}");
 }

@@ -31,7 +31,7 @@ fn negotiated() -> Negotiated {
 
 /// `n` workers with tenants 0 and 1 on the built-in `enterprise` plan (room for 500 calls each) (tenant 2 and up are never configured).
 fn workers(n: usize, scheduler: SchedulerKind) -> Arc<MediaWorkers> {
-    let workers = Arc::new(MediaWorkers::start(n, scheduler, Vec::new()).unwrap());
+    let workers = Arc::new(MediaWorkers::start(n, scheduler, Vec::new(), None).unwrap());
     let plans = PlanSet::builtin();
     for t in 0..2 {
         workers.configure_tenant(TenantId(t), plans.get("enterprise").unwrap()).unwrap();
