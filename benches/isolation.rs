@@ -74,7 +74,7 @@ usage: cargo bench --bench isolation -- [options]
   --n-weight W         the noisy tenant's plan weight; the quiet tenant's is 1 (default 1)
   --workers N          [media] workers of the server (default 1; 0 = one per core)
   --worker-busy-pct P  [limits] worker_busy_pct of the server: from P% busy on, tenants at or above their share of
-                       the workers get no new calls (default: the server's, 80; 100 = off)
+                       the workers get no new calls (default: the server's, 70; 100 = off)
   --seconds S          measurement window per phase (default 15)
   --warmup S           seconds between the last call set up and the window (default 2)
   --cps R              call set-up rate per tenant, calls per second (default 50)

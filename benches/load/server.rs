@@ -66,7 +66,9 @@ pub fn write_config(spec: &ServerSpec) -> std::io::Result<PathBuf> {
         _ => "kind = \"echo\"\n".to_owned(),
     };
     let toml = format!(
-        "# Written by benches/load.rs\n[rtp]\ninactivity_timeout_secs = 30\n\n[limits]\nmax_calls = {}\n\n\
+        "# Written by benches/load.rs\n[rtp]\ninactivity_timeout_secs = 30\n\n[limits]\nmax_calls = {}\n\
+         # What one core carries, not where admission would stop the ramp (docs/plans.md, \"Media workers hot\").\n\
+         worker_busy_pct = 100\n\n\
          # One tenant that may hold every call of the ramp and set them up at the generator's pace.\n\
          [plans.load]\nweight = 1\nmax_concurrent_calls = {}\ncalls_per_second = 1000\nburst = 1000\n\
          monthly_minutes = \"unlimited\"\n\n\
