@@ -334,7 +334,9 @@ async fn watch_workers(
                 was_node_behind = node;
             }
         }
-        let over_share = capacity.update(Instant::now(), workers.load());
+        let load = workers.load();
+        metrics.set_media_worker_rests(load.rests);
+        let over_share = capacity.update(Instant::now(), load);
         for i in 0..behind.len().max(over_share.len()) {
             let full = behind.get(i).copied().unwrap_or(false) || over_share.get(i).copied().unwrap_or(false);
             admission.set_tenant_workers_full(TenantId(i as u32), full);

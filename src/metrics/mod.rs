@@ -114,6 +114,7 @@ struct Families {
     call_records: Family<RecordResultLabels, Counter>,
     media_workers_busy: Gauge<f64, AtomicU64>,
     media_workers_hot: Gauge,
+    media_worker_rests: Counter,
 }
 
 impl Families {
@@ -140,6 +141,7 @@ impl Families {
             call_records: Family::default(),
             media_workers_busy: Gauge::default(),
             media_workers_hot: Gauge::default(),
+            media_worker_rests: Counter::default(),
         }
     }
 
@@ -235,6 +237,12 @@ impl Families {
             "fairvox_media_workers_hot",
             "1 while the media workers are hot (limits.worker_busy_pct): tenants at or above their share get 503",
             self.media_workers_hot.clone(),
+        );
+        r.register(
+            "fairvox_media_worker_rests",
+            "Rests real-time media workers (media.realtime_priority) took after a 10 ms window with too little idle \
+             time, to stay under the kernel's real-time limit: growing means the workers are saturated",
+            self.media_worker_rests.clone(),
         );
     }
 
@@ -523,6 +531,12 @@ impl Metrics {
     pub fn set_media_workers_load(&self, busy_ratio: f64, hot: bool) {
         self.families.media_workers_busy.set(busy_ratio);
         self.families.media_workers_hot.set(i64::from(hot));
+    }
+
+    /// Brings `fairvox_media_worker_rests_total` up to `total`, the workers' own count (it only grows).
+    pub fn set_media_worker_rests(&self, total: u64) {
+        let counter = &self.families.media_worker_rests;
+        counter.inc_by(total.saturating_sub(counter.get()));
     }
 
     /// Counts one SIP message that did not parse (it has no tenant).

@@ -212,7 +212,7 @@ fn tenant_samples<'a>(families: &'a [ParsedFamily], tenant: &str) -> Vec<&'a Sam
     families.iter().flat_map(|f| &f.samples).filter(|s| s.label("tenant") == Some(tenant)).collect()
 }
 
-const FAMILIES: [(&str, &str); 21] = [
+const FAMILIES: [(&str, &str); 22] = [
     ("fairvox_frame_latency_seconds", "histogram"),
     ("fairvox_sched_wait_seconds", "histogram"),
     ("fairvox_calls_active", "gauge"),
@@ -234,6 +234,7 @@ const FAMILIES: [(&str, &str); 21] = [
     ("fairvox_call_records_total", "counter"),
     ("fairvox_media_workers_busy_ratio", "gauge"),
     ("fairvox_media_workers_hot", "gauge"),
+    ("fairvox_media_worker_rests_total", "counter"),
 ];
 
 fn ms(n: u64) -> Duration {
@@ -717,4 +718,18 @@ fn handles_are_shared_across_threads() {
     }
     assert_eq!(value(&f, "fairvox_frames_total", &[("tenant", "other"), ("direction", "outbound")]), Some(4000.0));
     assert_eq!(value(&f, "fairvox_metrics_tenants_folded_total", &[]), Some(4.0));
+}
+
+#[test]
+fn worker_rests_follow_the_workers_own_total_and_never_go_back() {
+    let m = Metrics::default();
+    let rests = |m: &Metrics| value(&parse(m), "fairvox_media_worker_rests_total", &[]);
+    assert_eq!(rests(&m), Some(0.0));
+    m.set_media_worker_rests(5);
+    assert_eq!(rests(&m), Some(5.0));
+    // A lower total (a pool started again) leaves the counter where it was: counters only grow.
+    m.set_media_worker_rests(3);
+    assert_eq!(rests(&m), Some(5.0));
+    m.set_media_worker_rests(8);
+    assert_eq!(rests(&m), Some(8.0));
 }

@@ -41,7 +41,7 @@
 use std::num::NonZeroUsize;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -136,6 +136,9 @@ pub struct PoolLoad {
     pub cpu: Duration,
     /// By `TenantId`.
     pub tenants: Vec<TenantLoad>,
+    /// Rests the real-time workers took to stay under the kernel's real-time limit ([`cpus::RestGuard`]); only a
+    /// worker busy for a whole window takes one, so a count that grows means the workers are saturated.
+    pub rests: u64,
 }
 
 /// One tenant's part of a [`PoolLoad`].
@@ -252,6 +255,8 @@ struct Shared<T> {
     source: Option<Arc<dyn Source<T>>>,
     /// `State::polling`, readable without the lock: a busy worker skips its non-blocking poll while it is set.
     polling: AtomicBool,
+    /// Rests real-time workers took ([`cpus::RestGuard`]), summed over workers.
+    rests: AtomicU64,
 }
 
 impl<T: Send + 'static> Shared<T> {
@@ -349,6 +354,7 @@ impl<T: Send + 'static> Bulkhead<T> {
             handler,
             source,
             polling: AtomicBool::new(false),
+            rests: AtomicU64::new(0),
         });
         let pool = Bulkhead { shared, handles: Mutex::new(Vec::with_capacity(workers)), workers };
         // Each worker places itself (cpu, policy) before it serves anything and says how that went: a pool that
@@ -365,7 +371,7 @@ impl<T: Send + 'static> Bulkhead<T> {
                 let _ = placed.send(placement);
                 drop(placed);
                 if ok {
-                    worker(&shared)
+                    worker(&shared, realtime.is_some())
                 }
             });
             match spawned {
@@ -469,6 +475,7 @@ impl<T: Send + 'static> Bulkhead<T> {
                 .iter()
                 .map(|t| TenantLoad { weight: if t.configured { t.weight } else { 0 }, busy: t.busy })
                 .collect(),
+            rests: self.shared.rests.load(Ordering::Relaxed),
         }
     }
 
@@ -551,13 +558,22 @@ fn thread_cpu_time(handle: &JoinHandle<()>) -> Duration {
     Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
-fn worker<T: Send + 'static>(shared: &Shared<T>) {
+fn worker<T: Send + 'static>(shared: &Shared<T>, realtime: bool) {
     // (tenant, panicked, handed back, time in the handler) of the item this worker ran last.
     let mut finished: Option<(TenantId, bool, Option<T>, Duration)> = None;
     // Both reserved once: the source fills `ready` only up to SOURCE_BATCH, one more is the item handed back.
     let mut ready: Vec<(TenantId, T)> = Vec::with_capacity(SOURCE_BATCH + 1);
     let mut refused: Vec<(TenantId, T, RefuseReason)> = Vec::with_capacity(SOURCE_BATCH + 1);
+    // A real-time worker keeps some of its core for the kernel's normal threads, in short rests (see RestGuard).
+    let mut rest_guard = realtime.then(|| cpus::RestGuard::new(Instant::now(), cpus::RestGuard::rest_for_host()));
     loop {
+        if let Some(guard) = &mut rest_guard {
+            let owed = guard.due(Instant::now());
+            if !owed.is_zero() {
+                shared.rests.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(owed);
+            }
+        }
         // What became ready while this worker ran its last item: queued before the next pop, so it competes now.
         if let Some(source) = &shared.source
             && !shared.polling.load(Ordering::Acquire)
@@ -587,7 +603,11 @@ fn worker<T: Send + 'static>(shared: &Shared<T>) {
                         shared.polling.store(true, Ordering::Release);
                         MutexGuard::unlocked(&mut g, || {
                             shared.return_refused(&mut refused);
+                            let since = rest_guard.as_ref().map(|_| Instant::now());
                             source.poll(&mut ready, true);
+                            if let (Some(guard), Some(since)) = (&mut rest_guard, since) {
+                                guard.idled(since.elapsed());
+                            }
                         });
                         g.polling = false;
                         shared.polling.store(false, Ordering::Release);
@@ -595,7 +615,11 @@ fn worker<T: Send + 'static>(shared: &Shared<T>) {
                     }
                     _ => {
                         g.idle += 1;
+                        let since = rest_guard.as_ref().map(|_| Instant::now());
                         shared.wake.wait(&mut g);
+                        if let (Some(guard), Some(since)) = (&mut rest_guard, since) {
+                            guard.idled(since.elapsed());
+                        }
                         g.idle -= 1;
                     }
                 }

@@ -17,6 +17,7 @@
 //! [`pin_current_thread`].
 
 use std::io;
+use std::time::{Duration, Instant};
 
 /// The most CPUs a `cpu_set_t` can name.
 pub const MAX_CPUS: usize = libc::CPU_SETSIZE as usize;
@@ -76,6 +77,67 @@ pub fn set_realtime(priority: u8) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// How long a real-time worker may run before [`RestGuard`] looks at how much it rested.
+pub const REST_WINDOW: Duration = Duration::from_millis(10);
+
+/// Keeps a real-time worker's share of its core under what the kernel allows real-time threads.
+///
+/// Why: the kernel throttles real-time threads that use more than `sched_rt_runtime_us` of each
+/// `sched_rt_period_us` (95% of every second by default), and its fair server runs starved normal threads for up to
+/// 50 ms at once. Either way a worker that stays busy for a whole second loses its core for about 50 ms in one
+/// piece, and every tenant's frames miss their deadline together, which is worse than what the normal policy does
+/// under the same overload. So a worker that in a [`REST_WINDOW`] of running was off its core for less than its
+/// rest sleeps the difference: short rests often, never a long one. A worker under its threshold blocks for more
+/// than that between turns anyway and never rests. Sans-IO: instants in, how long to sleep out.
+#[derive(Debug)]
+pub struct RestGuard {
+    rest: Duration,
+    window_start: Instant,
+    idle: Duration,
+}
+
+impl RestGuard {
+    /// A guard that asks for `rest` of idle time in every [`REST_WINDOW`].
+    pub fn new(now: Instant, rest: Duration) -> RestGuard {
+        RestGuard { rest, window_start: now, idle: Duration::ZERO }
+    }
+
+    /// The rest per window for a host that lets real-time threads run `runtime_us` of every `period_us`
+    /// (`/proc/sys/kernel/sched_rt_*`; a negative runtime is no limit): enough that the worker stays 5 points under
+    /// the limit, at most 90% of its core in any case (normal threads on the core need some of it too), and never
+    /// less than 50%.
+    pub fn rest_for(runtime_us: i64, period_us: i64) -> Duration {
+        let allowed = if runtime_us < 0 || period_us <= 0 { 1.0 } else { runtime_us as f64 / period_us as f64 };
+        let duty = (allowed - 0.05).clamp(0.5, 0.9);
+        REST_WINDOW.mul_f64((1.0 - duty) / duty)
+    }
+
+    /// The rest per window for this host (the default kernel's 95% if the sysctls cannot be read).
+    pub fn rest_for_host() -> Duration {
+        let read = |name: &str| {
+            std::fs::read_to_string(format!("/proc/sys/kernel/{name}")).ok().and_then(|s| s.trim().parse().ok())
+        };
+        Self::rest_for(read("sched_rt_runtime_us").unwrap_or(950_000), read("sched_rt_period_us").unwrap_or(1_000_000))
+    }
+
+    /// The worker was off its core (blocked waiting for work) for `d`.
+    pub fn idled(&mut self, d: Duration) {
+        self.idle += d;
+    }
+
+    /// Called between items: how long the worker must sleep now (zero unless a window has passed with too little
+    /// idle time in it). A new window starts after each look that closes one.
+    pub fn due(&mut self, now: Instant) -> Duration {
+        if now.saturating_duration_since(self.window_start) < REST_WINDOW {
+            return Duration::ZERO;
+        }
+        let owed = self.rest.saturating_sub(self.idle);
+        self.window_start = now + owed;
+        self.idle = Duration::ZERO;
+        owed
+    }
 }
 
 /// The calling thread's scheduling policy and priority (`SCHED_OTHER` is 0, priority 0).
@@ -174,6 +236,50 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn a_worker_busy_for_a_whole_window_rests_and_one_that_blocked_enough_does_not() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut g = RestGuard::new(t0, ms(1));
+        // Inside a window: nothing is owed, however busy.
+        assert_eq!(g.due(t0 + ms(9)), Duration::ZERO);
+        // A window with no idle time: the whole rest.
+        assert_eq!(g.due(t0 + ms(10)), ms(1));
+        // The next window starts after the rest; 0.4 ms blocked in it: the other 0.6 ms are owed.
+        g.idled(Duration::from_micros(400));
+        assert_eq!(g.due(t0 + ms(20)), ms(0));
+        assert_eq!(g.due(t0 + ms(21)), Duration::from_micros(600));
+        // Blocked for more than the rest: nothing owed, and the window starts over at the look.
+        g.idled(ms(3));
+        assert_eq!(g.due(t0 + ms(40)), Duration::ZERO);
+        assert_eq!(g.due(t0 + ms(49)), Duration::ZERO);
+        // Sustained: at most 10 ms running for each rest, a duty cycle of 10 / 11.
+        let mut g = RestGuard::new(t0, ms(1));
+        let (mut now, mut slept) = (t0, Duration::ZERO);
+        while now < t0 + Duration::from_secs(1) {
+            now += Duration::from_micros(50); // one turn
+            let rest = g.due(now);
+            slept += rest;
+            now += rest;
+        }
+        let share = 1.0 - slept.as_secs_f64() / now.duration_since(t0).as_secs_f64();
+        assert!((0.90..0.92).contains(&share), "{share}");
+    }
+
+    #[test]
+    fn the_rest_keeps_a_worker_five_points_under_the_hosts_real_time_limit() {
+        // The default kernel: 95% allowed, the worker kept to 90%: 10 ms running, 1.11 ms resting.
+        let r = RestGuard::rest_for(950_000, 1_000_000);
+        assert!((r.as_secs_f64() - 0.010 / 9.0).abs() < 1e-6, "{r:?}");
+        // No limit: still at most 90%.
+        assert_eq!(RestGuard::rest_for(-1, 1_000_000), r);
+        // 80% allowed: 75%, so 3.33 ms per 10 ms.
+        let r = RestGuard::rest_for(800_000, 1_000_000);
+        assert!((r.as_secs_f64() - 0.010 / 3.0).abs() < 1e-6, "{r:?}");
+        // Almost nothing allowed: never below half the core (the kernel then throttles; the operator asked for it).
+        assert_eq!(RestGuard::rest_for(10_000, 1_000_000), REST_WINDOW);
     }
 
     #[test]

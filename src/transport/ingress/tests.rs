@@ -515,6 +515,7 @@ fn pool_load(workers: usize, cpu_ms: u64, tenants: &[(u32, u64)]) -> PoolLoad {
             .iter()
             .map(|&(weight, busy)| crate::sched::TenantLoad { weight, busy: Duration::from_millis(busy) })
             .collect(),
+        rests: 0,
     }
 }
 
