@@ -350,6 +350,9 @@ struct ServerFigures {
     cpu_pct: Option<f64>,
     /// The busiest threads over the window: a media worker at ~100% is saturated.
     top_threads: Vec<server::Consumer>,
+    /// Rests the real-time media workers took (`fairvox_media_worker_rests_total`): in the window, and since start.
+    worker_rests_window: Option<f64>,
+    worker_rests_total: Option<f64>,
     exit: String,
     log: String,
     log_panics: usize,
@@ -958,6 +961,11 @@ async fn run_phase(args: &Args, phase: Phase, pin: bool, out_dir: &Path) -> Phas
         match (before, after) {
             (Ok(Some(b)), Ok(Some(a))) => {
                 r.metrics = "ok".to_owned();
+                let rests = |s: &[prom::Sample]| {
+                    s.iter().find(|s| s.name == "fairvox_media_worker_rests_total").map(|s| s.value)
+                };
+                r.server.worker_rests_total = rests(&a);
+                r.server.worker_rests_window = rests(&a).zip(rests(&b)).map(|(a, b)| a - b);
                 let (qb, qa) = (TenantFigures::from_samples(&b, "q"), TenantFigures::from_samples(&a, "q"));
                 r.q.metrics_window = Some(qa.minus(&qb));
                 r.q.metrics = Some(qa);
@@ -1278,7 +1286,7 @@ fn print_phase(r: &PhaseResult) {
     };
     println!(
         "  server: {}% of a core; busiest threads {} | generator {}% ({}) | Q pacing p99 {} µs, Q send call \
-         p99/p999/max {}/{}/{} µs, N skipped {}",
+         p99/p999/max {}/{}/{} µs, N skipped {} | worker rests {} in the window, {} since start",
         fmt_opt(r.server.cpu_pct, 1),
         threads(&r.server.top_threads),
         fmt_opt(r.generator.cpu_pct, 1),
@@ -1287,7 +1295,9 @@ fn print_phase(r: &PhaseResult) {
         fmt_opt(r.generator.q_send_call_us[0], 0),
         fmt_opt(r.generator.q_send_call_us[1], 0),
         fmt_opt(r.generator.q_send_call_us[2], 0),
-        r.generator.n_skipped
+        r.generator.n_skipped,
+        fmt_opt(r.server.worker_rests_window, 0),
+        fmt_opt(r.server.worker_rests_total, 0)
     );
     if r.phase.noisy() && r.status == "ok" && r.server.cpu_pct.is_some_and(|c| c < 90.0) {
         println!(

@@ -137,7 +137,8 @@ pub struct PoolLoad {
     /// By `TenantId`.
     pub tenants: Vec<TenantLoad>,
     /// Rests the real-time workers took to stay under the kernel's real-time limit ([`cpus::RestGuard`]); only a
-    /// worker busy for a whole window takes one, so a count that grows means the workers are saturated.
+    /// worker busy beyond its duty cycle for a sustained stretch takes one, so a count that grows means the workers
+    /// are saturated.
     pub rests: u64,
 }
 
@@ -565,13 +566,15 @@ fn worker<T: Send + 'static>(shared: &Shared<T>, realtime: bool) {
     let mut ready: Vec<(TenantId, T)> = Vec::with_capacity(SOURCE_BATCH + 1);
     let mut refused: Vec<(TenantId, T, RefuseReason)> = Vec::with_capacity(SOURCE_BATCH + 1);
     // A real-time worker keeps some of its core for the kernel's normal threads, in short rests (see RestGuard).
-    let mut rest_guard = realtime.then(|| cpus::RestGuard::new(Instant::now(), cpus::RestGuard::rest_for_host()));
+    let mut rest_guard = realtime.then(|| cpus::RestGuard::new(Instant::now(), cpus::RestGuard::duty_for_host()));
     loop {
         if let Some(guard) = &mut rest_guard {
             let owed = guard.due(Instant::now());
             if !owed.is_zero() {
                 shared.rests.fetch_add(1, Ordering::Relaxed);
+                let since = Instant::now();
                 std::thread::sleep(owed);
+                guard.idled(since.elapsed());
             }
         }
         // What became ready while this worker ran its last item: queued before the next pop, so it competes now.

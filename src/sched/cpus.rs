@@ -79,8 +79,11 @@ pub fn set_realtime(priority: u8) -> io::Result<()> {
     Ok(())
 }
 
-/// How long a real-time worker may run before [`RestGuard`] looks at how much it rested.
-pub const REST_WINDOW: Duration = Duration::from_millis(10);
+/// How much running ahead of its duty cycle a real-time worker may bank ([`RestGuard`]): at a duty of 90%, 200 ms
+/// at 100% before its first rest. A second then holds at most `duty` of the core plus this, under the kernel's limit.
+pub const REST_CREDIT: Duration = Duration::from_millis(20);
+/// The shortest rest: long enough that a normal thread woken on the core gets to run, short next to a frame.
+pub const REST_MIN: Duration = Duration::from_millis(1);
 
 /// Keeps a real-time worker's share of its core under what the kernel allows real-time threads.
 ///
@@ -88,55 +91,65 @@ pub const REST_WINDOW: Duration = Duration::from_millis(10);
 /// `sched_rt_period_us` (95% of every second by default), and its fair server runs starved normal threads for up to
 /// 50 ms at once. Either way a worker that stays busy for a whole second loses its core for about 50 ms in one
 /// piece, and every tenant's frames miss their deadline together, which is worse than what the normal policy does
-/// under the same overload. So a worker that in a [`REST_WINDOW`] of running was off its core for less than its
-/// rest sleeps the difference: short rests often, never a long one. A worker under its threshold blocks for more
-/// than that between turns anyway and never rests. Sans-IO: instants in, how long to sleep out.
+/// under the same overload. So the worker keeps a budget: time off its core (blocked waiting for work, or resting)
+/// earns `duty` of itself, time running costs `1 - duty`, and the balance is capped at [`REST_CREDIT`]. A worker
+/// whose balance runs out sleeps until it is back in credit, at least [`REST_MIN`]: short rests, about one per
+/// `REST_MIN / (1 - duty)` of running, instead of one 50 ms gap. Load that is bursty but below `duty` on average
+/// (a tick's worth of packets at once) never empties the budget and never rests, which a fixed window would not
+/// allow. Sans-IO: instants and idle time in, how long to sleep out.
 #[derive(Debug)]
 pub struct RestGuard {
-    rest: Duration,
-    window_start: Instant,
+    duty: f64,
+    /// Seconds of credit: positive is running the worker may still do ahead of its duty cycle.
+    balance: f64,
+    last: Instant,
     idle: Duration,
 }
 
 impl RestGuard {
-    /// A guard that asks for `rest` of idle time in every [`REST_WINDOW`].
-    pub fn new(now: Instant, rest: Duration) -> RestGuard {
-        RestGuard { rest, window_start: now, idle: Duration::ZERO }
+    /// A guard that holds the worker to `duty` of its core (beyond [`REST_CREDIT`] of banked credit), starting in
+    /// full credit.
+    pub fn new(now: Instant, duty: f64) -> RestGuard {
+        RestGuard { duty, balance: REST_CREDIT.as_secs_f64(), last: now, idle: Duration::ZERO }
     }
 
-    /// The rest per window for a host that lets real-time threads run `runtime_us` of every `period_us`
-    /// (`/proc/sys/kernel/sched_rt_*`; a negative runtime is no limit): enough that the worker stays 5 points under
-    /// the limit, at most 90% of its core in any case (normal threads on the core need some of it too), and never
-    /// less than 50%.
-    pub fn rest_for(runtime_us: i64, period_us: i64) -> Duration {
+    /// The duty cycle for a host that lets real-time threads run `runtime_us` of every `period_us`
+    /// (`/proc/sys/kernel/sched_rt_*`; a negative runtime is no limit): 5 points under the limit, which leaves room
+    /// for [`REST_CREDIT`] (2 points of a second), at most 90% in any case (the normal threads on the core need some
+    /// of it too), and never under 50%.
+    pub fn duty_for(runtime_us: i64, period_us: i64) -> f64 {
         let allowed = if runtime_us < 0 || period_us <= 0 { 1.0 } else { runtime_us as f64 / period_us as f64 };
-        let duty = (allowed - 0.05).clamp(0.5, 0.9);
-        REST_WINDOW.mul_f64((1.0 - duty) / duty)
+        (allowed - 0.05).clamp(0.5, 0.9)
     }
 
-    /// The rest per window for this host (the default kernel's 95% if the sysctls cannot be read).
-    pub fn rest_for_host() -> Duration {
+    /// The duty cycle for this host (the default kernel's 95% if the sysctls cannot be read).
+    pub fn duty_for_host() -> f64 {
         let read = |name: &str| {
             std::fs::read_to_string(format!("/proc/sys/kernel/{name}")).ok().and_then(|s| s.trim().parse().ok())
         };
-        Self::rest_for(read("sched_rt_runtime_us").unwrap_or(950_000), read("sched_rt_period_us").unwrap_or(1_000_000))
+        Self::duty_for(read("sched_rt_runtime_us").unwrap_or(950_000), read("sched_rt_period_us").unwrap_or(1_000_000))
     }
 
-    /// The worker was off its core (blocked waiting for work) for `d`.
+    /// The worker was off its core (blocked waiting for work, or resting) for `d`.
     pub fn idled(&mut self, d: Duration) {
         self.idle += d;
     }
 
-    /// Called between items: how long the worker must sleep now (zero unless a window has passed with too little
-    /// idle time in it). A new window starts after each look that closes one.
+    /// Called between items: how long the worker must rest now (zero while it is in credit). Everything since the
+    /// last call that was not [`RestGuard::idled`] counts as running.
     pub fn due(&mut self, now: Instant) -> Duration {
-        if now.saturating_duration_since(self.window_start) < REST_WINDOW {
+        let elapsed = now.saturating_duration_since(self.last);
+        let idle = self.idle.min(elapsed);
+        let running = elapsed - idle;
+        self.last = now;
+        self.idle = Duration::ZERO;
+        self.balance += self.duty * idle.as_secs_f64() - (1.0 - self.duty) * running.as_secs_f64();
+        self.balance = self.balance.min(REST_CREDIT.as_secs_f64());
+        if self.balance >= 0.0 {
             return Duration::ZERO;
         }
-        let owed = self.rest.saturating_sub(self.idle);
-        self.window_start = now + owed;
-        self.idle = Duration::ZERO;
-        owed
+        // Resting earns `duty` of itself: rest until the debt is paid.
+        Duration::from_secs_f64(-self.balance / self.duty).max(REST_MIN)
     }
 }
 
@@ -238,48 +251,66 @@ mod tests {
         .unwrap();
     }
 
-    #[test]
-    fn a_worker_busy_for_a_whole_window_rests_and_one_that_blocked_enough_does_not() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let mut g = RestGuard::new(t0, ms(1));
-        // Inside a window: nothing is owed, however busy.
-        assert_eq!(g.due(t0 + ms(9)), Duration::ZERO);
-        // A window with no idle time: the whole rest.
-        assert_eq!(g.due(t0 + ms(10)), ms(1));
-        // The next window starts after the rest; 0.4 ms blocked in it: the other 0.6 ms are owed.
-        g.idled(Duration::from_micros(400));
-        assert_eq!(g.due(t0 + ms(20)), ms(0));
-        assert_eq!(g.due(t0 + ms(21)), Duration::from_micros(600));
-        // Blocked for more than the rest: nothing owed, and the window starts over at the look.
-        g.idled(ms(3));
-        assert_eq!(g.due(t0 + ms(40)), Duration::ZERO);
-        assert_eq!(g.due(t0 + ms(49)), Duration::ZERO);
-        // Sustained: at most 10 ms running for each rest, a duty cycle of 10 / 11.
-        let mut g = RestGuard::new(t0, ms(1));
-        let (mut now, mut slept) = (t0, Duration::ZERO);
-        while now < t0 + Duration::from_secs(1) {
-            now += Duration::from_micros(50); // one turn
-            let rest = g.due(now);
-            slept += rest;
-            now += rest;
+    /// Runs `guard` over `secs` of a worker that is busy `busy` of every `cycle` (blocked the rest), serving items
+    /// of 50 µs; returns its share of the core and how many rests it took.
+    fn simulate(guard: &mut RestGuard, t0: Instant, secs: f64, cycle: Duration, busy: Duration) -> (f64, u32) {
+        let turn = Duration::from_micros(50);
+        let (mut now, mut ran, mut rests) = (t0, Duration::ZERO, 0);
+        let end = t0 + Duration::from_secs_f64(secs);
+        let mut cycle_start = t0;
+        while now < end {
+            if now.duration_since(cycle_start) >= busy {
+                // The rest of the cycle blocked, waiting for work.
+                let wait = (cycle_start + cycle).saturating_duration_since(now);
+                guard.idled(wait);
+                now += wait;
+                cycle_start = now;
+            }
+            now += turn;
+            ran += turn;
+            let rest = guard.due(now);
+            if !rest.is_zero() {
+                rests += 1;
+                guard.idled(rest);
+                now += rest;
+            }
         }
-        let share = 1.0 - slept.as_secs_f64() / now.duration_since(t0).as_secs_f64();
-        assert!((0.90..0.92).contains(&share), "{share}");
+        (ran.as_secs_f64() / now.duration_since(t0).as_secs_f64(), rests)
     }
 
     #[test]
-    fn the_rest_keeps_a_worker_five_points_under_the_hosts_real_time_limit() {
-        // The default kernel: 95% allowed, the worker kept to 90%: 10 ms running, 1.11 ms resting.
-        let r = RestGuard::rest_for(950_000, 1_000_000);
-        assert!((r.as_secs_f64() - 0.010 / 9.0).abs() < 1e-6, "{r:?}");
+    fn a_worker_kept_busy_rests_to_its_duty_and_bursty_load_under_it_never_rests() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Busy without a break: 200 ms on the banked credit, then short rests holding it to 90%.
+        let mut g = RestGuard::new(t0, 0.9);
+        assert_eq!(g.due(t0 + ms(199)), Duration::ZERO);
+        let rest = g.due(t0 + ms(202));
+        assert!(rest >= REST_MIN && rest < ms(2), "{rest:?}");
+        let (share, rests) = simulate(&mut RestGuard::new(t0, 0.9), t0, 2.0, ms(20), ms(20));
+        assert!((0.90..0.92).contains(&share), "{share}");
+        // One rest of 1 ms per 9 ms of running after the first 200 ms: about 180 in 2 s.
+        assert!((150..=200).contains(&rests), "{rests}");
+        // A second holds at most duty + credit of running, under the kernel's 95%, even starting in full credit.
+        let (share, _) = simulate(&mut RestGuard::new(t0, 0.9), t0, 1.0, ms(20), ms(20));
+        assert!(share < 0.93, "{share}");
+        // Bursts of 15 ms in every 20 (75%, a tick's packets at once): never a rest.
+        let (share, rests) = simulate(&mut RestGuard::new(t0, 0.9), t0, 5.0, ms(20), ms(15));
+        assert_eq!(rests, 0, "{share}");
+        // 89%: still none.
+        let (_, rests) = simulate(&mut RestGuard::new(t0, 0.9), t0, 5.0, ms(100), ms(89));
+        assert_eq!(rests, 0);
+    }
+
+    #[test]
+    fn the_duty_keeps_a_worker_five_points_under_the_hosts_real_time_limit() {
+        assert!((RestGuard::duty_for(950_000, 1_000_000) - 0.90).abs() < 1e-9);
         // No limit: still at most 90%.
-        assert_eq!(RestGuard::rest_for(-1, 1_000_000), r);
-        // 80% allowed: 75%, so 3.33 ms per 10 ms.
-        let r = RestGuard::rest_for(800_000, 1_000_000);
-        assert!((r.as_secs_f64() - 0.010 / 3.0).abs() < 1e-6, "{r:?}");
-        // Almost nothing allowed: never below half the core (the kernel then throttles; the operator asked for it).
-        assert_eq!(RestGuard::rest_for(10_000, 1_000_000), REST_WINDOW);
+        assert!((RestGuard::duty_for(-1, 1_000_000) - 0.90).abs() < 1e-9);
+        // 80% allowed: 75%.
+        assert!((RestGuard::duty_for(800_000, 1_000_000) - 0.75).abs() < 1e-9);
+        // Almost nothing allowed: never under half the core (the kernel then throttles; the operator asked for it).
+        assert!((RestGuard::duty_for(10_000, 1_000_000) - 0.5).abs() < 1e-9);
     }
 
     #[test]
