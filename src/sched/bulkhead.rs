@@ -34,6 +34,10 @@
 //! * **Load**: each tenant's handler time is summed under the lock the worker takes anyway after an item, and
 //!   [`Bulkhead::load`] reads the worker threads' CPU clocks, so a monitor can tell how busy the pool is and whose
 //!   work kept it busy (`transport::ingress::CapacityTracker`).
+//! * **Placement**: each worker pins itself to its CPU and takes its real-time priority (`sched::cpus`) before it
+//!   serves anything, and reports back; a pool whose workers cannot be placed as configured does not start. A
+//!   real-time worker keeps a duty cycle under the kernel's real-time limit ([`cpus::RestGuard`]), counting the
+//!   time it blocks as rest and resting when saturated.
 //! * **Panics** in the handler are caught per item (`catch_unwind`), counted for the tenant, and end only that item.
 //! * **Refusals** of items from a source or handed back (queue full, unknown tenant, shut down) go back to the
 //!   source ([`Source::refused`]), on the worker and outside the lock, so it can account them.
