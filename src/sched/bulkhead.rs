@@ -546,6 +546,16 @@ fn place_worker(index: usize, cpu: Option<usize>, realtime: Option<u8>) -> Resul
     Ok(())
 }
 
+/// Runs `wait`, in which the worker is blocked off its core, and counts that time as rest in a real-time worker's
+/// guard (no clock is read without one).
+fn off_core<R>(guard: &mut Option<cpus::RestGuard>, wait: impl FnOnce() -> R) -> R {
+    let Some(guard) = guard else { return wait() };
+    let since = Instant::now();
+    let out = wait();
+    guard.idled(since.elapsed());
+    out
+}
+
 /// CPU time the thread has used so far (its `CLOCK_THREAD_CPUTIME_ID` clock, read from outside); zero if the OS
 /// will not say (a thread that has ended).
 fn thread_cpu_time(handle: &JoinHandle<()>) -> Duration {
@@ -572,14 +582,10 @@ fn worker<T: Send + 'static>(shared: &Shared<T>, realtime: bool) {
     // A real-time worker keeps some of its core for the kernel's normal threads, in short rests (see RestGuard).
     let mut rest_guard = realtime.then(|| cpus::RestGuard::new(Instant::now(), cpus::RestGuard::duty_for_host()));
     loop {
-        if let Some(guard) = &mut rest_guard {
-            let owed = guard.due(Instant::now());
-            if !owed.is_zero() {
-                shared.rests.fetch_add(1, Ordering::Relaxed);
-                let since = Instant::now();
-                std::thread::sleep(owed);
-                guard.idled(since.elapsed());
-            }
+        let owed = rest_guard.as_mut().map_or(Duration::ZERO, |guard| guard.due(Instant::now()));
+        if !owed.is_zero() {
+            shared.rests.fetch_add(1, Ordering::Relaxed);
+            off_core(&mut rest_guard, || std::thread::sleep(owed));
         }
         // What became ready while this worker ran its last item: queued before the next pop, so it competes now.
         if let Some(source) = &shared.source
@@ -610,11 +616,7 @@ fn worker<T: Send + 'static>(shared: &Shared<T>, realtime: bool) {
                         shared.polling.store(true, Ordering::Release);
                         MutexGuard::unlocked(&mut g, || {
                             shared.return_refused(&mut refused);
-                            let since = rest_guard.as_ref().map(|_| Instant::now());
-                            source.poll(&mut ready, true);
-                            if let (Some(guard), Some(since)) = (&mut rest_guard, since) {
-                                guard.idled(since.elapsed());
-                            }
+                            off_core(&mut rest_guard, || source.poll(&mut ready, true));
                         });
                         g.polling = false;
                         shared.polling.store(false, Ordering::Release);
@@ -622,11 +624,7 @@ fn worker<T: Send + 'static>(shared: &Shared<T>, realtime: bool) {
                     }
                     _ => {
                         g.idle += 1;
-                        let since = rest_guard.as_ref().map(|_| Instant::now());
-                        shared.wake.wait(&mut g);
-                        if let (Some(guard), Some(since)) = (&mut rest_guard, since) {
-                            guard.idled(since.elapsed());
-                        }
+                        off_core(&mut rest_guard, || shared.wake.wait(&mut g));
                         g.idle -= 1;
                     }
                 }

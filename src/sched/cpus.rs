@@ -153,8 +153,9 @@ impl RestGuard {
     }
 }
 
-/// The calling thread's scheduling policy and priority (`SCHED_OTHER` is 0, priority 0).
-pub fn current_policy() -> io::Result<(libc::c_int, libc::c_int)> {
+/// The calling thread's scheduling policy and priority (`SCHED_OTHER` is 0, priority 0); for tests.
+#[cfg(test)]
+pub(crate) fn current_policy() -> io::Result<(libc::c_int, libc::c_int)> {
     let mut param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread; both calls only read it.
     unsafe {
